@@ -1,0 +1,35 @@
+// `qconvert run`: logits for given token ids.
+#include "converter/commands.h"
+#include "formats/npy.h"
+#include "formats/onnx_reader.h"
+#include "runtime/executor.h"
+#include "runtime/input_binding.h"
+
+namespace qc {
+
+Status RunRun(const RunOptions& options) {
+  QC_ASSIGN_OR_RETURN(Tensor ids, ReadNpy(options.input_ids));
+  NamedTensors overrides;
+  for (const std::string& spec : options.inputs) {
+    size_t eq = spec.find('=');
+    if (eq == std::string::npos || eq == 0) return InvalidArgument("--input expects NAME=FILE.npy, got '" + spec + "'");
+    QC_ASSIGN_OR_RETURN(Tensor t, ReadNpy(spec.substr(eq + 1)));
+    overrides.emplace_back(spec.substr(0, eq), std::move(t));
+  }
+  QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
+  SessionOptions so;
+  so.use_reference_kernels = options.reference;
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
+  auto feeds = BindInputs(*session, ids, overrides);
+  if (!feeds.ok()) return feeds.status().WithContext(options.input_ids);
+  const std::string logits = session->outputs()[LogitsOutputIndex(*session)].name;
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session->Run(*feeds, {logits}));
+  Tensor out = outs[0];
+  if (out.dtype() != DType::kFloat32) {
+    if (!IsFloatingPoint(out.dtype())) return InvalidArgument("output '" + logits + "' is " + DTypeName(out.dtype()) + ", not floating point");
+    out = Tensor::FromVector<float>(out.ToFloats(), out.shape());
+  }
+  return WriteNpy(out, options.output);
+}
+
+}  // namespace qc

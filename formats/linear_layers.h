@@ -1,0 +1,31 @@
+// Finds the quantizable linear layers of a graph: MatMul/Gemm nodes with a constant weight.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "formats/graph.h"
+
+namespace qc {
+
+/// A linear layer y = x W (+ b). The weight is an initializer, used directly or through a
+/// Transpose; `k` x `n` is the logical [in_features, out_features] shape.
+struct LinearLayer {
+  int node_index = -1;          // index into graph.nodes of the MatMul/Gemm
+  std::string node_name;
+  std::string op_type;          // "MatMul" or "Gemm"
+  std::string weight;           // initializer name
+  int weight_input = 1;         // which node input carries the weight
+  bool transposed = false;      // the stored tensor is [n, k] (Gemm transB=1 or a Transpose node)
+  std::string transpose_node;   // name of the Transpose between weight and layer, if any
+  std::string bias;             // Gemm's C input, "" if none
+  int64_t k = 0;                // in features
+  int64_t n = 0;                // out features
+  bool tied = false;            // the weight is also read by a Gather (tied embedding)
+  int consumers = 1;            // number of linear layers sharing this weight
+};
+
+/// Every linear layer of the main graph, in node order.
+std::vector<LinearLayer> FindLinearLayers(const Graph& graph);
+
+}  // namespace qc

@@ -1,0 +1,107 @@
+// Tensor storage and conversions.
+#include "formats/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace qc {
+
+int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeToString(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+namespace {
+// 64-byte alignment suits AVX-512 loads and keeps Eigen maps aligned.
+constexpr size_t kAlignment = 64;
+
+std::shared_ptr<const void> AllocateZeroed(int64_t bytes) {
+  size_t size = (static_cast<size_t>(bytes) + kAlignment - 1) / kAlignment * kAlignment;
+  if (size == 0) size = kAlignment;
+  void* p = std::aligned_alloc(kAlignment, size);
+  if (!p) throw std::bad_alloc();
+  std::memset(p, 0, size);
+  return std::shared_ptr<const void>(p, [](const void* q) { std::free(const_cast<void*>(q)); });
+}
+}  // namespace
+
+Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
+  storage_ = AllocateZeroed(nbytes());
+  data_ = storage_.get();
+}
+
+Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data)
+    : dtype_(dtype), shape_(std::move(shape)), storage_(std::move(storage)), data_(data) {}
+
+Tensor Tensor::Reshaped(Shape shape) const {
+  QC_CHECK(NumElements(shape) == numel());
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::Clone() const {
+  Tensor t(dtype_, shape_);
+  if (nbytes() > 0) std::memcpy(t.mutable_raw(), data_, nbytes());
+  return t;
+}
+
+namespace {
+template <typename Out>
+std::vector<Out> Convert(const Tensor& t) {
+  int64_t n = t.numel();
+  std::vector<Out> out(n);
+  const void* p = t.raw();
+  auto fill = [&](auto* typed) {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Out>(typed[i]);
+  };
+  switch (t.dtype()) {
+    case DType::kFloat32: fill(static_cast<const float*>(p)); break;
+    case DType::kFloat64: fill(static_cast<const double*>(p)); break;
+    case DType::kInt8: fill(static_cast<const int8_t*>(p)); break;
+    case DType::kUInt8: fill(static_cast<const uint8_t*>(p)); break;
+    case DType::kInt16: fill(static_cast<const int16_t*>(p)); break;
+    case DType::kUInt16: fill(static_cast<const uint16_t*>(p)); break;
+    case DType::kInt32: fill(static_cast<const int32_t*>(p)); break;
+    case DType::kUInt32: fill(static_cast<const uint32_t*>(p)); break;
+    case DType::kInt64: fill(static_cast<const int64_t*>(p)); break;
+    case DType::kUInt64: fill(static_cast<const uint64_t*>(p)); break;
+    case DType::kBool: fill(static_cast<const bool*>(p)); break;
+    case DType::kFloat16:
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Out>(HalfToFloat(static_cast<const uint16_t*>(p)[i]));
+      break;
+    case DType::kBFloat16:
+      for (int64_t i = 0; i < n; ++i) out[i] = static_cast<Out>(BFloat16ToFloat(static_cast<const uint16_t*>(p)[i]));
+      break;
+    case DType::kInt4:
+    case DType::kUInt4:
+      for (int64_t i = 0; i < n; ++i) {
+        uint8_t byte = static_cast<const uint8_t*>(p)[i / 2];
+        int v = (i % 2 == 0) ? (byte & 0xf) : (byte >> 4);
+        if (t.dtype() == DType::kInt4 && v >= 8) v -= 16;
+        out[i] = static_cast<Out>(v);
+      }
+      break;
+    default: QC_CHECK(false && "unsupported dtype in conversion");
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<float> Tensor::ToFloats() const { return Convert<float>(*this); }
+std::vector<int64_t> Tensor::ToInt64s() const { return Convert<int64_t>(*this); }
+
+bool Tensor::BitEqual(const Tensor& other) const {
+  return dtype_ == other.dtype_ && shape_ == other.shape_ &&
+         (nbytes() == 0 || std::memcmp(data_, other.data_, nbytes()) == 0);
+}
+
+}  // namespace qc

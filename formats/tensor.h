@@ -1,0 +1,86 @@
+// Tensor: a shaped, typed view of a reference-counted byte buffer (owned, or mapped from a file).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/dtype.h"
+#include "formats/status.h"
+
+namespace qc {
+
+using Shape = std::vector<int64_t>;
+
+/// Number of elements of a shape (1 for a scalar).
+int64_t NumElements(const Shape& shape);
+/// "[2, 128, 384]".
+std::string ShapeToString(const Shape& shape);
+
+/// Dense row-major tensor. Copies share the buffer; the IR treats tensors as immutable once
+/// produced, so aliasing (Reshape, Identity) is free and safe. Call Clone() before mutating a
+/// tensor someone else may hold.
+class Tensor {
+ public:
+  Tensor() = default;
+  /// Allocates zero-initialised storage.
+  Tensor(DType dtype, Shape shape);
+  /// Wraps existing storage (e.g. a memory-mapped file); `storage` keeps it alive.
+  Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data);
+
+  /// A scalar or 1-D tensor from values.
+  template <typename T>
+  static Tensor FromVector(const std::vector<T>& values, Shape shape);
+  template <typename T>
+  static Tensor Scalar(T value) { return FromVector<T>({value}, {}); }
+
+  bool defined() const { return dtype_ != DType::kUndefined; }
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const { return shape_[i < 0 ? i + rank() : i]; }
+  int64_t numel() const { return NumElements(shape_); }
+  int64_t nbytes() const { return DTypeStorageBytes(dtype_, numel()); }
+
+  const void* raw() const { return data_; }
+  /// Mutable access; only valid on a tensor this code allocated and has not shared yet.
+  void* mutable_raw() { return const_cast<void*>(data_); }
+  template <typename T>
+  const T* data() const {
+    QC_CHECK(DTypeOf<T>::value == dtype_);
+    return static_cast<const T*>(data_);
+  }
+  template <typename T>
+  T* mutable_data() {
+    QC_CHECK(DTypeOf<T>::value == dtype_);
+    return static_cast<T*>(const_cast<void*>(data_));
+  }
+
+  /// Same buffer, new shape (element count must match).
+  Tensor Reshaped(Shape shape) const;
+  /// Deep copy into fresh owned storage.
+  Tensor Clone() const;
+  /// Values converted to float32 (any numeric dtype); int64 for integer reading via ToInt64s.
+  std::vector<float> ToFloats() const;
+  std::vector<int64_t> ToInt64s() const;
+  /// True if dtype, shape and bytes are identical.
+  bool BitEqual(const Tensor& other) const;
+
+ private:
+  DType dtype_ = DType::kUndefined;
+  Shape shape_;
+  std::shared_ptr<const void> storage_;
+  const void* data_ = nullptr;
+};
+
+template <typename T>
+Tensor Tensor::FromVector(const std::vector<T>& values, Shape shape) {
+  Tensor t(DTypeOf<T>::value, std::move(shape));
+  QC_CHECK(static_cast<int64_t>(values.size()) == t.numel());
+  T* out = t.mutable_data<T>();
+  for (size_t i = 0; i < values.size(); ++i) out[i] = values[i];
+  return t;
+}
+
+}  // namespace qc

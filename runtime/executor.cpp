@@ -1,0 +1,382 @@
+// The executor: value slots, a topologically ordered step list, constant folding, buffer freeing.
+#include "runtime/executor.h"
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <unordered_map>
+
+#include "runtime/cpu/kernel.h"
+
+namespace qc {
+
+namespace {
+constexpr const char* kIf = "If";
+// Folded constants larger than this are recomputed per run instead, so folding never
+// duplicates big weights in memory (e.g. a Transpose of an embedding matrix).
+constexpr int64_t kMaxFoldedBytes = int64_t{64} << 20;
+
+using OpsetMap = std::map<std::string, int64_t>;
+}  // namespace
+
+/// A compiled graph: slot-indexed values and the steps that compute them.
+class Plan {
+ public:
+  struct Step {
+    const Node* node = nullptr;
+    KernelFn fn = nullptr;  // nullptr for If (handled by the executor)
+    std::vector<int> in;    // -1 for omitted optional inputs
+    std::vector<int> out;   // -1 for omitted outputs
+    std::vector<int> free_after;
+    int64_t opset = 0;
+    std::vector<std::unique_ptr<Plan>> branches;  // If: then, else
+  };
+
+  /// Compiles `graph`. `outer` lists names visible from enclosing graphs (for subgraphs).
+  static StatusOr<std::unique_ptr<Plan>> Compile(const Graph& graph, const OpsetMap& opsets, const SessionOptions& options,
+                                                 const std::set<std::string>& outer);
+
+  /// Runs the plan. `frame` must be sized slots() and hold the feeds; `parent` resolves outer names.
+  Status Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                 const NodeObserver* observer) const;
+
+  int slots() const { return static_cast<int>(names_.size()); }
+  int SlotOf(const std::string& name) const {
+    auto it = slot_of_.find(name);
+    return it == slot_of_.end() ? -1 : it->second;
+  }
+  const std::vector<Tensor>& constants() const { return constants_; }
+  const std::vector<int>& output_slots() const { return output_slots_; }
+  const std::vector<std::pair<std::string, int>>& outer_slots() const { return outer_slots_; }
+
+ private:
+  Status RunStep(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                 const NodeObserver* observer) const;
+  Status RunIf(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+               std::vector<Tensor>* outputs) const;
+
+  std::vector<std::string> names_;
+  std::unordered_map<std::string, int> slot_of_;
+  std::vector<Tensor> constants_;  // slot-indexed; undefined where not constant
+  std::vector<Step> steps_;
+  std::vector<int> output_slots_;
+  std::vector<std::pair<std::string, int>> outer_slots_;  // names captured from the enclosing graph
+};
+
+namespace {
+
+Status CheckProduced(const Node& node, const std::vector<Tensor>& outputs) {
+  for (size_t i = 0; i < node.outputs.size(); ++i)
+    if (!node.outputs[i].empty() && !outputs[i].defined())
+      return Internal(node.Describe() + ": kernel did not produce output " + std::to_string(i));
+  return Status::Ok();
+}
+
+/// Orders nodes so every input is produced before use (ONNX requires it, but not every
+/// exporter complies). Errors on cycles and on values nobody defines.
+StatusOr<std::vector<const Node*>> TopologicalOrder(const Graph& graph, const std::set<std::string>& available) {
+  std::unordered_map<std::string, int> producer;
+  for (size_t i = 0; i < graph.nodes.size(); ++i)
+    for (const auto& o : graph.nodes[i].outputs)
+      if (!o.empty()) {
+        if (available.count(o) || !producer.emplace(o, static_cast<int>(i)).second)
+          return InvalidArgument(graph.nodes[i].Describe() + ": value '" + o + "' is defined more than once");
+      }
+  const int n = static_cast<int>(graph.nodes.size());
+  std::vector<int> pending(n, 0);
+  std::vector<std::vector<int>> users(n);
+  // Subgraph nodes may read outer values implicitly; those count as dependencies too.
+  std::function<void(const Graph&, std::set<std::string>&)> implicit_inputs = [&](const Graph& g, std::set<std::string>& out) {
+    for (const auto& node : g.nodes) {
+      for (const auto& in : node.inputs) out.insert(in);
+      for (const auto& [k, a] : node.attributes) {
+        if (a.g) implicit_inputs(*a.g, out);
+        for (const auto& sg : a.graphs) implicit_inputs(*sg, out);
+      }
+    }
+  };
+  for (int i = 0; i < n; ++i) {
+    const Node& node = graph.nodes[i];
+    std::set<std::string> deps(node.inputs.begin(), node.inputs.end());
+    for (const auto& [k, a] : node.attributes) {
+      if (a.g) implicit_inputs(*a.g, deps);
+      for (const auto& sg : a.graphs) implicit_inputs(*sg, deps);
+    }
+    for (const auto& in : deps) {
+      if (in.empty()) continue;
+      auto it = producer.find(in);
+      if (it != producer.end()) {
+        if (it->second == i) return InvalidArgument(node.Describe() + ": consumes its own output '" + in + "'");
+        users[it->second].push_back(i);
+        pending[i]++;
+      } else if (!available.count(in) && std::find(node.inputs.begin(), node.inputs.end(), in) != node.inputs.end()) {
+        return InvalidArgument(node.Describe() + ": input '" + in + "' is not produced by any node, initializer or graph input");
+      }
+    }
+  }
+  // Kahn's algorithm, always taking the lowest original index: keeps file order when valid.
+  std::set<int> ready;
+  for (int i = 0; i < n; ++i)
+    if (pending[i] == 0) ready.insert(i);
+  std::vector<const Node*> order;
+  while (!ready.empty()) {
+    int i = *ready.begin();
+    ready.erase(ready.begin());
+    order.push_back(&graph.nodes[i]);
+    for (int u : users[i])
+      if (--pending[u] == 0) ready.insert(u);
+  }
+  if (static_cast<int>(order.size()) != n) return InvalidArgument("graph '" + graph.name + "' has a cycle");
+  return order;
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<Plan>> Plan::Compile(const Graph& graph, const OpsetMap& opsets, const SessionOptions& options,
+                                              const std::set<std::string>& outer) {
+  auto plan = std::make_unique<Plan>();
+  auto slot = [&](const std::string& name) {
+    auto [it, inserted] = plan->slot_of_.emplace(name, static_cast<int>(plan->names_.size()));
+    if (inserted) plan->names_.push_back(name);
+    return it->second;
+  };
+  std::set<std::string> available;
+  for (const auto& in : graph.inputs) {
+    if (in.name.empty()) return InvalidArgument("graph '" + graph.name + "' has an input without a name");
+    slot(in.name);
+    available.insert(in.name);
+  }
+  for (const auto& name : graph.initializer_names()) {
+    slot(name);
+    available.insert(name);
+  }
+  std::set<std::string> local = available;
+  for (const auto& n : graph.nodes)
+    for (const auto& o : n.outputs) local.insert(o);
+  for (const auto& name : outer)
+    if (!local.count(name)) available.insert(name);
+  QC_ASSIGN_OR_RETURN(std::vector<const Node*> order, TopologicalOrder(graph, available));
+
+  // Values read from the enclosing scope get a slot filled at execution time.
+  for (const Node* node : order)
+    for (const auto& in : node->inputs)
+      if (!in.empty() && !local.count(in) && outer.count(in) && !plan->slot_of_.count(in))
+        plan->outer_slots_.emplace_back(in, slot(in));
+
+  std::set<std::string> outer_for_branches = outer;
+  outer_for_branches.insert(local.begin(), local.end());
+  for (const Node* node : order) {
+    Step step;
+    step.node = node;
+    auto op = opsets.find(node->domain);
+    step.opset = op == opsets.end() ? 0 : op->second;
+    if (node->domain.empty() && node->op_type == kIf) {
+      if (node->inputs.size() != 1) return InvalidArgument(node->Describe() + ": If takes exactly one input (cond)");
+      for (const char* branch : {"then_branch", "else_branch"}) {
+        auto it = node->attributes.find(branch);
+        if (it == node->attributes.end() || !it->second.g)
+          return InvalidArgument(node->Describe() + ": missing graph attribute '" + branch + "'");
+        auto sub = Compile(*it->second.g, opsets, options, outer_for_branches);
+        if (!sub.ok()) return sub.status().WithContext(node->Describe() + " " + branch);
+        if ((*sub)->output_slots().size() != node->outputs.size())
+          return InvalidArgument(node->Describe() + ": " + branch + " has " + std::to_string((*sub)->output_slots().size()) +
+                                 " outputs, the node has " + std::to_string(node->outputs.size()));
+        step.branches.push_back(std::move(*sub));
+      }
+    } else {
+      const OpKernels* k = FindOpKernels(node->domain, node->op_type);
+      if (!k)
+        return Unimplemented("unsupported op '" + (node->domain.empty() ? "" : node->domain + ".") + node->op_type +
+                             "' at node '" + node->name + "'");
+      step.fn = options.use_reference_kernels || !k->fast ? k->reference : k->fast;
+    }
+    for (const auto& in : node->inputs) step.in.push_back(in.empty() ? -1 : slot(in));
+    for (const auto& out : node->outputs) step.out.push_back(out.empty() ? -1 : slot(out));
+    plan->steps_.push_back(std::move(step));
+  }
+  for (const auto& out : graph.outputs) {
+    if (!plan->slot_of_.count(out.name) && !outer.count(out.name))
+      return InvalidArgument("graph output '" + out.name + "' is not produced by any node");
+    plan->output_slots_.push_back(slot(out.name));
+  }
+
+  plan->constants_.resize(plan->names_.size());
+  for (const auto& name : graph.initializer_names()) plan->constants_[plan->slot_of_[name]] = *graph.FindInitializer(name);
+  // Graph inputs with an initializer are overridable defaults, not constants (IR < 4 style).
+  std::vector<bool> overridable(plan->names_.size(), false);
+  for (const auto& in : graph.inputs) overridable[plan->slot_of_[in.name]] = true;
+
+  if (options.fold_constants) {
+    std::vector<Step> kept;
+    for (Step& step : plan->steps_) {
+      bool all_const = step.fn != nullptr;
+      for (int s : step.in)
+        if (s >= 0 && (!plan->constants_[s].defined() || overridable[s])) all_const = false;
+      if (all_const) {
+        KernelContext ctx{*step.node, {}, std::vector<Tensor>(step.out.size()), step.opset, nullptr};
+        for (int s : step.in) ctx.inputs.push_back(s >= 0 ? &plan->constants_[s] : nullptr);
+        QC_RETURN_IF_ERROR(step.fn(ctx));
+        QC_RETURN_IF_ERROR(CheckProduced(*step.node, ctx.outputs));
+        int64_t bytes = 0;
+        for (const auto& t : ctx.outputs) bytes += t.defined() ? t.nbytes() : 0;
+        if (bytes <= kMaxFoldedBytes) {
+          for (size_t i = 0; i < step.out.size(); ++i)
+            if (step.out[i] >= 0) plan->constants_[step.out[i]] = std::move(ctx.outputs[i]);
+          continue;
+        }
+      }
+      kept.push_back(std::move(step));
+    }
+    plan->steps_ = std::move(kept);
+  }
+
+  // Free each non-constant value right after its last reader (outputs are never freed).
+  std::vector<int> last_use(plan->names_.size(), -1);
+  for (size_t i = 0; i < plan->steps_.size(); ++i) {
+    for (int s : plan->steps_[i].in)
+      if (s >= 0) last_use[s] = static_cast<int>(i);
+    for (int s : plan->steps_[i].out)
+      if (s >= 0 && last_use[s] < static_cast<int>(i)) last_use[s] = static_cast<int>(i);  // unused outputs die at once
+  }
+  for (const auto& st : plan->steps_)
+    for (const auto& b : st.branches)
+      for (const auto& [name, s] : b->outer_slots_) {
+        int ps = plan->SlotOf(name);
+        if (ps >= 0) last_use[ps] = std::max(last_use[ps], static_cast<int>(&st - plan->steps_.data()));
+      }
+  for (int s : plan->output_slots_) last_use[s] = -2;
+  for (size_t s = 0; s < last_use.size(); ++s)
+    if (last_use[s] >= 0 && !plan->constants_[s].defined()) plan->steps_[last_use[s]].free_after.push_back(static_cast<int>(s));
+  return plan;
+}
+
+Status Plan::RunIf(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                   std::vector<Tensor>* outputs) const {
+  const Tensor* cond = step.in[0] >= 0 ? &frame[step.in[0]] : nullptr;
+  if (!cond || !cond->defined() || cond->numel() != 1 || cond->dtype() != DType::kBool)
+    return InvalidArgument(step.node->Describe() + ": cond must be a single bool");
+  const Plan& branch = *step.branches[cond->data<bool>()[0] ? 0 : 1];
+  std::vector<Tensor> sub(branch.constants());
+  auto lookup = [&](const std::string& name) -> const Tensor* {
+    int s = SlotOf(name);
+    if (s >= 0 && frame[s].defined()) return &frame[s];
+    return parent ? parent(name) : nullptr;
+  };
+  QC_RETURN_IF_ERROR(branch.Execute(sub, lookup, nullptr));
+  for (size_t i = 0; i < outputs->size(); ++i) (*outputs)[i] = sub[branch.output_slots()[i]];
+  return Status::Ok();
+}
+
+Status Plan::RunStep(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                     const NodeObserver* observer) const {
+  KernelContext ctx{*step.node, {}, std::vector<Tensor>(step.out.size()), step.opset, nullptr};
+  ctx.inputs.reserve(step.in.size());
+  for (size_t i = 0; i < step.in.size(); ++i) {
+    int s = step.in[i];
+    if (s < 0) {
+      ctx.inputs.push_back(nullptr);
+      continue;
+    }
+    if (!frame[s].defined())
+      return Internal(step.node->Describe() + ": input '" + step.node->inputs[i] + "' was not computed");
+    ctx.inputs.push_back(&frame[s]);
+  }
+  if (step.fn) {
+    QC_RETURN_IF_ERROR(step.fn(ctx));
+  } else {
+    QC_RETURN_IF_ERROR(RunIf(step, frame, parent, &ctx.outputs));
+  }
+  QC_RETURN_IF_ERROR(CheckProduced(*step.node, ctx.outputs));
+  if (observer) QC_RETURN_IF_ERROR((*observer)(*step.node, ctx.inputs, ctx.outputs));
+  for (size_t i = 0; i < step.out.size(); ++i)
+    if (step.out[i] >= 0) frame[step.out[i]] = std::move(ctx.outputs[i]);
+  return Status::Ok();
+}
+
+Status Plan::Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                     const NodeObserver* observer) const {
+  for (const auto& [name, s] : outer_slots_) {
+    const Tensor* t = parent ? parent(name) : nullptr;
+    if (!t) return InvalidArgument("subgraph reads '" + name + "' which the enclosing graph did not compute");
+    frame[s] = *t;
+  }
+  for (const Step& step : steps_) {
+    QC_RETURN_IF_ERROR(RunStep(step, frame, parent, observer));
+    for (int s : step.free_after) frame[s] = Tensor();
+  }
+  return Status::Ok();
+}
+
+Session::~Session() = default;
+
+StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const SessionOptions& options) {
+  std::unique_ptr<Session> session(new Session());
+  session->model_ = model;
+  session->options_ = options;
+  OpsetMap opsets;
+  for (const auto& o : model.opset_imports) opsets[o.domain] = o.version;
+  if (!opsets.count("")) return InvalidArgument("model imports no default-domain opset");
+  const int64_t opset = opsets[""];
+  if (opset < 7 || opset > 23) return Unimplemented("opset " + std::to_string(opset) + " is not supported (supported: 13..21)");
+  QC_ASSIGN_OR_RETURN(session->plan_, Plan::Compile(session->model_.graph, opsets, options, {}));
+  for (const auto& in : session->model_.graph.inputs)
+    if (!session->model_.graph.FindInitializer(in.name)) session->required_inputs_.push_back(in);
+  return session;
+}
+
+const std::vector<ValueInfo>& Session::inputs() const { return required_inputs_; }
+const std::vector<ValueInfo>& Session::outputs() const { return model_.graph.outputs; }
+
+namespace {
+Status CheckFeed(const ValueInfo& info, const Tensor& t) {
+  if (info.dtype != DType::kUndefined && t.dtype() != info.dtype)
+    return InvalidArgument("input '" + info.name + "' expects " + DTypeName(info.dtype) + ", got " + DTypeName(t.dtype()));
+  if (info.has_shape) {
+    if (static_cast<size_t>(t.rank()) != info.shape.size())
+      return InvalidArgument("input '" + info.name + "' expects rank " + std::to_string(info.shape.size()) + ", got shape " +
+                             ShapeToString(t.shape()));
+    for (size_t d = 0; d < info.shape.size(); ++d)
+      if (info.shape[d].value >= 0 && info.shape[d].param.empty() && info.shape[d].value != t.shape()[d])
+        return InvalidArgument("input '" + info.name + "' dimension " + std::to_string(d) + " must be " +
+                               std::to_string(info.shape[d].value) + ", got shape " + ShapeToString(t.shape()));
+  }
+  return Status::Ok();
+}
+}  // namespace
+
+StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std::vector<std::string>& output_names,
+                                           const NodeObserver* observer) const {
+  std::vector<Tensor> frame(plan_->constants());
+  std::set<std::string> fed;
+  for (const auto& [name, tensor] : feeds) {
+    const ValueInfo* info = nullptr;
+    for (const auto& in : model_.graph.inputs)
+      if (in.name == name) info = &in;
+    if (!info) return InvalidArgument("model has no input named '" + name + "'");
+    QC_RETURN_IF_ERROR(CheckFeed(*info, tensor));
+    frame[plan_->SlotOf(name)] = tensor;
+    fed.insert(name);
+  }
+  for (const auto& in : required_inputs_)
+    if (!fed.count(in.name)) return InvalidArgument("required input '" + in.name + "' was not provided");
+  std::vector<int> wanted;
+  if (output_names.empty()) {
+    wanted = plan_->output_slots();
+  } else {
+    for (const auto& name : output_names) {
+      bool is_output = false;
+      for (const auto& o : model_.graph.outputs) is_output |= o.name == name;
+      if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
+      wanted.push_back(plan_->SlotOf(name));
+    }
+  }
+  QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
+  std::vector<Tensor> result;
+  for (int s : wanted) {
+    if (!frame[s].defined()) return Internal("output slot " + std::to_string(s) + " was not computed");
+    result.push_back(frame[s]);
+  }
+  return result;
+}
+
+}  // namespace qc

@@ -1,0 +1,57 @@
+// Executes an IR graph on the CPU: compiles it once into a plan, then runs it per input batch.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "formats/graph.h"
+#include "formats/status.h"
+
+namespace qc {
+
+struct SessionOptions {
+  /// Run the scalar reference kernels instead of the fast ones (the numeric spec; slow).
+  bool use_reference_kernels = false;
+  /// Evaluate nodes whose inputs are all constant once, at session creation.
+  bool fold_constants = true;
+};
+
+/// Called after every executed node of the main graph with its inputs and outputs; used by
+/// calibration to observe activations. Returning an error aborts the run.
+using NodeObserver =
+    std::function<Status(const Node& node, const std::vector<const Tensor*>& inputs, const std::vector<Tensor>& outputs)>;
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Plan;
+
+/// A compiled model. Thread-compatible: one Run at a time per Session.
+class Session {
+ public:
+  /// Validates the graph (topological order, every value defined, every op supported) and
+  /// prepares the plan. Errors name the offending node or value.
+  static StatusOr<std::unique_ptr<Session>> Create(const Model& model, const SessionOptions& options = {});
+  ~Session();
+
+  /// Runs the graph. `feeds` binds graph inputs by name (dtype and fixed dims are checked);
+  /// returns the named outputs, or every graph output when `output_names` is empty.
+  StatusOr<std::vector<Tensor>> Run(const NamedTensors& feeds, const std::vector<std::string>& output_names = {},
+                                    const NodeObserver* observer = nullptr) const;
+
+  /// The graph inputs a caller must (or may) feed, i.e. inputs without an initializer default.
+  const std::vector<ValueInfo>& inputs() const;
+  const std::vector<ValueInfo>& outputs() const;
+
+ private:
+  Session() = default;
+  Model model_;
+  SessionOptions options_;
+  std::unique_ptr<Plan> plan_;
+  std::vector<ValueInfo> required_inputs_;
+};
+
+}  // namespace qc

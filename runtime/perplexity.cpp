@@ -1,0 +1,74 @@
+// Perplexity evaluation: window the ids, run the model, accumulate next-token NLL.
+#include "runtime/perplexity.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "runtime/input_binding.h"
+
+namespace qc {
+
+StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab, const int32_t* targets) {
+  std::vector<double> nll(seq > 0 ? seq - 1 : 0);
+  Status bad;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < seq - 1; ++t) {
+    const float* row = logits + t * vocab;
+    const int32_t target = targets[t + 1];
+    if (target < 0 || target >= vocab) {
+      nll[t] = NAN;
+      continue;
+    }
+    float max = row[0];
+    for (int64_t v = 1; v < vocab; ++v) max = std::max(max, row[v]);
+    double sum = 0;
+    for (int64_t v = 0; v < vocab; ++v) sum += std::exp(static_cast<double>(row[v]) - max);
+    nll[t] = std::log(sum) + max - row[target];
+  }
+  double total = 0;
+  for (int64_t t = 0; t < seq - 1; ++t) {
+    if (std::isnan(nll[t]) && (targets[t + 1] < 0 || targets[t + 1] >= vocab))
+      return InvalidArgument("token id " + std::to_string(targets[t + 1]) + " is outside the model's vocabulary of " + std::to_string(vocab));
+    total += nll[t];
+  }
+  return total;
+}
+
+StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std::vector<int32_t>& ids,
+                                              const PerplexityOptions& options) {
+  if (options.seqlen < 2) return InvalidArgument("seqlen must be at least 2");
+  int64_t windows = static_cast<int64_t>(ids.size()) / options.seqlen;
+  if (options.max_windows >= 0) windows = std::min(windows, options.max_windows);
+  if (windows == 0)
+    return InvalidArgument("the data has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
+                           std::to_string(options.seqlen));
+  const int logits_index = LogitsOutputIndex(session);
+  const std::string logits_name = session.outputs()[logits_index].name;
+  const auto start = std::chrono::steady_clock::now();
+  double nll_sum = 0;
+  int64_t scored = 0;
+  for (int64_t w = 0; w < windows; ++w) {
+    std::vector<int32_t> window(ids.begin() + w * options.seqlen, ids.begin() + (w + 1) * options.seqlen);
+    Tensor input = Tensor::FromVector<int32_t>(window, {1, options.seqlen});
+    QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input));
+    QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
+    const Tensor& logits = outs[0];
+    if (logits.dtype() != DType::kFloat32 || logits.rank() != 3 || logits.dim(1) != options.seqlen)
+      return InvalidArgument("output '" + logits_name + "' is " + DTypeName(logits.dtype()) + " " + ShapeToString(logits.shape()) +
+                             "; expected float32 logits [1, " + std::to_string(options.seqlen) + ", vocab]");
+    QC_ASSIGN_OR_RETURN(double sum, SumNextTokenNll(logits.data<float>(), options.seqlen, logits.dim(2), window.data()));
+    nll_sum += sum;
+    scored += options.seqlen - 1;
+    if (options.progress) options.progress(w + 1, windows);
+  }
+  PerplexityResult r;
+  r.windows = windows;
+  r.tokens_scored = scored;
+  r.mean_nll = nll_sum / static_cast<double>(scored);
+  r.ppl = std::exp(r.mean_nll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  r.tokens_per_second = r.seconds > 0 ? static_cast<double>(windows * options.seqlen) / r.seconds : 0;
+  return r;
+}
+
+}  // namespace qc

@@ -1,0 +1,39 @@
+// Perplexity over non-overlapping windows (the protocol of ../shared/README.md).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "formats/status.h"
+#include "runtime/executor.h"
+
+namespace qc {
+
+struct PerplexityOptions {
+  int64_t seqlen = 512;
+  int64_t max_windows = -1;  // -1: every full window
+  /// Called after each window with (windows done, windows total).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+struct PerplexityResult {
+  double ppl = 0;
+  double mean_nll = 0;
+  int64_t windows = 0;
+  int64_t tokens_scored = 0;
+  double seconds = 0;
+  double tokens_per_second = 0;  // tokens fed through the model per second
+};
+
+/// Cuts `ids` into windows of `seqlen` (dropping the remainder), runs each as one sequence,
+/// scores every position but the first: ppl = exp(mean NLL). NLLs are summed in double in a
+/// fixed order, so the result is deterministic.
+StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std::vector<int32_t>& ids,
+                                              const PerplexityOptions& options);
+
+/// Sum over positions t < seq-1 of -log softmax(logits[t])[targets[t+1]], in double.
+/// `logits` is [seq, vocab] row-major. Errors when a target id is outside the vocabulary.
+StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab, const int32_t* targets);
+
+}  // namespace qc

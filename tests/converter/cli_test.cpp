@@ -1,0 +1,231 @@
+// End-to-end tests of the qconvert binary on the real models in ../shared, plus bad-input cases.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "formats/npy.h"
+
+namespace qc {
+namespace {
+
+namespace fs = std::filesystem;
+
+const std::string kShared = QC_SHARED_DIR;
+const std::string kQconvert = std::string(QC_BINARY_DIR) + "/qconvert";
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+std::string Slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+class CliTest : public ::testing::Test {
+ public:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("qc_cli_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  CommandResult Run(const std::string& args) {
+    std::string out = (dir_ / "stdout").string(), err = (dir_ / "stderr").string();
+    std::string cmd = kQconvert + " " + args + " >" + out + " 2>" + err + " </dev/null";
+    int rc = std::system(cmd.c_str());
+    CommandResult r;
+    r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128 + WTERMSIG(rc);
+    r.out = Slurp(out);
+    r.err = Slurp(err);
+    return r;
+  }
+  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
+  static std::string Model(const std::string& name) { return kShared + "/models/" + name; }
+  static bool HaveShared() { return fs::exists(kShared + "/models"); }
+
+  fs::path dir_;
+};
+
+#define REQUIRE_SHARED() \
+  if (!HaveShared()) GTEST_SKIP() << "../shared is absent"
+
+// Expects a bad-input failure: exit code 1, a one-line message on stderr, no output file.
+void ExpectInputError(const CommandResult& r, const std::string& must_mention) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("error"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos) << r.err;
+  EXPECT_LE(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+double MaxAbsDiff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  if (a.shape() != b.shape()) return INFINITY;
+  std::vector<float> x = a.ToFloats(), y = b.ToFloats();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, static_cast<double>(std::fabs(x[i] - y[i])));
+  return m;
+}
+
+void ExpectLogitsMatch(CliTest* t, CommandResult r, const std::string& reference, const std::string& out) {
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto got = ReadNpy(out);
+  auto want = ReadNpy(reference);
+  ASSERT_TRUE(got.ok() && want.ok());
+  EXPECT_LE(MaxAbsDiff(*got, *want), 1e-3);
+}
+
+TEST_F(CliTest, RunMatchesPyTorchLogits_Llama) {
+  REQUIRE_SHARED();
+  std::string m = Model("docs-llama-12m");
+  ExpectLogitsMatch(this, Run("run " + m + "/model.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("l.npy")),
+                    m + "/sample_logits.npy", Path("l.npy"));
+}
+
+TEST_F(CliTest, RunMatchesPyTorchLogits_Gpt2) {
+  REQUIRE_SHARED();
+  std::string m = Model("docs-gpt2-10m");
+  ExpectLogitsMatch(this, Run("run " + m + "/model.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("l.npy")),
+                    m + "/sample_logits.npy", Path("l.npy"));
+}
+
+TEST_F(CliTest, RunMatchesPyTorchLogits_Stories260kExternalData) {
+  REQUIRE_SHARED();
+  std::string m = Model("stories260k");
+  ExpectLogitsMatch(this, Run("run " + m + "/stories260k.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("l.npy")),
+                    m + "/sample_logits.npy", Path("l.npy"));
+}
+
+TEST_F(CliTest, RunReferenceKernelsMatchPyTorchLogits) {
+  REQUIRE_SHARED();
+  std::string m = Model("stories260k");
+  ExpectLogitsMatch(this,
+                    Run("run --reference " + m + "/stories260k.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("l.npy")),
+                    m + "/sample_logits.npy", Path("l.npy"));
+}
+
+TEST_F(CliTest, TokenizeReproducesReferenceIds) {
+  REQUIRE_SHARED();
+  for (std::string name : {"docs-llama-12m", "docs-gpt2-10m"}) {
+    std::string m = Model(name);
+    auto r = Run("tokenize --tokenizer " + m + "/tokenizer.json --text " + m + "/docs-val.txt -o " + Path("ids.npy"));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto got = ReadNpy(Path("ids.npy"));
+    auto want = ReadNpy(m + "/docs-val.ids.npy");
+    ASSERT_TRUE(got.ok() && want.ok());
+    EXPECT_EQ(got->ToInt64s(), want->ToInt64s()) << name;
+  }
+}
+
+// Perplexity of the first 48 windows against ONNX Runtime's number in PROVENANCE.md (0.05%).
+void ExpectEvalPpl(CliTest* t, const std::string& args, double reference) {
+  auto r = static_cast<CliTest*>(t)->Run(args);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  double ppl = j["ppl"];
+  EXPECT_NEAR(ppl, reference, reference * 5e-4) << r.out;
+  EXPECT_EQ(j["windows"], 48);
+}
+
+TEST_F(CliTest, EvalMatchesOnnxRuntimePerplexity_Llama) {
+  REQUIRE_SHARED();
+  std::string m = Model("docs-llama-12m");
+  ExpectEvalPpl(this, "eval " + m + "/model.onnx --data " + m + "/docs-val.txt --tokenizer " + m + "/tokenizer.json --max-windows 48 --json",
+                14.6352);
+}
+
+TEST_F(CliTest, EvalMatchesOnnxRuntimePerplexity_Gpt2) {
+  REQUIRE_SHARED();
+  std::string m = Model("docs-gpt2-10m");
+  ExpectEvalPpl(this, "eval " + m + "/model.onnx --data " + m + "/docs-val.ids.npy --max-windows 48 --json", 12.7935);
+}
+
+TEST_F(CliTest, EvalStories260kMatchesPyTorch) {
+  REQUIRE_SHARED();
+  std::string m = Model("stories260k");
+  auto r = Run("eval " + m + "/stories260k.onnx --data " + m + "/tinystories-valid.ids.npy --seqlen 256 --max-windows 48 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  double ppl = nlohmann::json::parse(r.out)["ppl"];
+  EXPECT_NEAR(ppl, 4.1637, 4.1637 * 1e-3);
+}
+
+TEST_F(CliTest, InspectListsLinearLayers) {
+  REQUIRE_SHARED();
+  auto r = Run("inspect " + Model("docs-gpt2-10m") + "/model.onnx");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // 6 blocks x (qkv, proj, fc, proj) Gemm layers + the tied lm_head.
+  EXPECT_NE(r.out.find("quantizable linear layers: 25"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("tied-embedding"), std::string::npos);
+  r = Run("inspect " + Model("docs-llama-12m") + "/model.onnx");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("quantizable linear layers: 43"), std::string::npos) << r.out;
+}
+
+TEST_F(CliTest, Negative_TruncatedModel) {
+  REQUIRE_SHARED();
+  std::string bytes = Slurp(Model("docs-llama-12m") + "/model.onnx");
+  std::ofstream(Path("t.onnx"), std::ios::binary).write(bytes.data(), bytes.size() / 2);
+  auto r = Run("run " + Path("t.onnx") + " --input-ids " + Model("docs-llama-12m") + "/sample_input_ids.npy -o " + Path("o.npy"));
+  ExpectInputError(r, "t.onnx");
+  EXPECT_FALSE(fs::exists(Path("o.npy")));
+}
+
+TEST_F(CliTest, Negative_RandomBytesModel) {
+  std::mt19937 rng(7);
+  std::string bytes(4096, '\0');
+  for (char& c : bytes) c = static_cast<char>(rng());
+  std::ofstream(Path("r.onnx"), std::ios::binary).write(bytes.data(), bytes.size());
+  ExpectInputError(Run("inspect " + Path("r.onnx")), "r.onnx");
+}
+
+TEST_F(CliTest, Negative_MissingAndShortExternalData) {
+  REQUIRE_SHARED();
+  std::string m = Model("stories260k");
+  fs::copy_file(m + "/stories260k.onnx", Path("s.onnx"));
+  auto r = Run("run " + Path("s.onnx") + " --input-ids " + m + "/sample_input_ids.npy -o " + Path("o.npy"));
+  ExpectInputError(r, "stories260k.onnx.data");
+  EXPECT_FALSE(fs::exists(Path("o.npy")));
+  std::string data = Slurp(m + "/stories260k.onnx.data");
+  std::ofstream(Path("stories260k.onnx.data"), std::ios::binary).write(data.data(), data.size() - 1000);
+  r = Run("run " + Path("s.onnx") + " --input-ids " + m + "/sample_input_ids.npy -o " + Path("o.npy"));
+  ExpectInputError(r, "too short");
+  EXPECT_FALSE(fs::exists(Path("o.npy")));
+}
+
+TEST_F(CliTest, Negative_UnsupportedTokenizerModel) {
+  std::ofstream(Path("tok.json")) << R"({"version":"1.0","added_tokens":[],"model":{"type":"Unigram","vocab":[["a",0.0]]}})";
+  std::ofstream(Path("text.txt")) << "hello";
+  ExpectInputError(Run("tokenize --tokenizer " + Path("tok.json") + " --text " + Path("text.txt") + " -o " + Path("o.npy")), "Unigram");
+  EXPECT_FALSE(fs::exists(Path("o.npy")));
+}
+
+TEST_F(CliTest, Negative_IdsOutOfVocabulary) {
+  REQUIRE_SHARED();
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>({1, 2, 99999, 4}, {1, 4}), Path("ids.npy")).ok());
+  auto r = Run("run " + Model("docs-llama-12m") + "/model.onnx --input-ids " + Path("ids.npy") + " -o " + Path("o.npy"));
+  ExpectInputError(r, "99999");
+  EXPECT_FALSE(fs::exists(Path("o.npy")));
+}
+
+TEST_F(CliTest, Negative_EmptyTextFile) {
+  REQUIRE_SHARED();
+  std::ofstream(Path("empty.txt")).close();
+  std::string m = Model("docs-llama-12m");
+  ExpectInputError(Run("tokenize --tokenizer " + m + "/tokenizer.json --text " + Path("empty.txt") + " -o " + Path("o.npy")), "empty");
+  ExpectInputError(Run("eval " + m + "/model.onnx --tokenizer " + m + "/tokenizer.json --data " + Path("empty.txt")), "empty");
+}
+
+TEST_F(CliTest, Negative_MissingModelFile) { ExpectInputError(Run("inspect " + Path("nope.onnx")), "nope.onnx"); }
+
+}  // namespace
+}  // namespace qc

@@ -35,6 +35,7 @@ struct EvalOptions {
   int64_t max_windows = -1;
   bool json = false;
   bool progress = true;
+  bool profile = false;  // print time per op type to stderr
 };
 
 Status RunInspect(const InspectOptions& options);

@@ -14,7 +14,9 @@ namespace qc {
 Status RunEval(const EvalOptions& options) {
   QC_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadIds(options.data, options.tokenizer));
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
-  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  SessionOptions so;
+  so.profile = options.profile;
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   PerplexityOptions po;
   po.seqlen = options.seqlen;
   po.max_windows = options.max_windows;
@@ -33,6 +35,11 @@ Status RunEval(const EvalOptions& options) {
     };
   }
   QC_ASSIGN_OR_RETURN(PerplexityResult r, EvaluatePerplexity(*session, ids, po));
+  if (options.profile) {
+    std::fprintf(stderr, "%-28s %8s %10s\n", "op", "calls", "seconds");
+    for (const OpProfile& p : session->Profile())
+      std::fprintf(stderr, "%-28s %8lld %10.3f\n", p.op_type.c_str(), static_cast<long long>(p.calls), p.seconds);
+  }
   if (options.json) {
     nlohmann::ordered_json j;
     j["model"] = options.model;

@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--max-windows", eval.max_windows, "Evaluate at most N windows")->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
   eval_cmd->add_flag("--json", eval.json, "Print one JSON object on stdout");
   eval_cmd->add_flag("!--no-progress", eval.progress, "Hide the progress bar");
+  eval_cmd->add_flag("--profile", eval.profile, "Print the time spent per op type to stderr");
 
   try {
     app.parse(argc, argv);

@@ -2,6 +2,7 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <set>
 #include <unordered_map>
@@ -39,6 +40,9 @@ class Plan {
   /// Runs the plan. `frame` must be sized slots() and hold the feeds; `parent` resolves outer names.
   Status Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
                  const NodeObserver* observer) const;
+
+  mutable std::map<std::string, OpProfile> profile_;
+  bool profiling_ = false;
 
   int slots() const { return static_cast<int>(names_.size()); }
   int SlotOf(const std::string& name) const {
@@ -135,6 +139,7 @@ StatusOr<std::vector<const Node*>> TopologicalOrder(const Graph& graph, const st
 StatusOr<std::unique_ptr<Plan>> Plan::Compile(const Graph& graph, const OpsetMap& opsets, const SessionOptions& options,
                                               const std::set<std::string>& outer) {
   auto plan = std::make_unique<Plan>();
+  plan->profiling_ = options.profile;
   auto slot = [&](const std::string& name) {
     auto [it, inserted] = plan->slot_of_.emplace(name, static_cast<int>(plan->names_.size()));
     if (inserted) plan->names_.push_back(name);
@@ -282,7 +287,15 @@ Status Plan::RunStep(const Step& step, std::vector<Tensor>& frame, const std::fu
     ctx.inputs.push_back(&frame[s]);
   }
   if (step.fn) {
-    QC_RETURN_IF_ERROR(step.fn(ctx));
+    if (profiling_) {
+      auto t0 = std::chrono::steady_clock::now();
+      QC_RETURN_IF_ERROR(step.fn(ctx));
+      OpProfile& p = profile_[step.node->op_type];
+      p.calls++;
+      p.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    } else {
+      QC_RETURN_IF_ERROR(step.fn(ctx));
+    }
   } else {
     QC_RETURN_IF_ERROR(RunIf(step, frame, parent, &ctx.outputs));
   }
@@ -326,6 +339,16 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
 
 const std::vector<ValueInfo>& Session::inputs() const { return required_inputs_; }
 const std::vector<ValueInfo>& Session::outputs() const { return model_.graph.outputs; }
+
+std::vector<OpProfile> Session::Profile() const {
+  std::vector<OpProfile> out;
+  for (auto [op, p] : plan_->profile_) {
+    p.op_type = op;
+    out.push_back(p);
+  }
+  std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
+  return out;
+}
 
 namespace {
 Status CheckFeed(const ValueInfo& info, const Tensor& t) {

@@ -18,6 +18,15 @@ struct SessionOptions {
   bool use_reference_kernels = false;
   /// Evaluate nodes whose inputs are all constant once, at session creation.
   bool fold_constants = true;
+  /// Accumulate wall time per op type (see Session::Profile()).
+  bool profile = false;
+};
+
+/// Wall time spent per op type across all runs of a session.
+struct OpProfile {
+  std::string op_type;
+  int64_t calls = 0;
+  double seconds = 0;
 };
 
 /// Called after every executed node of the main graph with its inputs and outputs; used by
@@ -45,6 +54,8 @@ class Session {
   /// The graph inputs a caller must (or may) feed, i.e. inputs without an initializer default.
   const std::vector<ValueInfo>& inputs() const;
   const std::vector<ValueInfo>& outputs() const;
+  /// Per-op-type timings, slowest first (empty unless SessionOptions::profile).
+  std::vector<OpProfile> Profile() const;
 
  private:
   Session() = default;

@@ -10,6 +10,24 @@
 namespace qc {
 namespace {
 
+// A file saved with Windows line endings (every '\n' preceded by '\r') is read as text with '\n'
+// line endings, as Python's text mode and llama.cpp's perplexity tool read it. A stray "\r\n"
+// inside an LF file is content and is kept.
+std::string NormalizeWindowsLineEndings(std::string text) {
+  size_t lf = 0, crlf = 0;
+  for (size_t i = 0; i < text.size(); ++i)
+    if (text[i] == '\n') {
+      ++lf;
+      crlf += i > 0 && text[i - 1] == '\r';
+    }
+  if (lf == 0 || crlf != lf) return text;
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i)
+    if (!(text[i] == '\r' && i + 1 < text.size() && text[i + 1] == '\n')) out += text[i];
+  return out;
+}
+
 StatusOr<std::string> ReadText(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) return NotFound("cannot open '" + path + "': no such file");
@@ -19,7 +37,7 @@ StatusOr<std::string> ReadText(const std::string& path) {
   if (!in && !in.eof()) return DataLoss("error reading '" + path + "'");
   std::string text = ss.str();
   if (text.empty()) return InvalidArgument("'" + path + "' is empty");
-  return text;
+  return NormalizeWindowsLineEndings(std::move(text));
 }
 
 bool EndsWith(const std::string& s, const std::string& suffix) {

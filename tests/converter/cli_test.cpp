@@ -114,16 +114,21 @@ TEST_F(CliTest, RunReferenceKernelsMatchPyTorchLogits) {
                     m + "/sample_logits.npy", Path("l.npy"));
 }
 
+// docs-val.txt has LF line endings (and one literal CRLF that is content); wiki.test.raw has
+// CRLF line endings throughout, which the reference ids were computed without.
 TEST_F(CliTest, TokenizeReproducesReferenceIds) {
   REQUIRE_SHARED();
   for (std::string name : {"docs-llama-12m", "docs-gpt2-10m"}) {
     std::string m = Model(name);
-    auto r = Run("tokenize --tokenizer " + m + "/tokenizer.json --text " + m + "/docs-val.txt -o " + Path("ids.npy"));
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    auto got = ReadNpy(Path("ids.npy"));
-    auto want = ReadNpy(m + "/docs-val.ids.npy");
-    ASSERT_TRUE(got.ok() && want.ok());
-    EXPECT_EQ(got->ToInt64s(), want->ToInt64s()) << name;
+    for (auto [text, ids] : {std::pair{m + "/docs-val.txt", m + "/docs-val.ids.npy"},
+                             std::pair{kShared + "/data/wikitext2-raw/wiki.test.raw", m + "/wikitext2-test.ids.npy"}}) {
+      auto r = Run("tokenize --tokenizer " + m + "/tokenizer.json --text " + text + " -o " + Path("ids.npy"));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      auto got = ReadNpy(Path("ids.npy"));
+      auto want = ReadNpy(ids);
+      ASSERT_TRUE(got.ok() && want.ok());
+      EXPECT_EQ(got->ToInt64s(), want->ToInt64s()) << name << " " << text;
+    }
   }
 }
 

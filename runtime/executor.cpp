@@ -39,7 +39,21 @@ class Plan {
 
   /// Runs the plan. `frame` must be sized slots() and hold the feeds; `parent` resolves outer names.
   Status Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-                 const NodeObserver* observer) const;
+                 const NodeObserver* observer) const {
+    QC_RETURN_IF_ERROR(BindOuter(frame, parent));
+    return ExecuteSteps(frame, parent, observer, 0, num_steps());
+  }
+  /// Copies outer-scope values into the frame.
+  Status BindOuter(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent) const;
+  /// Runs steps [begin, end).
+  Status ExecuteSteps(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                      const NodeObserver* observer, int begin, int end) const;
+  int num_steps() const { return static_cast<int>(steps_.size()); }
+  int StepOfNode(const std::string& name) const {
+    for (size_t i = 0; i < steps_.size(); ++i)
+      if (steps_[i].node->name == name) return static_cast<int>(i);
+    return -1;
+  }
 
   mutable std::map<std::string, OpProfile> profile_;
   bool profiling_ = false;
@@ -306,14 +320,19 @@ Status Plan::RunStep(const Step& step, std::vector<Tensor>& frame, const std::fu
   return Status::Ok();
 }
 
-Status Plan::Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-                     const NodeObserver* observer) const {
+Status Plan::BindOuter(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent) const {
   for (const auto& [name, s] : outer_slots_) {
     const Tensor* t = parent ? parent(name) : nullptr;
     if (!t) return InvalidArgument("subgraph reads '" + name + "' which the enclosing graph did not compute");
     frame[s] = *t;
   }
-  for (const Step& step : steps_) {
+  return Status::Ok();
+}
+
+Status Plan::ExecuteSteps(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
+                          const NodeObserver* observer, int begin, int end) const {
+  for (int i = begin; i < end; ++i) {
+    const Step& step = steps_[i];
     QC_RETURN_IF_ERROR(RunStep(step, frame, parent, observer));
     for (int s : step.free_after) frame[s] = Tensor();
   }
@@ -330,7 +349,7 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
   for (const auto& o : model.opset_imports) opsets[o.domain] = o.version;
   if (!opsets.count("")) return InvalidArgument("model imports no default-domain opset");
   const int64_t opset = opsets[""];
-  if (opset < 7 || opset > 23) return Unimplemented("opset " + std::to_string(opset) + " is not supported (supported: 13..21)");
+  if (opset < 1 || opset > 23) return Unimplemented("opset " + std::to_string(opset) + " is not supported (supported: 1..23; tested: 13..21)");
   QC_ASSIGN_OR_RETURN(session->plan_, Plan::Compile(session->model_.graph, opsets, options, {}));
   for (const auto& in : session->model_.graph.inputs)
     if (!session->model_.graph.FindInitializer(in.name)) session->required_inputs_.push_back(in);
@@ -367,8 +386,7 @@ Status CheckFeed(const ValueInfo& info, const Tensor& t) {
 }
 }  // namespace
 
-StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std::vector<std::string>& output_names,
-                                           const NodeObserver* observer) const {
+StatusOr<std::vector<Tensor>> Session::BindFeeds(const NamedTensors& feeds) const {
   std::vector<Tensor> frame(plan_->constants());
   std::set<std::string> fed;
   for (const auto& [name, tensor] : feeds) {
@@ -382,24 +400,77 @@ StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std:
   }
   for (const auto& in : required_inputs_)
     if (!fed.count(in.name)) return InvalidArgument("required input '" + in.name + "' was not provided");
+  return frame;
+}
+
+namespace {
+StatusOr<std::vector<Tensor>> CollectOutputs(const Graph& graph, const Plan& plan, const std::vector<Tensor>& frame,
+                                             const std::vector<std::string>& output_names) {
   std::vector<int> wanted;
   if (output_names.empty()) {
-    wanted = plan_->output_slots();
+    wanted = plan.output_slots();
   } else {
     for (const auto& name : output_names) {
       bool is_output = false;
-      for (const auto& o : model_.graph.outputs) is_output |= o.name == name;
+      for (const auto& o : graph.outputs) is_output |= o.name == name;
       if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
-      wanted.push_back(plan_->SlotOf(name));
+      wanted.push_back(plan.SlotOf(name));
     }
   }
-  QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
   std::vector<Tensor> result;
   for (int s : wanted) {
     if (!frame[s].defined()) return Internal("output slot " + std::to_string(s) + " was not computed");
     result.push_back(frame[s]);
   }
   return result;
+}
+}  // namespace
+
+StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std::vector<std::string>& output_names,
+                                           const NodeObserver* observer) const {
+  for (const auto& name : output_names) {
+    bool is_output = false;
+    for (const auto& o : model_.graph.outputs) is_output |= o.name == name;
+    if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
+  }
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
+  QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
+  return CollectOutputs(model_.graph, *plan_, frame, output_names);
+}
+
+StatusOr<std::unique_ptr<Execution>> Session::Start(const NamedTensors& feeds) const {
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
+  return std::unique_ptr<Execution>(new Execution(this, std::move(frame)));
+}
+
+int Session::num_steps() const { return plan_->num_steps(); }
+int Session::StepOfNode(const std::string& node_name) const { return plan_->StepOfNode(node_name); }
+
+Execution::~Execution() = default;
+
+Status Execution::RunUntil(int step, const NodeObserver* observer) {
+  step = std::min(step, session_->plan_->num_steps());
+  if (step <= cursor_) return Status::Ok();
+  QC_RETURN_IF_ERROR(session_->plan_->ExecuteSteps(frame_, nullptr, observer, cursor_, step));
+  cursor_ = step;
+  return Status::Ok();
+}
+
+StatusOr<std::vector<Tensor>> Execution::Finish(const std::vector<std::string>& output_names) {
+  QC_RETURN_IF_ERROR(RunUntil(session_->plan_->num_steps()));
+  return CollectOutputs(session_->model_.graph, *session_->plan_, frame_, output_names);
+}
+
+const Tensor* Execution::Value(const std::string& name) const {
+  int s = session_->plan_->SlotOf(name);
+  return s >= 0 && frame_[s].defined() ? &frame_[s] : nullptr;
+}
+
+Status Execution::SetValue(const std::string& name, Tensor tensor) {
+  int s = session_->plan_->SlotOf(name);
+  if (s < 0) return InvalidArgument("no value named '" + name + "' in the graph");
+  frame_[s] = std::move(tensor);
+  return Status::Ok();
 }
 
 }  // namespace qc

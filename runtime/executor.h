@@ -37,6 +37,32 @@ using NodeObserver =
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 class Plan;
+class Session;
+
+/// One in-flight run that can be advanced step by step, with values inspected or replaced
+/// between steps. Sequential calibration uses it to stop at each linear layer, read its input,
+/// and substitute the quantized weight before the rest of the model runs.
+class Execution {
+ public:
+  ~Execution();
+  /// Executes the plan's steps [cursor, step). Steps already executed are not run again.
+  Status RunUntil(int step, const NodeObserver* observer = nullptr);
+  /// Executes the remaining steps and returns the named outputs (all graph outputs if empty).
+  StatusOr<std::vector<Tensor>> Finish(const std::vector<std::string>& output_names = {});
+  /// The current value of `name` (a graph input, initializer or computed value), or nullptr if
+  /// not computed yet or already freed after its last use.
+  const Tensor* Value(const std::string& name) const;
+  /// Replaces a value for the rest of this execution (e.g. a weight with its quantized version).
+  Status SetValue(const std::string& name, Tensor tensor);
+  int cursor() const { return cursor_; }
+
+ private:
+  friend class Session;
+  Execution(const Session* session, std::vector<Tensor> frame) : session_(session), frame_(std::move(frame)) {}
+  const Session* session_;
+  std::vector<Tensor> frame_;
+  int cursor_ = 0;
+};
 
 /// A compiled model. Thread-compatible: one Run at a time per Session.
 class Session {
@@ -51,6 +77,14 @@ class Session {
   StatusOr<std::vector<Tensor>> Run(const NamedTensors& feeds, const std::vector<std::string>& output_names = {},
                                     const NodeObserver* observer = nullptr) const;
 
+  /// Starts an incremental execution with `feeds` (checked as in Run).
+  StatusOr<std::unique_ptr<Execution>> Start(const NamedTensors& feeds) const;
+  /// Number of steps of the compiled plan (constant-folded nodes are not steps).
+  int num_steps() const;
+  /// The plan step that executes the node named `node_name`, or -1 if it was folded away or
+  /// does not exist. Steps run in a topological order of the graph.
+  int StepOfNode(const std::string& node_name) const;
+
   /// The graph inputs a caller must (or may) feed, i.e. inputs without an initializer default.
   const std::vector<ValueInfo>& inputs() const;
   const std::vector<ValueInfo>& outputs() const;
@@ -58,7 +92,9 @@ class Session {
   std::vector<OpProfile> Profile() const;
 
  private:
+  friend class Execution;
   Session() = default;
+  StatusOr<std::vector<Tensor>> BindFeeds(const NamedTensors& feeds) const;
   Model model_;
   SessionOptions options_;
   std::unique_ptr<Plan> plan_;

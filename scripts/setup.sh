@@ -9,8 +9,10 @@ packages=(
   libcli11-dev nlohmann-json3-dev libpcre2-dev    # CLI, JSON, GPT-2 pre-tokenizer regex
   libgtest-dev googletest                         # tests
   libonnx-testdata                                # ONNX backend node tests (conformance)
-  nodejs npm                                      # runs ONNX Runtime (npm onnxruntime-node) as a reference
 )
+# Node.js runs ONNX Runtime (npm onnxruntime-node), the independent reference. A machine may
+# already have it from another source (whose nodejs package bundles npm), so check the commands.
+command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -28,7 +30,7 @@ fi
 # benchmarks. --ignore-scripts skips its post-install download of GPU binaries (not needed).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ort_dir="$root/third_party/ort-node"
-if [ ! -f "$ort_dir/node_modules/onnxruntime-node/package.json" ]; then
+if [ ! -f "$ort_dir/node_modules/onnxruntime-node/package.json" ] && command -v npm >/dev/null; then
   mkdir -p "$ort_dir"
   if ! (cd "$ort_dir" && npm install --silent --no-audit --no-fund --ignore-scripts onnxruntime-node@1.30.0 >/dev/null 2>&1); then
     echo "setup: warning: could not install onnxruntime-node; ORT comparisons will be skipped" >&2

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "formats/status.h"
+#include "passes/quant_options.h"
 
 namespace qc {
 
@@ -38,10 +39,45 @@ struct EvalOptions {
   bool profile = false;  // print time per op type to stderr
 };
 
+/// `qconvert MODEL.onnx --pass ...` (also `qconvert convert ...`): see converter/pipeline.h.
+struct ConvertOptions {
+  std::string model;
+  std::string passes;     // "absmax" or "awq,gptq": run in order on one graph
+  std::string output;     // default: NAME.PASS-wBITS.onnx beside the input (DefaultOutputPath)
+  std::string report;     // JSON report path, "" for none
+  std::string calib;      // calibration text (with tokenizer) or .npy ids
+  std::string tokenizer;  // tokenizer.json for text calibration / eval data
+  std::string eval;       // text or .npy ids: perplexity before and after
+  int64_t eval_windows = 48;  // first N windows of the eval data; -1 for all
+  int64_t nsamples = 128;
+  int64_t seqlen = 512;
+  QuantOptions quant;
+  bool sym_flag = false;   // --sym given
+  bool asym_flag = false;  // --asym given
+  std::string device = "cpu";
+  bool external_data = false;
+  bool progress = true;      // stage messages on stderr
+  std::string command_line;  // recorded in the report
+  std::string tool_version;  // recorded in the report ("0.1.0")
+};
+
+/// `qconvert diff BASE.json NEW.json`: thresholds are percentages; negative means unchecked.
+struct DiffOptions {
+  std::string base;
+  std::string next;
+  double max_ppl_increase = -1;
+  double max_layer_error_increase = -1;
+};
+
 Status RunInspect(const InspectOptions& options);
 Status RunRun(const RunOptions& options);
 Status RunTokenize(const TokenizeOptions& options);
 Status RunEval(const EvalOptions& options);
+Status RunConvert(const ConvertOptions& options);
+/// Prints the per-layer comparison; true when a threshold was exceeded (exit code 3).
+StatusOr<bool> RunDiff(const DiffOptions& options);
+/// `qconvert --list-passes`: one line per registered pass.
+void PrintPasses();
 
 /// Loads token ids from a .npy file or tokenizes a text file; shared by eval and calibration.
 StatusOr<std::vector<int32_t>> LoadIds(const std::string& data, const std::string& tokenizer);

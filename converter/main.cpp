@@ -1,8 +1,11 @@
 // qconvert command line: parses arguments (CLI11) and maps errors to exit codes
-// 0 success, 1 bad input, 2 internal error. The only place exceptions are caught.
+// 0 success, 1 bad input, 2 internal error (and 3 for `diff` past a threshold). The only place
+// exceptions are caught.
 #include <cstdio>
 #include <exception>
 #include <new>
+#include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -16,12 +19,45 @@ int ExitCodeFor(const qc::Status& s) {
   return s.IsInputError() ? 1 : 2;
 }
 
+// `qconvert MODEL.onnx --pass absmax` is `qconvert convert MODEL.onnx --pass absmax`: when the
+// first argument is neither a subcommand nor a top-level flag and some argument names an .onnx
+// file, the `convert` subcommand is inserted.
+std::vector<std::string> RouteToConvert(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  static const char* const kTopLevel[] = {"inspect", "run", "tokenize", "eval", "convert", "diff",
+                                          "-h", "--help", "--version", "--list-passes"};
+  if (args.size() < 2) return args;
+  for (const char* word : kTopLevel)
+    if (args[1] == word) return args;
+  for (size_t i = 1; i < args.size(); ++i)
+    if (args[i].ends_with(".onnx")) {
+      args.insert(args.begin() + 1, "convert");
+      break;
+    }
+  return args;
+}
+
+// The command line as typed (quoted where needed), for the report.
+std::string JoinCommandLine(int argc, char** argv) {
+  std::string line;
+  for (int i = 0; i < argc; ++i) {
+    std::string a = argv[i];
+    if (i == 0) a = "qconvert";
+    const bool quote = a.empty() || a.find_first_of(" \t\"'\\$") != std::string::npos;
+    line += (i ? " " : "") + (quote ? "'" + a + "'" : a);
+  }
+  return line;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"qconvert: offline LLM quantization for ONNX models"};
-  app.require_subcommand(1);
+  CLI::App app{"qconvert: offline LLM quantization for ONNX models\n"
+               "  qconvert MODEL.onnx --pass PASS[,PASS...] [options]   (= qconvert convert ...)"};
+  app.require_subcommand(0, 1);
   app.set_version_flag("--version", std::string("qconvert ") + QC_VERSION);
+  bool list_passes = false;
+  app.add_flag("--list-passes", list_passes, "Print the registered passes, one per line");
 
   qc::InspectOptions inspect;
   auto* inspect_cmd = app.add_subcommand("inspect", "Print opset, inputs/outputs, op histogram, parameters and linear layers");
@@ -52,16 +88,71 @@ int main(int argc, char** argv) {
   eval_cmd->add_flag("!--no-progress", eval.progress, "Hide the progress bar");
   eval_cmd->add_flag("--profile", eval.profile, "Print the time spent per op type to stderr");
 
+  qc::ConvertOptions conv;
+  conv.tool_version = QC_VERSION;
+  conv.command_line = JoinCommandLine(argc, argv);
+  auto* conv_cmd = app.add_subcommand("convert", "Quantize a model (the default: qconvert MODEL.onnx --pass ...)");
+  conv_cmd->add_option("model", conv.model, "ONNX model (read only; never modified)")->required();
+  conv_cmd->add_option("--pass", conv.passes, "Passes to run in order, comma-separated (see --list-passes)")->required();
+  conv_cmd->add_option("-o,--output", conv.output, "Output model (default: NAME.PASS-wBITS.onnx beside the input)");
+  conv_cmd->add_option("--report", conv.report, "Write the JSON report here (schema: docs/REPORT.md)");
+  conv_cmd->add_option("--bits", conv.quant.bits, "Weight bits, 2..8")->capture_default_str();
+  conv_cmd->add_option("--group-size", conv.quant.group_size, "Input rows per quantization group: a power of two >= 16, or -1 per output channel")->capture_default_str();
+  conv_cmd->add_flag("--sym", conv.sym_flag, "Symmetric quantization (no zero points)");
+  conv_cmd->add_flag("--asym", conv.asym_flag, "Asymmetric quantization (scale + zero point)");
+  conv_cmd->add_flag("--scale-search", conv.quant.scale_search, "Search each group's scale for the least squared error");
+  conv_cmd->add_option("--calib", conv.calib, "Calibration data: text (with --tokenizer) or .npy token ids");
+  conv_cmd->add_option("--tokenizer", conv.tokenizer, "tokenizer.json for text --calib / --eval data");
+  conv_cmd->add_option("--nsamples", conv.nsamples, "Calibration windows")->capture_default_str();
+  conv_cmd->add_option("--seqlen", conv.seqlen, "Tokens per calibration and evaluation window")->capture_default_str();
+  conv_cmd->add_option("--seed", conv.quant.seed, "Seed of the calibration window sampling")->capture_default_str();
+  conv_cmd->add_flag("--act-order", conv.quant.act_order, "GPTQ: quantize columns in decreasing Hessian-diagonal order");
+  conv_cmd->add_option("--damp", conv.quant.damp, "GPTQ: dampening, a fraction of the mean Hessian diagonal")->capture_default_str();
+  conv_cmd->add_option("--alpha", conv.quant.alpha, "SmoothQuant / AWQ migration strength")->capture_default_str();
+  conv_cmd->add_option("--threshold", conv.quant.threshold, "outlier-split: activation magnitude threshold")->capture_default_str();
+  conv_cmd->add_option("--exclude", conv.quant.exclude_regex, "Leave layers whose node or weight name matches this regex in float");
+  conv_cmd->add_option("--device", conv.device, "Where passes run: cpu")->capture_default_str();
+  conv_cmd->add_option("--eval", conv.eval, "Measure perplexity before and after on this text (with --tokenizer) or .npy ids");
+  conv_cmd->add_option("--eval-windows", conv.eval_windows, "Evaluate the first N windows of --eval (-1: all)")->capture_default_str();
+  conv_cmd->add_flag("--external-data", conv.external_data, "Store the weights in OUT.onnx.data beside the model");
+  conv_cmd->add_flag("!--no-progress", conv.progress, "Hide the stage messages on stderr");
+
+  qc::DiffOptions diff;
+  auto* diff_cmd = app.add_subcommand("diff", "Compare two reports per layer; exit 3 when a threshold is exceeded");
+  diff_cmd->add_option("base", diff.base, "Baseline report (JSON)")->required();
+  diff_cmd->add_option("new", diff.next, "New report (JSON)")->required();
+  diff_cmd->add_option("--max-ppl-increase", diff.max_ppl_increase, "Fail (exit 3) when perplexity grows by more than PCT percent");
+  diff_cmd->add_option("--max-layer-error-increase", diff.max_layer_error_increase,
+                       "Fail (exit 3) when a layer's weight or output error grows by more than PCT percent");
+
+  std::vector<std::string> routed = RouteToConvert(argc, argv);
+  std::vector<char*> routed_argv;
+  for (std::string& a : routed) routed_argv.push_back(a.data());
   try {
-    app.parse(argc, argv);
+    app.parse(static_cast<int>(routed_argv.size()), routed_argv.data());
   } catch (const CLI::ParseError& e) {
     int code = app.exit(e);
     return code == 0 ? 0 : 1;
   }
 
+  if (list_passes) {
+    qc::PrintPasses();
+    return 0;
+  }
+  if (app.get_subcommands().empty()) {
+    std::fprintf(stderr, "qconvert: error: give a subcommand or MODEL.onnx --pass PASS (see --help)\n");
+    return 1;
+  }
+
   try {
     qc::Status status;
-    if (*inspect_cmd) status = qc::RunInspect(inspect);
+    if (*diff_cmd) {
+      qc::StatusOr<bool> exceeded = qc::RunDiff(diff);
+      if (!exceeded.ok()) return ExitCodeFor(exceeded.status());
+      return *exceeded ? 3 : 0;
+    }
+    if (*conv_cmd) status = qc::RunConvert(conv);
+    else if (*inspect_cmd) status = qc::RunInspect(inspect);
     else if (*run_cmd) status = qc::RunRun(run);
     else if (*tok_cmd) status = qc::RunTokenize(tok);
     else if (*eval_cmd) status = qc::RunEval(eval);

@@ -1,0 +1,287 @@
+// The convert driver (see pipeline.h).
+#include "converter/pipeline.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "calibrate/calibration_data.h"
+#include "formats/onnx_reader.h"
+#include "formats/onnx_writer.h"
+#include "formats/sha256.h"
+#include "passes/registry.h"
+#include "passes/weight_quant.h"
+#include "runtime/executor.h"
+#include "runtime/input_binding.h"
+#include "runtime/perplexity.h"
+
+namespace qc {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::vector<std::string> SplitPasses(const std::string& passes) {
+  std::vector<std::string> names;
+  std::stringstream ss(passes);
+  std::string name;
+  while (std::getline(ss, name, ',')) names.push_back(name);
+  return names;
+}
+
+// Removes the artifact (and its external-data side file) unless the run completed.
+class OutputGuard {
+ public:
+  OutputGuard(std::string path, bool external_data) : path_(std::move(path)), external_data_(external_data) {}
+  ~OutputGuard() {
+    if (committed_ || !armed_) return;
+    std::error_code ec;
+    fs::remove(path_, ec);
+    if (external_data_) fs::remove(path_ + ".data", ec);
+  }
+  void Arm() { armed_ = true; }
+  void Commit() { committed_ = true; }
+
+ private:
+  std::string path_;
+  bool external_data_;
+  bool armed_ = false;
+  bool committed_ = false;
+};
+
+// Temp file + rename, so a reader never sees a half-written report.
+Status WriteTextAtomic(const std::string& path, const std::string& text) {
+  const std::string temp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+    if (!out) return NotFound("cannot create '" + path + "': " + std::strerror(errno));
+    out << text;
+    out.close();
+    if (!out) {
+      std::remove(temp.c_str());
+      return DataLoss("writing '" + path + "' failed (disk full?)");
+    }
+  }
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::remove(temp.c_str());
+    return DataLoss("cannot rename '" + temp + "' to '" + path + "': " + why);
+  }
+  return Status::Ok();
+}
+
+// The .onnx file's digest; bytes include the `<file>.data` side file when there is one, since
+// that is what the model costs on disk.
+StatusOr<FileDigest> DigestModel(const std::string& path, bool count_side_file) {
+  QC_ASSIGN_OR_RETURN(FileDigest d, Sha256File(path));
+  if (!count_side_file) return d;
+  std::error_code ec;
+  const auto data_size = fs::file_size(path + ".data", ec);
+  if (!ec) d.bytes += static_cast<int64_t>(data_size);
+  return d;
+}
+
+bool SamePath(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
+  return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
+}
+
+StatusOr<double> Perplexity(const Model& model, const std::vector<int32_t>& ids, const ConvertOptions& options) {
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  PerplexityOptions po;
+  po.seqlen = options.seqlen;
+  po.max_windows = options.eval_windows;
+  QC_ASSIGN_OR_RETURN(PerplexityResult r, EvaluatePerplexity(*session, ids, po));
+  return r.ppl;
+}
+
+}  // namespace
+
+std::string DefaultOutputPath(const std::string& model, const std::string& passes, int bits) {
+  fs::path p(model);
+  const std::string stem = (p.extension() == ".onnx" ? p.stem() : p.filename()).string();
+  std::string joined;
+  for (const std::string& name : SplitPasses(passes)) joined += (joined.empty() ? "" : "+") + name;
+  return (p.parent_path() / (stem + "." + joined + "-w" + std::to_string(bits) + ".onnx")).string();
+}
+
+std::string OptionsJson(const ConvertOptions& o) {
+  nlohmann::ordered_json j;
+  j["pass"] = o.passes;
+  j["bits"] = o.quant.bits;
+  j["group_size"] = o.quant.group_size;
+  j["sym"] = o.quant.sym;
+  j["scale_search"] = o.quant.scale_search;
+  j["act_order"] = o.quant.act_order;
+  j["damp"] = o.quant.damp;
+  j["alpha"] = o.quant.alpha;
+  j["threshold"] = o.quant.threshold;
+  j["exclude"] = o.quant.exclude_regex;
+  j["calib"] = o.calib;
+  j["tokenizer"] = o.tokenizer;
+  j["nsamples"] = o.nsamples;
+  j["seqlen"] = o.seqlen;
+  j["eval"] = o.eval;
+  j["eval_windows"] = o.eval_windows;
+  j["device"] = o.device;
+  j["external_data"] = o.external_data;
+  j["seed"] = o.quant.seed;
+  return j.dump();
+}
+
+Status ValidateConvertOptions(const ConvertOptions& o) {
+  if (o.model.empty()) return InvalidArgument("no model given: qconvert MODEL.onnx --pass PASS");
+  QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
+  // Every weight-quantizing pass takes --bits and --group-size the same way; check them up front.
+  QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(SpecFromOptions(o.quant, /*sym=*/true)));
+  if (o.sym_flag && o.asym_flag) return InvalidArgument("--sym and --asym contradict each other; give one");
+  if (o.device != "cpu")
+    return InvalidArgument("--device '" + o.device + "' is not available in this build; use --device cpu");
+  if (o.nsamples < 1) return InvalidArgument("--nsamples must be at least 1");
+  if (o.seqlen < 2) return InvalidArgument("--seqlen must be at least 2");
+  if (o.eval_windows == 0 || o.eval_windows < -1)
+    return InvalidArgument("--eval-windows must be a positive count or -1 (every window)");
+  if (o.quant.damp < 0) return InvalidArgument("--damp must be >= 0");
+  for (size_t i = 0; i < pipeline.size(); ++i) {
+    const Pass& pass = *pipeline[i];
+    const std::string name = pass.Name();
+    if (name == "absmax" && o.asym_flag)
+      return InvalidArgument("absmax is symmetric; use --pass zeropoint for asymmetric quantization");
+    if (name == "zeropoint" && o.sym_flag)
+      return InvalidArgument("zeropoint is asymmetric; use --pass absmax for symmetric quantization");
+    if (pass.NeedsCalibration() && o.calib.empty())
+      return InvalidArgument("pass '" + name + "' needs calibration data: give --calib FILE (text with --tokenizer, or .npy ids)");
+    // Once a pass has quantized the weights no linear layer is left for a later pass.
+    if (i + 1 < pipeline.size() && !pass.CanDeferQuantization())
+      return InvalidArgument("pass '" + name + "' quantizes the weights, so it must come last in --pass '" + o.passes +
+                             "' (only rescaling passes such as awq or smoothquant can precede another pass)");
+  }
+  const std::string output = o.output.empty() ? DefaultOutputPath(o.model, o.passes, o.quant.bits) : o.output;
+  if (SamePath(output, o.model)) return InvalidArgument("output '" + output + "' is the input model; give another -o");
+  const fs::path dir = fs::path(output).parent_path();
+  std::error_code ec;
+  if (!dir.empty() && !fs::is_directory(dir, ec))
+    return NotFound("output directory '" + dir.string() + "' does not exist");
+  if (!o.report.empty() && SamePath(o.report, o.model))
+    return InvalidArgument("--report '" + o.report + "' is the input model");
+  return Status::Ok();
+}
+
+StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
+                                         const std::function<void(const std::string&)>& log) {
+  const auto start = std::chrono::steady_clock::now();
+  auto say = [&](const std::string& m) {
+    if (log) log(m);
+  };
+  QC_RETURN_IF_ERROR(ValidateConvertOptions(options));
+  ConvertOptions o = options;
+  if (o.asym_flag) o.quant.sym = false;
+  if (o.sym_flag) o.quant.sym = true;
+  for (const std::string& name : SplitPasses(o.passes)) {
+    if (name == "absmax") o.quant.sym = true;
+    if (name == "zeropoint") o.quant.sym = false;
+  }
+  const std::string output = o.output.empty() ? DefaultOutputPath(o.model, o.passes, o.quant.bits) : o.output;
+
+  QuantReport report;
+  report.tool_version = o.tool_version;
+  report.command = o.command_line;
+  report.options_json = OptionsJson(o);
+  report.seed = o.quant.seed;
+  report.input_path = o.model;
+  report.output_path = output;
+
+  QC_ASSIGN_OR_RETURN(FileDigest input_digest, DigestModel(o.model, true));
+  report.input_sha256 = input_digest.sha256;
+  report.input_bytes = input_digest.bytes;
+  say("reading " + o.model);
+  QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(o.model));
+
+  std::vector<Tensor> calib_windows;
+  if (!o.calib.empty()) {
+    say("loading calibration data " + o.calib);
+    QC_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadIds(o.calib, o.tokenizer));
+    StatusOr<std::vector<Tensor>> windows = SampleCalibrationWindows(ids, o.nsamples, o.seqlen, o.quant.seed);
+    if (!windows.ok()) return windows.status().WithContext("--calib " + o.calib);
+    calib_windows = std::move(windows).value();
+  }
+  std::vector<int32_t> eval_ids;
+  if (!o.eval.empty()) {
+    QC_ASSIGN_OR_RETURN(eval_ids, LoadIds(o.eval, o.tokenizer));
+    if (static_cast<int64_t>(eval_ids.size()) < o.seqlen)
+      return InvalidArgument("--eval " + o.eval + " has " + std::to_string(eval_ids.size()) +
+                             " tokens, fewer than one window of --seqlen " + std::to_string(o.seqlen));
+    say("measuring float perplexity on " + o.eval);
+    StatusOr<double> ppl = Perplexity(model, eval_ids, o);
+    if (!ppl.ok()) return ppl.status().WithContext("evaluating the input model");
+    report.ppl_before = *ppl;
+  }
+
+  QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
+  for (size_t i = 0; i < pipeline.size(); ++i) {
+    Pass& pass = *pipeline[i];
+    PassContext context{o.quant};
+    context.layers = &report.layers;
+    context.quantize_weights = !(pass.CanDeferQuantization() && i + 1 < pipeline.size());
+    say(std::string("running pass ") + pass.Name());
+    QC_RETURN_IF_ERROR(pass.Run(model, context).WithContext(std::string("pass '") + pass.Name() + "'"));
+  }
+
+  OutputGuard guard(output, o.external_data);
+  guard.Arm();  // from here on, any failure removes what was written at `output`
+  say("writing " + output);
+  OnnxWriteOptions wo;
+  wo.external_data = o.external_data;
+  QC_RETURN_IF_ERROR(WriteOnnxModel(model, output, wo));
+
+  // Validate what was written, not what is in memory: the file is what users ship.
+  say("validating " + output);
+  StatusOr<Model> written = ReadOnnxModel(output);
+  if (!written.ok()) return Internal("the written artifact cannot be read back: " + written.status().message());
+  StatusOr<std::unique_ptr<Session>> session = Session::Create(*written);
+  if (!session.ok()) return Internal("the written artifact does not load in our runtime: " + session.status().message());
+  Tensor window;
+  if (!calib_windows.empty()) {
+    window = calib_windows[0];
+  } else if (!eval_ids.empty()) {
+    window = Tensor(DType::kInt64, {1, o.seqlen});
+    for (int64_t i = 0; i < o.seqlen; ++i) window.mutable_data<int64_t>()[i] = eval_ids[i];
+  } else {
+    window = Tensor(DType::kInt64, {1, std::min<int64_t>(o.seqlen, 16)});  // token 0 exists in every vocabulary
+  }
+  StatusOr<NamedTensors> feeds = BindInputs(**session, window);
+  if (!feeds.ok()) return Internal("cannot bind inputs of the written artifact: " + feeds.status().message());
+  StatusOr<std::vector<Tensor>> outputs = (*session)->Run(*feeds);
+  if (!outputs.ok()) return Internal("the written artifact fails to run: " + outputs.status().message());
+  const Tensor& logits = (*outputs)[LogitsOutputIndex(**session)];
+  if (logits.dtype() == DType::kFloat32)
+    for (float v : logits.ToFloats())
+      if (!std::isfinite(v)) return Internal("the written artifact produces non-finite outputs on a validation window");
+  if (!eval_ids.empty()) {
+    say("measuring quantized perplexity on " + o.eval);
+    StatusOr<double> ppl = Perplexity(*written, eval_ids, o);
+    if (!ppl.ok()) return Internal("evaluating the written artifact failed: " + ppl.status().message());
+    report.ppl_after = *ppl;
+  }
+
+  QC_ASSIGN_OR_RETURN(FileDigest output_digest, DigestModel(output, o.external_data));
+  report.output_sha256 = output_digest.sha256;
+  report.output_bytes = output_digest.bytes;
+  report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (!o.report.empty()) QC_RETURN_IF_ERROR(WriteTextAtomic(o.report, ReportToJson(report)));
+  guard.Commit();
+  return report;
+}
+
+}  // namespace qc

@@ -69,7 +69,25 @@ struct DiffOptions {
   double max_layer_error_increase = -1;
 };
 
+struct GenerateOptions {
+  std::string arch = "llama";  // HF model_type: llama, gpt2, mistral, ...
+  std::string style = "dynamo";
+  int64_t vocab = 4096;
+  int64_t hidden = 256;
+  int64_t layers = 4;
+  int64_t heads = 8;
+  int64_t kv_heads = 0;
+  int64_t intermediate = 0;
+  int64_t max_positions = 1024;
+  uint32_t seed = 0;
+  bool mask_and_positions = false;
+  bool external_data = false;
+  std::string output;
+  std::string tokenizer_output;  // optional byte-level tokenizer.json for the model
+};
+
 Status RunInspect(const InspectOptions& options);
+Status RunGenerate(const GenerateOptions& options);
 Status RunRun(const RunOptions& options);
 Status RunTokenize(const TokenizeOptions& options);
 Status RunEval(const EvalOptions& options);

@@ -24,7 +24,7 @@ int ExitCodeFor(const qc::Status& s) {
 // file, the `convert` subcommand is inserted.
 std::vector<std::string> RouteToConvert(int argc, char** argv) {
   std::vector<std::string> args(argv, argv + argc);
-  static const char* const kTopLevel[] = {"inspect", "run", "tokenize", "eval", "convert", "diff",
+  static const char* const kTopLevel[] = {"inspect", "run", "tokenize", "eval", "convert", "diff", "generate",
                                           "-h", "--help", "--version", "--list-passes"};
   if (args.size() < 2) return args;
   for (const char* word : kTopLevel)
@@ -125,6 +125,23 @@ int main(int argc, char** argv) {
   diff_cmd->add_option("--max-layer-error-increase", diff.max_layer_error_increase,
                        "Fail (exit 3) when a layer's weight or output error grows by more than PCT percent");
 
+  qc::GenerateOptions gen;
+  auto* gen_cmd = app.add_subcommand("generate", "Write a seeded random-weight decoder in an architecture's export pattern");
+  gen_cmd->add_option("--arch", gen.arch, "llama, mistral, qwen2, gemma, phi, gpt2, gpt_neo, gpt_neox, opt")->capture_default_str();
+  gen_cmd->add_option("--style", gen.style, "Exporter pattern: dynamo, torchscript, ort_fused")->capture_default_str();
+  gen_cmd->add_option("--vocab", gen.vocab)->capture_default_str()->check(CLI::Range(int64_t{2}, int64_t{1} << 22));
+  gen_cmd->add_option("--hidden", gen.hidden)->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  gen_cmd->add_option("--layers", gen.layers)->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  gen_cmd->add_option("--heads", gen.heads)->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1024}));
+  gen_cmd->add_option("--kv-heads", gen.kv_heads, "0: same as --heads")->check(CLI::Range(int64_t{0}, int64_t{1024}));
+  gen_cmd->add_option("--intermediate", gen.intermediate, "0: the architecture's default")->check(CLI::Range(int64_t{0}, int64_t{1} << 18));
+  gen_cmd->add_option("--max-positions", gen.max_positions)->capture_default_str()->check(CLI::Range(int64_t{1}, int64_t{1} << 20));
+  gen_cmd->add_option("--seed", gen.seed)->capture_default_str();
+  gen_cmd->add_flag("--mask-and-positions", gen.mask_and_positions, "Also take attention_mask and position_ids inputs");
+  gen_cmd->add_flag("--external-data", gen.external_data, "Store weights in MODEL.onnx.data");
+  gen_cmd->add_option("--tokenizer-out", gen.tokenizer_output, "Also write a byte-level tokenizer.json (ids 0..255)");
+  gen_cmd->add_option("-o,--output", gen.output, "Output .onnx")->required();
+
   std::vector<std::string> routed = RouteToConvert(argc, argv);
   std::vector<char*> routed_argv;
   for (std::string& a : routed) routed_argv.push_back(a.data());
@@ -153,6 +170,7 @@ int main(int argc, char** argv) {
     }
     if (*conv_cmd) status = qc::RunConvert(conv);
     else if (*inspect_cmd) status = qc::RunInspect(inspect);
+    else if (*gen_cmd) status = qc::RunGenerate(gen);
     else if (*run_cmd) status = qc::RunRun(run);
     else if (*tok_cmd) status = qc::RunTokenize(tok);
     else if (*eval_cmd) status = qc::RunEval(eval);

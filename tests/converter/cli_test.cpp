@@ -234,3 +234,29 @@ TEST_F(CliTest, Negative_MissingModelFile) { ExpectInputError(Run("inspect " + P
 
 }  // namespace
 }  // namespace qc
+
+namespace qc {
+namespace {
+
+// `generate` writes a runnable model and a byte-level tokenizer whose ids are the text's bytes.
+TEST_F(CliTest, GenerateWritesRunnableModelAndByteTokenizer) {
+  auto r = Run("generate --arch llama --vocab 256 --hidden 32 --layers 1 --heads 4 --kv-heads 2 -o " + Path("g.onnx") +
+               " --tokenizer-out " + Path("tok.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ofstream(Path("t.txt")) << "Hello, world! x";
+  r = Run("tokenize --tokenizer " + Path("tok.json") + " --text " + Path("t.txt") + " -o " + Path("ids.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto ids = ReadNpy(Path("ids.npy"));
+  ASSERT_TRUE(ids.ok());
+  std::vector<int64_t> want;
+  for (unsigned char c : std::string("Hello, world! x")) want.push_back(c);
+  EXPECT_EQ(ids->ToInt64s(), want);
+  r = Run("eval " + Path("g.onnx") + " --data " + Path("t.txt") + " --tokenizer " + Path("tok.json") + " --seqlen 8 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(nlohmann::json::parse(r.out)["ppl"].get<double>(), 1.0);
+  ExpectInputError(Run("generate --arch nope -o " + Path("x.onnx")), "nope");
+  EXPECT_FALSE(fs::exists(Path("x.onnx")));
+}
+
+}  // namespace
+}  // namespace qc

@@ -23,19 +23,28 @@ namespace {
 // 64-byte alignment suits AVX-512 loads and keeps Eigen maps aligned.
 constexpr size_t kAlignment = 64;
 
-std::shared_ptr<const void> AllocateZeroed(int64_t bytes) {
+std::shared_ptr<const void> Allocate(int64_t bytes, bool zero) {
   size_t size = (static_cast<size_t>(bytes) + kAlignment - 1) / kAlignment * kAlignment;
   if (size == 0) size = kAlignment;
   void* p = std::aligned_alloc(kAlignment, size);
   if (!p) throw std::bad_alloc();
-  std::memset(p, 0, size);
+  if (zero) std::memset(p, 0, size);
   return std::shared_ptr<const void>(p, [](const void* q) { std::free(const_cast<void*>(q)); });
 }
 }  // namespace
 
 Tensor::Tensor(DType dtype, Shape shape) : dtype_(dtype), shape_(std::move(shape)) {
-  storage_ = AllocateZeroed(nbytes());
+  storage_ = Allocate(nbytes(), /*zero=*/true);
   data_ = storage_.get();
+}
+
+Tensor Tensor::Uninitialized(DType dtype, Shape shape) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.storage_ = Allocate(t.nbytes(), /*zero=*/false);
+  t.data_ = t.storage_.get();
+  return t;
 }
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data)

@@ -29,6 +29,10 @@ class Tensor {
   /// Wraps existing storage (e.g. a memory-mapped file); `storage` keeps it alive.
   Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data);
 
+  /// Allocates without zero-filling, for kernels that write every element (saves a memset and
+  /// page faults per large activation).
+  static Tensor Uninitialized(DType dtype, Shape shape);
+
   /// A scalar or 1-D tensor from values.
   template <typename T>
   static Tensor FromVector(const std::vector<T>& values, Shape shape);

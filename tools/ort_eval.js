@@ -5,7 +5,7 @@
 'use strict';
 const path = require('path');
 const fs = require('fs');
-const ort = require(path.join(process.env.QC_ORT_NODE_MODULES || 'node_modules', 'onnxruntime-node'));
+const ort = require(path.resolve(process.env.QC_ORT_NODE_MODULES || 'node_modules', 'onnxruntime-node'));
 
 function loadIds(file) {
   const b = fs.readFileSync(file);

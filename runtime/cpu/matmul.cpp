@@ -189,7 +189,8 @@ Status MatMulFast(KernelContext& ctx) {
   const Tensor& b = ctx.input(1);
   if (a.dtype() != DType::kFloat32 && a.dtype() != DType::kFloat64) return MatMulRef(ctx);
   QC_ASSIGN_OR_RETURN(MatMulPlan plan, PlanMatMul(ctx, a.shape(), b.shape()));
-  Tensor out(a.dtype(), plan.out_shape);
+  // The GEMM writes every output element when K > 0; K == 0 must give zeros.
+  Tensor out = plan.k > 0 ? Tensor::Uninitialized(a.dtype(), plan.out_shape) : Tensor(a.dtype(), plan.out_shape);
   if (a.dtype() == DType::kFloat32)
     MatMulFastImpl<float>(plan, a.data<float>(), b.data<float>(), out.mutable_data<float>());
   else

@@ -168,7 +168,7 @@ void BlockedTranspose(const Shape& s, const std::vector<int>& p, const char* src
 Status TransposeFast(KernelContext& ctx) {
   QC_ASSIGN_OR_RETURN(shape_ops::TransposePlan plan, shape_ops::PlanTranspose(ctx));
   const Tensor& x = ctx.input(0);
-  Tensor out(x.dtype(), plan.out_shape);
+  Tensor out = Tensor::Uninitialized(x.dtype(), plan.out_shape);  // every element is copied below
   const int64_t n = x.numel();
   const int es = plan.elem_bytes;
   const char* src = static_cast<const char*>(x.raw());
@@ -203,7 +203,7 @@ Status TransposeFast(KernelContext& ctx) {
 
 Status ConcatFast(KernelContext& ctx) {
   QC_ASSIGN_OR_RETURN(shape_ops::ConcatPlan plan, shape_ops::PlanConcat(ctx));
-  Tensor out(plan.parts[0]->dtype(), plan.out_shape);
+  Tensor out = Tensor::Uninitialized(plan.parts[0]->dtype(), plan.out_shape);  // every element is copied below
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < plan.axis; ++d) outer *= plan.out_shape[d];
   for (size_t d = plan.axis + 1; d < plan.out_shape.size(); ++d) inner *= plan.out_shape[d];
@@ -235,7 +235,7 @@ Status SliceFast(KernelContext& ctx) {
     ctx.outputs[0] = x;  // the whole tensor: tensors are immutable, so alias it
     return Status::Ok();
   }
-  Tensor out(x.dtype(), plan.out_shape);
+  Tensor out = Tensor::Uninitialized(x.dtype(), plan.out_shape);  // every element is copied below
   if (out.numel() == 0) {
     ctx.outputs[0] = std::move(out);
     return Status::Ok();
@@ -278,7 +278,7 @@ Status GatherFast(KernelContext& ctx) {
   const int64_t dim = data.shape()[plan.axis];
   const int64_t n = static_cast<int64_t>(plan.indices.size());
   const int64_t row_bytes = inner * plan.elem_bytes;
-  Tensor out(data.dtype(), plan.out_shape);
+  Tensor out = Tensor::Uninitialized(data.dtype(), plan.out_shape);  // every row is copied below
   const char* src = static_cast<const char*>(data.raw());
   char* dst = static_cast<char*>(out.mutable_raw());
   const int64_t rows = outer * n;
@@ -295,7 +295,7 @@ Status GatherFast(KernelContext& ctx) {
 Status ExpandFast(KernelContext& ctx) {
   QC_ASSIGN_OR_RETURN(shape_ops::ExpandPlan plan, shape_ops::PlanExpand(ctx));
   const Tensor& x = ctx.input(0);
-  Tensor out(x.dtype(), plan.out_shape);
+  Tensor out = Tensor::Uninitialized(x.dtype(), plan.out_shape);  // every element is copied below
   if (out.numel() == 0) {
     ctx.outputs[0] = std::move(out);
     return Status::Ok();

@@ -97,7 +97,7 @@ Status SoftmaxFastCommon(KernelContext& ctx, bool log) {
   QC_ASSIGN_OR_RETURN(SoftmaxShape s, ParseSoftmax(ctx));
   if (s.inner != 1 || s.len == 0) return SoftmaxRefCommon(ctx, log);
   const Tensor& x = ctx.input(0);
-  Tensor y(x.dtype(), x.shape());
+  Tensor y = Tensor::Uninitialized(x.dtype(), x.shape());
   DispatchFloat(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;
     SoftmaxRowsFast<T>(s, x.data<T>(), y.mutable_data<T>(), log);

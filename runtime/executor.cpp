@@ -8,6 +8,7 @@
 #include <unordered_map>
 
 #include "runtime/cpu/kernel.h"
+#include "runtime/graph_fusion.h"
 
 namespace qc {
 
@@ -345,6 +346,8 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
   std::unique_ptr<Session> session(new Session());
   session->model_ = model;
   session->options_ = options;
+  // The reference kernels run the graph exactly as written: they are the numeric spec.
+  if (!options.use_reference_kernels && options.fuse_ops) FuseForExecution(session->model_.graph);
   OpsetMap opsets;
   for (const auto& o : model.opset_imports) opsets[o.domain] = o.version;
   if (!opsets.count("")) return InvalidArgument("model imports no default-domain opset");

@@ -18,6 +18,8 @@ struct SessionOptions {
   bool use_reference_kernels = false;
   /// Evaluate nodes whose inputs are all constant once, at session creation.
   bool fold_constants = true;
+  /// Apply execution-only fusions (runtime/graph_fusion.h) before planning.
+  bool fuse_ops = true;
   /// Accumulate wall time per op type (see Session::Profile()).
   bool profile = false;
 };

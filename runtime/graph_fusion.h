@@ -1,0 +1,15 @@
+// Execution-only graph rewrites: fuse op chains the exporters emit into one kernel each. The
+// rewritten graph is what the executor runs; models are never written back in this form.
+#pragma once
+
+#include "formats/graph.h"
+
+namespace qc {
+
+/// Rewrites `graph` in place (main graph only; subgraphs are left alone). Fusions:
+///   x -> Sigmoid -> s;  Mul(x, s)        =>  com.microsoft.QuickGelu(x, alpha=1)   (SiLU)
+/// A chain is fused only when its intermediate value has no other reader and is not a graph
+/// output. Returns the number of fusions applied.
+int FuseForExecution(Graph& graph);
+
+}  // namespace qc

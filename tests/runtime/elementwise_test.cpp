@@ -13,31 +13,13 @@
 
 #include "formats/dtype.h"
 #include "formats/graph.h"
+#include "formats/model_builder.h"
 #include "formats/tensor.h"
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/kernel.h"
 
 namespace qc {
 namespace {
-
-Attribute IntAttr(int64_t v) {
-  Attribute a;
-  a.type = Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-Attribute FloatAttr(float v) {
-  Attribute a;
-  a.type = Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-Attribute StringAttr(const std::string& v) {
-  Attribute a;
-  a.type = Attribute::Type::kString;
-  a.s = v;
-  return a;
-}
 
 /// Runs one op's reference or fast kernel on `inputs` (an undefined Tensor marks an omitted input).
 StatusOr<Tensor> RunOpImpl(const std::string& op, const std::vector<Tensor>& inputs,
@@ -195,9 +177,9 @@ TEST(ElementwiseArith, ModFollowsDivisorOrDividendSign) {
   // fmod=0: sign of the divisor (Python %).
   EXPECT_EQ(Values<int32_t>(Eval("Mod", {a, b})), (std::vector<int32_t>{2, -2, 5, -1, 0}));
   // fmod=1: sign of the dividend (C fmod).
-  EXPECT_EQ(Values<int32_t>(Eval("Mod", {a, b}, {{"fmod", IntAttr(1)}})), (std::vector<int32_t>{-1, 1, 5, -1, 0}));
+  EXPECT_EQ(Values<int32_t>(Eval("Mod", {a, b}, {{"fmod", AttrInt(1)}})), (std::vector<int32_t>{-1, 1, 5, -1, 0}));
   EXPECT_EQ(Values<int64_t>(Eval("Mod", {I64({INT64_MIN}), I64({-1})})), (std::vector<int64_t>{0}));
-  EXPECT_EQ(Values<float>(Eval("Mod", {F({-4.5f, 7.5f}), F({2, -2})}, {{"fmod", IntAttr(1)}})),
+  EXPECT_EQ(Values<float>(Eval("Mod", {F({-4.5f, 7.5f}), F({2, -2})}, {{"fmod", AttrInt(1)}})),
             (std::vector<float>{-0.5f, 1.5f}));
   EXPECT_EQ(Values<uint8_t>(Eval("Mod", {T1<uint8_t>({200, 7}), T1<uint8_t>({7, 200})})),
             (std::vector<uint8_t>{4, 7}));
@@ -205,7 +187,7 @@ TEST(ElementwiseArith, ModFollowsDivisorOrDividendSign) {
 
 TEST(ElementwiseArith, Negative_ModFloatRequiresFmod) {
   EXPECT_FALSE(RunStatus("Mod", {F({1}), F({2})}).ok());
-  EXPECT_FALSE(RunStatus("Mod", {I64({1}), I64({2})}, {{"fmod", IntAttr(2)}}).ok());
+  EXPECT_FALSE(RunStatus("Mod", {I64({1}), I64({2})}, {{"fmod", AttrInt(2)}}).ok());
 }
 
 TEST(ElementwiseArith, PowMatchesStdPow) {
@@ -280,13 +262,13 @@ TEST(ElementwiseArith, PowSqrtWithinOneUlpOfStdPow) {
 
 TEST(ElementwiseArith, BitShift) {
   EXPECT_EQ(Values<uint8_t>(Eval("BitShift", {T1<uint8_t>({16, 4, 1}), T1<uint8_t>({1, 2, 9})},
-                                {{"direction", StringAttr("RIGHT")}})),
+                                {{"direction", AttrString("RIGHT")}})),
             (std::vector<uint8_t>{8, 1, 0}));
   EXPECT_EQ(Values<uint64_t>(Eval("BitShift", {T1<uint64_t>({1, 3}), T1<uint64_t>({63, 64})},
-                                 {{"direction", StringAttr("LEFT")}})),
+                                 {{"direction", AttrString("LEFT")}})),
             (std::vector<uint64_t>{1ull << 63, 0}));
   EXPECT_FALSE(RunStatus("BitShift", {T1<uint8_t>({1}), T1<uint8_t>({1})}).ok());
-  EXPECT_FALSE(RunStatus("BitShift", {I64({1}), I64({1})}, {{"direction", StringAttr("LEFT")}}).ok());
+  EXPECT_FALSE(RunStatus("BitShift", {I64({1}), I64({1})}, {{"direction", AttrString("LEFT")}}).ok());
 }
 
 TEST(ElementwiseArith, Float16AndBFloat16ComputeInFloat) {
@@ -360,7 +342,7 @@ TEST(ElementwiseUnary, Negative_UnsupportedDTypes) {
 
 TEST(ElementwiseActivation, HandChecked) {
   Tensor x = F({-2, -0.5f, 0, 1, 3});
-  EXPECT_EQ(Values<float>(Eval("LeakyRelu", {x}, {{"alpha", FloatAttr(0.1f)}})),
+  EXPECT_EQ(Values<float>(Eval("LeakyRelu", {x}, {{"alpha", AttrFloat(0.1f)}})),
             (std::vector<float>{-0.2f, -0.05f, 0, 1, 3}));
   EXPECT_EQ(Values<float>(Eval("LeakyRelu", {x})), (std::vector<float>{-0.02f, -0.005f, 0, 1, 3}));
   const std::vector<float> hard = {0.1f, 0.4f, 0.5f, 0.7f, 1.0f};
@@ -383,7 +365,7 @@ TEST(ElementwiseActivation, GeluFamily) {
     for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(t.data<float>()[i], want[i], 1e-6) << i;
   };
   near(Eval("Gelu", {x}), erf_gelu);
-  near(Eval("Gelu", {x}, {{"approximate", StringAttr("tanh")}}), tanh_gelu);
+  near(Eval("Gelu", {x}, {{"approximate", AttrString("tanh")}}), tanh_gelu);
   near(Eval("Gelu", {x}, {}, "com.microsoft"), erf_gelu);
   near(Eval("FastGelu", {x}, {}, "com.microsoft"), tanh_gelu);
   near(Eval("FastGelu", {x, Tensor()}, {}, "com.microsoft"), tanh_gelu);  // bias named ""
@@ -397,7 +379,7 @@ TEST(ElementwiseActivation, GeluFamily) {
   Tensor bias = F({0.5f, 1});
   near(Eval("FastGelu", {x2, bias}, {}, "com.microsoft"), tanh_gelu);
   near(Eval("BiasGelu", {x2, bias}, {}, "com.microsoft"), erf_gelu);
-  Tensor q = Eval("QuickGelu", {x}, {{"alpha", FloatAttr(1.702f)}}, "com.microsoft");
+  Tensor q = Eval("QuickGelu", {x}, {{"alpha", AttrFloat(1.702f)}}, "com.microsoft");
   for (int i = 0; i < 4; ++i) {
     const float v = x.data<float>()[i];
     EXPECT_FLOAT_EQ(q.data<float>()[i], v / (1 + std::exp(-1.702f * v)));
@@ -405,8 +387,8 @@ TEST(ElementwiseActivation, GeluFamily) {
 }
 
 TEST(ElementwiseActivation, Negative_GeluAttributesAndBias) {
-  EXPECT_FALSE(RunStatus("Gelu", {F({1})}, {{"approximate", StringAttr("erf")}}).ok());
-  EXPECT_FALSE(RunStatus("Gelu", {F({1})}, {{"approximate", StringAttr("erf")}}, /*fast=*/true).ok());
+  EXPECT_FALSE(RunStatus("Gelu", {F({1})}, {{"approximate", AttrString("erf")}}).ok());
+  EXPECT_FALSE(RunStatus("Gelu", {F({1})}, {{"approximate", AttrString("erf")}}, /*fast=*/true).ok());
   StatusOr<Tensor> bad = RunOpImpl("BiasGelu", {F({1, 2, 3, 4}, {2, 2}), F({1, 2, 3})}, {}, "com.microsoft", true);
   EXPECT_FALSE(bad.ok());
   EXPECT_FALSE(RunOpImpl("BiasGelu", {F({1, 2})}, {}, "com.microsoft", true).ok());
@@ -507,13 +489,13 @@ TEST(ElementwiseLogic, IsNaNIsInf) {
   Tensor x = F({1, NAN, INFINITY, -INFINITY});
   EXPECT_EQ(Bools(Eval("IsNaN", {x})), (std::vector<bool>{false, true, false, false}));
   EXPECT_EQ(Bools(Eval("IsInf", {x})), (std::vector<bool>{false, false, true, true}));
-  EXPECT_EQ(Bools(Eval("IsInf", {x}, {{"detect_negative", IntAttr(0)}})), (std::vector<bool>{false, false, true, false}));
-  EXPECT_EQ(Bools(Eval("IsInf", {x}, {{"detect_positive", IntAttr(0)}})), (std::vector<bool>{false, false, false, true}));
+  EXPECT_EQ(Bools(Eval("IsInf", {x}, {{"detect_negative", AttrInt(0)}})), (std::vector<bool>{false, false, true, false}));
+  EXPECT_EQ(Bools(Eval("IsInf", {x}, {{"detect_positive", AttrInt(0)}})), (std::vector<bool>{false, false, false, true}));
 }
 
 // ---- Cast ----------------------------------------------------------------------------------------
 
-Tensor CastTo(const Tensor& x, DType to) { return Eval("Cast", {x}, {{"to", IntAttr(static_cast<int64_t>(to))}}); }
+Tensor CastTo(const Tensor& x, DType to) { return Eval("Cast", {x}, {{"to", AttrInt(static_cast<int64_t>(to))}}); }
 
 TEST(ElementwiseCast, FloatToIntTruncatesTowardZero) {
   Tensor x = F({2.9f, -2.9f, 0.5f, -0.5f, 1e20f, -1e20f, NAN});
@@ -552,15 +534,15 @@ TEST(ElementwiseCast, CastLikeTakesTargetDType) {
 
 TEST(ElementwiseCast, Negative_UnsupportedTargets) {
   EXPECT_FALSE(RunStatus("Cast", {F({1})}).ok());
-  Status s = RunStatus("Cast", {F({1})}, {{"to", IntAttr(8)}});
+  Status s = RunStatus("Cast", {F({1})}, {{"to", AttrInt(8)}});
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
   EXPECT_NE(s.message().find("string"), std::string::npos) << s.message();
-  s = RunStatus("Cast", {F({1})}, {{"to", IntAttr(17)}});
+  s = RunStatus("Cast", {F({1})}, {{"to", AttrInt(17)}});
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
   EXPECT_NE(s.message().find("float8"), std::string::npos) << s.message();
-  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", IntAttr(22)}}).ok());
-  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", IntAttr(1000)}}).ok());
-  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", IntAttr(-3)}}).ok());
+  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", AttrInt(22)}}).ok());
+  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", AttrInt(1000)}}).ok());
+  EXPECT_FALSE(RunStatus("Cast", {F({1})}, {{"to", AttrInt(-3)}}).ok());
 }
 
 // ---- Fast kernels versus reference ---------------------------------------------------------------
@@ -669,9 +651,9 @@ TEST(ElementwiseFast, UnaryOpsMatchReference) {
       {"Exp", "", {}, -20, 20},          {"Tanh", "", {}, -6, 6},         {"Erf", "", {}, -4, 4},
       {"Sin", "", {}, -10, 10},          {"Cos", "", {}, -10, 10},        {"Sigmoid", "", {}, -30, 30},
       {"Relu", "", {}, -3, 3},           {"Gelu", "", {}, -6, 6},
-      {"Gelu", "", {{"approximate", StringAttr("tanh")}}, -6, 6},
+      {"Gelu", "", {{"approximate", AttrString("tanh")}}, -6, 6},
       {"Gelu", "com.microsoft", {}, -6, 6}, {"FastGelu", "com.microsoft", {}, -6, 6},
-      {"QuickGelu", "com.microsoft", {{"alpha", FloatAttr(1.5f)}}, -6, 6},
+      {"QuickGelu", "com.microsoft", {{"alpha", AttrFloat(1.5f)}}, -6, 6},
   };
   for (const Case& c : cases) {
     for (const Shape& s : {Shape{}, Shape{0}, Shape{5}, Shape{3, 17}, Shape{2, 100001}}) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "formats/graph.h"
+#include "formats/model_builder.h"
 #include "formats/tensor.h"
 #include "runtime/cpu/gemm_core.h"
 #include "runtime/cpu/kernel.h"
@@ -17,31 +18,6 @@ namespace qc {
 namespace {
 
 // ---- helpers ---------------------------------------------------------------------------------
-
-Attribute IntAttr(int64_t v) {
-  Attribute a;
-  a.type = Attribute::Type::kInt;
-  a.i = v;
-  return a;
-}
-Attribute FloatAttr(float v) {
-  Attribute a;
-  a.type = Attribute::Type::kFloat;
-  a.f = v;
-  return a;
-}
-Attribute IntsAttr(std::vector<int64_t> v) {
-  Attribute a;
-  a.type = Attribute::Type::kInts;
-  a.ints = std::move(v);
-  return a;
-}
-Attribute StringAttr(std::string v) {
-  Attribute a;
-  a.type = Attribute::Type::kString;
-  a.s = std::move(v);
-  return a;
-}
 
 // One node plus its inputs; runs the registered reference or fast kernel.
 struct OpCase {
@@ -297,7 +273,7 @@ TEST(NnOps, Gemm_HandAllAttributes) {
   // A^T = [[1,2],[3,4]] (A stored transposed), B^T = I, C = [10, 20] broadcast over rows.
   OpCase c("Gemm");
   c.In(F32({1, 3, 2, 4}, {2, 2})).In(F32({1, 0, 0, 1}, {2, 2})).In(F32({10, 20}, {2}));
-  c.Attr("transA", IntAttr(1)).Attr("transB", IntAttr(1)).Attr("alpha", FloatAttr(2.0f)).Attr("beta", FloatAttr(0.5f));
+  c.Attr("transA", AttrInt(1)).Attr("transB", AttrInt(1)).Attr("alpha", AttrFloat(2.0f)).Attr("beta", AttrFloat(0.5f));
   ExpectFloats(BothAgree(c), {7, 14, 11, 18}, {2, 2});
 }
 
@@ -316,8 +292,8 @@ TEST(NnOps, Gemm_FastMatchesRefAllLayouts) {
         OpCase c("Gemm");
         c.In(RandomF32(rng, ta ? Shape{k, m} : Shape{m, k})).In(RandomF32(rng, tb ? Shape{n, k} : Shape{k, n}));
         c.In(RandomF32(rng, cs));
-        c.Attr("transA", IntAttr(ta)).Attr("transB", IntAttr(tb)).Attr("alpha", FloatAttr(0.7f)).Attr("beta",
-                                                                                                      FloatAttr(1.3f));
+        c.Attr("transA", AttrInt(ta)).Attr("transB", AttrInt(tb)).Attr("alpha", AttrFloat(0.7f)).Attr("beta",
+                                                                                                      AttrFloat(1.3f));
         Tensor y = BothAgree(c, 1e-5, 1e-5);
         EXPECT_EQ(y.shape(), (Shape{m, n}));
       }
@@ -359,11 +335,11 @@ TEST(NnOps, Softmax_LargeNumbersStable) {
 TEST(NnOps, Softmax_AxisAndLegacyOpset) {
   // Opset 13: softmax along axis 0 only.
   OpCase c("Softmax");
-  c.In(F32({0, 1, 0, 1}, {2, 2})).Attr("axis", IntAttr(0));
+  c.In(F32({0, 1, 0, 1}, {2, 2})).Attr("axis", AttrInt(0));
   ExpectFloats(BothAgree(c), {0.5f, 0.5f, 0.5f, 0.5f}, {2, 2});
   // Opset 11: axis 0 flattens everything into one row of 4.
   OpCase d("Softmax");
-  d.In(F32({0, 0, 0, 0}, {2, 2})).Attr("axis", IntAttr(0)).Opset(11);
+  d.In(F32({0, 0, 0, 0}, {2, 2})).Attr("axis", AttrInt(0)).Opset(11);
   ExpectFloats(BothAgree(d), {0.25f, 0.25f, 0.25f, 0.25f}, {2, 2});
 }
 
@@ -373,7 +349,7 @@ TEST(NnOps, Softmax_FastMatchesRef) {
     for (int64_t axis : {int64_t{-1}, int64_t{1}}) {
       for (const char* op : {"Softmax", "LogSoftmax"}) {
         OpCase c(op);
-        c.In(RandomF32(rng, s, -8, 8)).Attr("axis", IntAttr(axis));
+        c.In(RandomF32(rng, s, -8, 8)).Attr("axis", AttrInt(axis));
         BothAgree(c, 1e-5, 1e-6);
       }
     }
@@ -382,7 +358,7 @@ TEST(NnOps, Softmax_FastMatchesRef) {
 
 TEST(NnOps, Negative_SoftmaxAxisOutOfRange) {
   OpCase c("Softmax");
-  c.In(F32({1, 2}, {1, 2})).Attr("axis", IntAttr(2));
+  c.In(F32({1, 2}, {1, 2})).Attr("axis", AttrInt(2));
   ExpectError(c, "out of range");
 }
 
@@ -391,7 +367,7 @@ TEST(NnOps, Negative_SoftmaxAxisOutOfRange) {
 TEST(NnOps, LayerNorm_HandWithStats) {
   OpCase c("LayerNormalization");
   c.In(F32({1, 2, 3, 4, -1, 1}, {2, 3})).In(F32({1, 1, 2}, {3})).In(F32({0, 1, 0}, {3}));
-  c.Attr("epsilon", FloatAttr(0.0f));
+  c.Attr("epsilon", AttrFloat(0.0f));
   const float r0 = std::sqrt(1.5f);            // 1 / std of {1, 2, 3}
   const float r1 = 1.0f / std::sqrt(38.0f / 9);  // 1 / std of {4, -1, 1} (mean 4/3)
   Tensor y = BothAgree(c, 1e-5, 1e-6, 3, 0);
@@ -403,10 +379,10 @@ TEST(NnOps, LayerNorm_HandWithStats) {
 TEST(NnOps, LayerNorm_AxisZeroAndBroadcastScale) {
   std::mt19937 rng(3);
   OpCase c("LayerNormalization");
-  c.In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {1, 4})).Attr("axis", IntAttr(1));
+  c.In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {1, 4})).Attr("axis", AttrInt(1));
   EXPECT_EQ(BothAgree(c).shape(), (Shape{2, 3, 4}));
   OpCase d("LayerNormalization");
-  d.In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {2, 3, 4})).Attr("axis", IntAttr(0));
+  d.In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {2, 3, 4})).In(RandomF32(rng, {2, 3, 4})).Attr("axis", AttrInt(0));
   Tensor mean = BothAgree(d, 1e-5, 1e-6, 2, 1);
   EXPECT_EQ(mean.shape(), (Shape{1, 1, 1}));
 }
@@ -431,13 +407,13 @@ TEST(NnOps, Norms_FastMatchesRef) {
 TEST(NnOps, RMSNorm_Hand) {
   for (const char* domain : {"", "com.microsoft"}) {
     OpCase c("SimplifiedLayerNormalization", domain);
-    c.In(F32({3, 4}, {1, 2})).In(F32({1, 2}, {2})).Attr("epsilon", FloatAttr(0.0f));
+    c.In(F32({3, 4}, {1, 2})).In(F32({1, 2}, {2})).Attr("epsilon", AttrFloat(0.0f));
     // rms = sqrt((9 + 16) / 2)
     const float rms = std::sqrt(12.5f);
     ExpectFloats(BothAgree(c), {3 / rms, 8 / rms}, {1, 2});
   }
   OpCase r("RMSNormalization");
-  r.In(F32({3, 4}, {1, 2})).In(F32({1, 2}, {2})).Attr("epsilon", FloatAttr(0.0f));
+  r.In(F32({3, 4}, {1, 2})).In(F32({1, 2}, {2})).Attr("epsilon", AttrFloat(0.0f));
   ExpectFloats(BothAgree(r), {3 / std::sqrt(12.5f), 8 / std::sqrt(12.5f)}, {1, 2});
 }
 
@@ -448,7 +424,7 @@ TEST(NnOps, SkipLayerNorm_MatchesComposition) {
     Tensor x = RandomF32(rng, xs), skip = RandomF32(rng, ss), gamma = RandomF32(rng, {8}), beta = RandomF32(rng, {8}),
            bias = RandomF32(rng, {8});
     OpCase c("SkipLayerNormalization", "com.microsoft");
-    c.In(x).In(skip).In(gamma).In(beta).In(bias).Attr("epsilon", FloatAttr(1e-5f));
+    c.In(x).In(skip).In(gamma).In(beta).In(bias).Attr("epsilon", AttrFloat(1e-5f));
     Tensor y = BothAgree(c, 1e-5, 1e-5, 4, 0);
     Tensor sum = BothAgree(c, 1e-6, 1e-6, 4, 3);
     // The sum output is input + skip (broadcast) + bias; y is LayerNorm of it.
@@ -457,14 +433,14 @@ TEST(NnOps, SkipLayerNorm_MatchesComposition) {
       sv[i] = x.data<float>()[i] + skip.data<float>()[i % skip.numel()] + bias.data<float>()[i % 8];
     ExpectFloats(sum, sv, xs, 1e-6);
     OpCase ln("LayerNormalization");
-    ln.In(F32(sv, xs)).In(gamma).In(beta).Attr("epsilon", FloatAttr(1e-5f));
+    ln.In(F32(sv, xs)).In(gamma).In(beta).Attr("epsilon", AttrFloat(1e-5f));
     ExpectClose(y, ln.Ok(false), 1e-5, 1e-5);
     // Simplified: same with RMS.
     OpCase s("SkipSimplifiedLayerNormalization", "com.microsoft");
-    s.In(x).In(skip).In(gamma).In(bias).Attr("epsilon", FloatAttr(1e-5f));
+    s.In(x).In(skip).In(gamma).In(bias).Attr("epsilon", AttrFloat(1e-5f));
     Tensor ys = BothAgree(s, 1e-5, 1e-5, 4, 0);
     OpCase rms("SimplifiedLayerNormalization");
-    rms.In(F32(sv, xs)).In(gamma).Attr("epsilon", FloatAttr(1e-5f));
+    rms.In(F32(sv, xs)).In(gamma).Attr("epsilon", AttrFloat(1e-5f));
     ExpectClose(ys, rms.Ok(false), 1e-5, 1e-5);
   }
 }
@@ -488,12 +464,12 @@ TEST(NnOps, Negative_SkipLayerNormSkipShape) {
 Tensor Reduce(const std::string& op, Tensor x, std::vector<int64_t> axes, int keepdims, bool axes_as_input,
               bool fast = false, int noop = 0) {
   OpCase c(op);
-  c.In(x).Attr("keepdims", IntAttr(keepdims));
-  if (noop) c.Attr("noop_with_empty_axes", IntAttr(noop));
+  c.In(x).Attr("keepdims", AttrInt(keepdims));
+  if (noop) c.Attr("noop_with_empty_axes", AttrInt(noop));
   if (axes_as_input) {
     c.In(I64(axes, {static_cast<int64_t>(axes.size())}));
   } else if (!axes.empty()) {
-    c.Attr("axes", IntsAttr(axes));
+    c.Attr("axes", AttrInts(axes));
   }
   return c.Ok(fast);
 }
@@ -565,7 +541,7 @@ TEST(NnOps, Reduce_FastMatchesRef) {
 
 TEST(NnOps, Negative_ReduceAxisOutOfRange) {
   OpCase c("ReduceMean");
-  c.In(F32({1, 2}, {1, 2})).Attr("axes", IntsAttr({2}));
+  c.In(F32({1, 2}, {1, 2})).Attr("axes", AttrInts({2}));
   ExpectError(c, "out of range");
 }
 
@@ -604,8 +580,8 @@ TEST(NnOps, Rotary_MatchesFormula) {
           Tensor cos = RandomF32(rng, {max_seq, rot / 2}), sin = RandomF32(rng, {max_seq, rot / 2});
           Tensor pos = per_token ? I64({5, 1, 0, 9, 2, 3}, {batch, seq}) : I64({4}, {1});
           OpCase c("RotaryEmbedding", "com.microsoft");
-          c.In(x).In(pos).In(cos).In(sin).Attr("interleaved", IntAttr(interleaved));
-          if (rot != head) c.Attr("rotary_embedding_dim", IntAttr(rot)).Attr("num_heads", IntAttr(heads));
+          c.In(x).In(pos).In(cos).In(sin).Attr("interleaved", AttrInt(interleaved));
+          if (rot != head) c.Attr("rotary_embedding_dim", AttrInt(rot)).Attr("num_heads", AttrInt(heads));
           Tensor y = BothAgree(c, 1e-6, 1e-6);
           std::vector<float> want(x.numel());
           for (int64_t b = 0; b < batch; ++b)
@@ -710,8 +686,8 @@ TEST(NnOps, MatMulNBits_MatchesDequantizedMatMul) {
     if (cf.gidx) c.In(Tensor::FromVector<int32_t>(g, {cf.k}));
     else if (cf.bias) c.NoInput();
     if (cf.bias) c.In(bias);
-    c.Attr("K", IntAttr(cf.k)).Attr("N", IntAttr(cf.n)).Attr("bits", IntAttr(cf.bits)).Attr("block_size",
-                                                                                              IntAttr(cf.block));
+    c.Attr("K", AttrInt(cf.k)).Attr("N", AttrInt(cf.n)).Attr("bits", AttrInt(cf.bits)).Attr("block_size",
+                                                                                              AttrInt(cf.block));
     Tensor y = BothAgree(c, 1e-5, 1e-5);
     std::vector<float> want(cf.m * cf.n);
     for (int64_t i = 0; i < cf.m; ++i)
@@ -729,7 +705,7 @@ TEST(NnOps, MatMulNBits_BatchedInputAndLargeSlabs) {
   NBitsWeight w = QuantizeNBits(rng, 3000, 64, 4, 32, false);
   OpCase c("MatMulNBits", "com.microsoft");
   c.In(RandomF32(rng, {2, 3, 64})).In(w.b).In(w.scales).In(w.zp_packed);
-  c.Attr("K", IntAttr(64)).Attr("N", IntAttr(3000)).Attr("block_size", IntAttr(32));
+  c.Attr("K", AttrInt(64)).Attr("N", AttrInt(3000)).Attr("block_size", AttrInt(32));
   EXPECT_EQ(BothAgree(c, 1e-4, 1e-5).shape(), (Shape{2, 3, 3000}));
 }
 
@@ -737,7 +713,7 @@ TEST(NnOps, Negative_MatMulNBitsBadBlockSize) {
   std::mt19937 rng(1);
   OpCase c("MatMulNBits", "com.microsoft");
   c.In(RandomF32(rng, {1, 24})).In(Tensor(DType::kUInt8, {2, 1, 12})).In(RandomF32(rng, {2, 1}));
-  c.Attr("K", IntAttr(24)).Attr("N", IntAttr(2)).Attr("block_size", IntAttr(24));
+  c.Attr("K", AttrInt(24)).Attr("N", AttrInt(2)).Attr("block_size", AttrInt(24));
   ExpectError(c, "block_size");
 }
 
@@ -745,7 +721,7 @@ TEST(NnOps, Negative_MatMulNBitsWrongBShape) {
   std::mt19937 rng(1);
   OpCase c("MatMulNBits", "com.microsoft");
   c.In(RandomF32(rng, {1, 32})).In(Tensor(DType::kUInt8, {2, 1, 8})).In(RandomF32(rng, {2, 1}));
-  c.Attr("K", IntAttr(32)).Attr("N", IntAttr(2)).Attr("block_size", IntAttr(32));
+  c.Attr("K", AttrInt(32)).Attr("N", AttrInt(2)).Attr("block_size", AttrInt(32));
   ExpectError(c, "B must have shape");
 }
 
@@ -767,12 +743,12 @@ TEST(NnOps, QuantizeLinear_PerTensorHand) {
 TEST(NnOps, QuantizeLinear_PerAxisAndBlocked) {
   OpCase c("QuantizeLinear");
   c.In(F32({1, 2, 3, 4, 5, 6}, {2, 3})).In(F32({1, 2, 3}, {3})).In(Tensor::FromVector<int8_t>({0, 1, -1}, {3}));
-  c.Attr("axis", IntAttr(1));
+  c.Attr("axis", AttrInt(1));
   EXPECT_EQ(c.Ok(false).ToInt64s(), (std::vector<int64_t>{1, 2, 0, 4, 3, 1}));  // 5/2 = 2.5 rounds to 2
   // Blocked along axis 1 with block 2: scales [2, 2].
   OpCase b("QuantizeLinear");
-  b.In(F32({2, 4, 6, 8, 10, 12, 14, 16}, {2, 4})).In(F32({2, 4, 1, 8}, {2, 2})).Attr("axis", IntAttr(1));
-  b.Attr("block_size", IntAttr(2)).Attr("output_dtype", IntAttr(static_cast<int64_t>(DType::kInt8)));
+  b.In(F32({2, 4, 6, 8, 10, 12, 14, 16}, {2, 4})).In(F32({2, 4, 1, 8}, {2, 2})).Attr("axis", AttrInt(1));
+  b.Attr("block_size", AttrInt(2)).Attr("output_dtype", AttrInt(static_cast<int64_t>(DType::kInt8)));
   Tensor y = b.Ok(false);
   EXPECT_EQ(y.dtype(), DType::kInt8);
   EXPECT_EQ(y.ToInt64s(), (std::vector<int64_t>{1, 2, 2, 2, 10, 12, 2, 2}));
@@ -803,11 +779,11 @@ TEST(NnOps, QuantizeDequantize_Int4RoundTrip) {
 TEST(NnOps, DequantizeLinear_PerAxisBlockedAndInt32) {
   OpCase c("DequantizeLinear");
   c.In(Tensor::FromVector<uint8_t>({10, 20, 30, 40}, {2, 2})).In(F32({1, 0.5f}, {2}));
-  c.In(Tensor::FromVector<uint8_t>({10, 20}, {2})).Attr("axis", IntAttr(0));
+  c.In(Tensor::FromVector<uint8_t>({10, 20}, {2})).Attr("axis", AttrInt(0));
   ExpectFloats(c.Ok(false), {0, 10, 5, 10}, {2, 2});
   OpCase b("DequantizeLinear");
   b.In(Tensor::FromVector<int8_t>({1, 2, 3, 4, 5, 6}, {1, 6})).In(F32({1, 10}, {1, 2}));
-  b.Attr("axis", IntAttr(1)).Attr("block_size", IntAttr(4));
+  b.Attr("axis", AttrInt(1)).Attr("block_size", AttrInt(4));
   ExpectFloats(b.Ok(false), {1, 2, 3, 4, 50, 60}, {1, 6});
   OpCase i("DequantizeLinear");
   i.In(Tensor::FromVector<int32_t>({-5, 7}, {2})).In(F32({2}, {}));
@@ -877,7 +853,7 @@ TEST(NnOps, Negative_MatMulIntegerZeroPointShape) {
 Tensor Einsum(const std::string& eq, std::vector<Tensor> ins) {
   OpCase c("Einsum");
   for (auto& t : ins) c.In(t);
-  c.Attr("equation", StringAttr(eq));
+  c.Attr("equation", AttrString(eq));
   return c.Ok(false);
 }
 
@@ -905,7 +881,7 @@ TEST(NnOps, Einsum_CommonForms) {
 
 TEST(NnOps, Negative_EinsumTermCount) {
   OpCase c("Einsum");
-  c.In(F32({1}, {1})).Attr("equation", StringAttr("i,i->i"));
+  c.In(F32({1}, {1})).Attr("equation", AttrString("i,i->i"));
   ExpectError(c, "terms");
 }
 

@@ -11,29 +11,23 @@
 namespace qc {
 
 StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab, const int32_t* targets) {
+  for (int64_t t = 1; t < seq; ++t)
+    if (targets[t] < 0 || targets[t] >= vocab)
+      return InvalidArgument("token id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(vocab));
   std::vector<double> nll(seq > 0 ? seq - 1 : 0);
-  Status bad;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < seq - 1; ++t) {
     const float* row = logits + t * vocab;
-    const int32_t target = targets[t + 1];
-    if (target < 0 || target >= vocab) {
-      nll[t] = NAN;
-      continue;
-    }
     // Vectorised float exp of (logit - max) <= 0, summed in double: the terms are in (0, 1], so
     // float exp's relative error (~1e-7) leaves the NLL exact to ~1e-7 absolute.
     Eigen::Map<const Eigen::ArrayXf> logits_row(row, vocab);
     const float max = logits_row.maxCoeff();
     const double sum = (logits_row - max).exp().cast<double>().sum();
-    nll[t] = std::log(sum) + max - row[target];
+    nll[t] = std::log(sum) + max - row[targets[t + 1]];
   }
+  // Summed serially in position order so the result does not depend on the thread count.
   double total = 0;
-  for (int64_t t = 0; t < seq - 1; ++t) {
-    if (std::isnan(nll[t]) && (targets[t + 1] < 0 || targets[t + 1] >= vocab))
-      return InvalidArgument("token id " + std::to_string(targets[t + 1]) + " is outside the model's vocabulary of " + std::to_string(vocab));
-    total += nll[t];
-  }
+  for (double v : nll) total += v;
   return total;
 }
 

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "calibrate/calibration_data.h"
+#include "calibrate/calibrator.h"
 #include "formats/onnx_reader.h"
 #include "formats/onnx_writer.h"
 #include "formats/sha256.h"
@@ -228,10 +229,16 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
     report.ppl_before = *ppl;
   }
 
+  std::unique_ptr<Calibrator> calibrator;
+  if (!calib_windows.empty()) {
+    calibrator = std::make_unique<Calibrator>(calib_windows);
+    calibrator->set_log(say);
+  }
   QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
   for (size_t i = 0; i < pipeline.size(); ++i) {
     Pass& pass = *pipeline[i];
     PassContext context{o.quant};
+    context.calibrator = calibrator.get();
     context.layers = &report.layers;
     context.quantize_weights = !(pass.CanDeferQuantization() && i + 1 < pipeline.size());
     say(std::string("running pass ") + pass.Name());

@@ -39,6 +39,7 @@ std::vector<LinearLayer> FindLinearLayers(const Graph& graph) {
     l.node_index = static_cast<int>(i);
     l.node_name = n.name;
     l.op_type = n.op_type;
+    l.input = n.inputs[0];
     bool stored_t = false;
     if (n.op_type == "MatMul") {
       if (!resolve(n.inputs[1], &l.weight, &stored_t, &l.transpose_node)) continue;

@@ -14,6 +14,7 @@ struct LinearLayer {
   int node_index = -1;          // index into graph.nodes of the MatMul/Gemm
   std::string node_name;
   std::string op_type;          // "MatMul" or "Gemm"
+  std::string input;            // the activation X (node input 0)
   std::string weight;           // initializer name
   int weight_input = 1;         // which node input carries the weight
   bool transposed = false;      // the stored tensor is [n, k] (Gemm transB=1 or a Transpose node)

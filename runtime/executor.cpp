@@ -55,6 +55,12 @@ class Plan {
       if (steps_[i].node->name == name) return static_cast<int>(i);
     return -1;
   }
+  int StepProducing(const std::string& value) const {
+    for (size_t i = 0; i < steps_.size(); ++i)
+      for (const std::string& out : steps_[i].node->outputs)
+        if (out == value) return static_cast<int>(i);
+    return -1;
+  }
 
   mutable std::map<std::string, OpProfile> profile_;
   bool profiling_ = false;
@@ -448,6 +454,7 @@ StatusOr<std::unique_ptr<Execution>> Session::Start(const NamedTensors& feeds) c
 
 int Session::num_steps() const { return plan_->num_steps(); }
 int Session::StepOfNode(const std::string& node_name) const { return plan_->StepOfNode(node_name); }
+int Session::StepProducing(const std::string& value) const { return plan_->StepProducing(value); }
 
 Execution::~Execution() = default;
 

@@ -86,6 +86,9 @@ class Session {
   /// The plan step that executes the node named `node_name`, or -1 if it was folded away or
   /// does not exist. Steps run in a topological order of the graph.
   int StepOfNode(const std::string& node_name) const;
+  /// The plan step whose node outputs `value` (unlike node names, value names are unique and
+  /// never empty), or -1 if it was folded away, is a graph input or does not exist.
+  int StepProducing(const std::string& value) const;
 
   /// The graph inputs a caller must (or may) feed, i.e. inputs without an initializer default.
   const std::vector<ValueInfo>& inputs() const;

@@ -1,0 +1,227 @@
+// Calibration runs and activation statistics (see calibrator.h).
+#include "calibrate/calibrator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <memory>
+
+#include "runtime/cpu/gemm_core.h"
+#include "runtime/executor.h"
+#include "runtime/input_binding.h"
+
+namespace qc {
+namespace {
+
+// Accumulates the statistics of one input over windows.
+class StatsAccumulator {
+ public:
+  StatsAccumulator(std::string input, int64_t k, const StatsRequest& request) : request_(request) {
+    stats_.input = std::move(input);
+    stats_.k = k;
+    stats_.abs_max.assign(k, 0.0f);
+    abs_sum_.assign(k, 0.0);
+    if (request.hessian) stats_.hessian.assign(k * k, 0.0);
+    if (request.outlier_threshold > 0) stats_.outlier_count.assign(k, 0);
+  }
+
+  Status Add(const Tensor& x) {
+    const int64_t k = stats_.k;
+    if (x.dtype() != DType::kFloat32)
+      return Unimplemented("calibration needs float32 activations, but '" + stats_.input + "' is " +
+                           DTypeName(x.dtype()));
+    if (x.rank() < 1 || x.dim(-1) != k)
+      return InvalidArgument("activation '" + stats_.input + "' has shape " + ShapeToString(x.shape()) +
+                             ", expected a last axis of " + std::to_string(k));
+    const int64_t rows = x.numel() / k;
+    const float* data = x.data<float>();
+    for (int64_t t = 0; t < rows; ++t) {
+      const float* row = data + t * k;
+      for (int64_t j = 0; j < k; ++j) {
+        const float a = std::fabs(row[j]);
+        if (!std::isfinite(a))
+          return InvalidArgument("activation '" + stats_.input + "' holds a non-finite value on a calibration window");
+        stats_.abs_max[j] = std::max(stats_.abs_max[j], a);
+        abs_sum_[j] += a;
+      }
+    }
+    if (!stats_.outlier_count.empty()) {
+      const float threshold = static_cast<float>(request_.outlier_threshold);
+      for (int64_t t = 0; t < rows; ++t)
+        for (int64_t j = 0; j < k; ++j) stats_.outlier_count[j] += std::fabs(data[t * k + j]) > threshold;
+    }
+    if (!stats_.hessian.empty()) {
+      // XᵀX of this window in float32 through the fast GEMM (a window is at most a few thousand
+      // rows, so float32 partial sums lose ~1e-7 relative), summed across windows in float64.
+      window_xtx_.resize(k * k);
+      GemmF32(/*trans_a=*/true, /*trans_b=*/false, k, k, rows, 1.0f, data, k, data, k, 0.0f, window_xtx_.data(), k,
+              /*threaded=*/true);
+      for (int64_t i = 0; i < k * k; ++i) stats_.hessian[i] += window_xtx_[i];
+    }
+    stats_.rows += rows;
+    return Status::Ok();
+  }
+
+  InputStats Finish() {
+    const double rows = static_cast<double>(std::max<int64_t>(stats_.rows, 1));
+    stats_.abs_mean.resize(stats_.k);
+    for (int64_t j = 0; j < stats_.k; ++j) stats_.abs_mean[j] = abs_sum_[j] / rows;
+    for (double& h : stats_.hessian) h *= 2.0 / rows;
+    return std::move(stats_);
+  }
+
+ private:
+  StatsRequest request_;
+  InputStats stats_;
+  std::vector<double> abs_sum_;
+  std::vector<float> window_xtx_;
+};
+
+// The weight as the node reads it: Gemm with transB reads [n, k], everything else [k, n].
+Tensor WeightAsRead(const Model& model, const LinearLayer& layer, const std::vector<float>& w_kn) {
+  const Node& node = model.graph.nodes[layer.node_index];
+  const bool reads_nk = node.op_type == "Gemm" && node.GetInt("transB", 0) != 0;
+  if (!reads_nk) return Tensor::FromVector(w_kn, {layer.k, layer.n});
+  std::vector<float> w_nk(w_kn.size());
+  for (int64_t r = 0; r < layer.k; ++r)
+    for (int64_t c = 0; c < layer.n; ++c) w_nk[c * layer.k + r] = w_kn[r * layer.n + c];
+  return Tensor::FromVector(w_nk, {layer.n, layer.k});
+}
+
+}  // namespace
+
+std::vector<LayerGroup> GroupLayersByInput(const std::vector<LinearLayer>& layers) {
+  std::vector<const LinearLayer*> sorted;
+  for (const LinearLayer& l : layers) sorted.push_back(&l);
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [](const LinearLayer* a, const LinearLayer* b) { return a->node_index < b->node_index; });
+  std::vector<LayerGroup> groups;
+  std::map<std::string, size_t> index;
+  for (const LinearLayer* l : sorted) {
+    auto [it, inserted] = index.emplace(l->input, groups.size());
+    if (inserted) groups.push_back(LayerGroup{l->input, {}});
+    groups[it->second].layers.push_back(*l);
+  }
+  return groups;
+}
+
+OutputError OutputErrorFromHessian(const std::vector<double>& hessian, int64_t k, const std::vector<float>& w,
+                                   const std::vector<float>& w_hat, int64_t n) {
+  QC_CHECK(static_cast<int64_t>(hessian.size()) == k * k);
+  QC_CHECK(static_cast<int64_t>(w.size()) == k * n && w_hat.size() == w.size());
+  std::vector<double> w_d(w.begin(), w.end()), delta(w.size());
+  for (size_t i = 0; i < w.size(); ++i) delta[i] = static_cast<double>(w_hat[i]) - static_cast<double>(w[i]);
+  // tr(Mᵀ H M) = sum_ij M_ij (H M)_ij.
+  auto quadratic = [&](const std::vector<double>& m) {
+    std::vector<double> hm(m.size());
+    GemmF64(false, false, k, n, k, 1.0, hessian.data(), k, m.data(), n, 0.0, hm.data(), n, /*threaded=*/true);
+    double sum = 0;
+    for (size_t i = 0; i < m.size(); ++i) sum += m[i] * hm[i];
+    return std::max(sum, 0.0);
+  };
+  const double signal = quadratic(w_d), noise = quadratic(delta);
+  OutputError e;
+  const double inf = std::numeric_limits<double>::infinity();
+  if (signal == 0) {
+    e.rel_error = noise == 0 ? 0 : inf;
+    e.sqnr_db = inf;
+    return e;
+  }
+  e.rel_error = std::sqrt(noise / signal);
+  e.sqnr_db = noise == 0 ? inf : 10.0 * std::log10(signal / noise);
+  return e;
+}
+
+StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, const std::vector<LinearLayer>& layers,
+                                                           const StatsRequest& request) const {
+  if (windows_.empty()) return InvalidArgument("no calibration windows");
+  const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
+  std::vector<StatsAccumulator> accumulators;
+  // Keyed by the node's output: node names may be empty or repeated, value names may not.
+  std::map<std::string, size_t> group_of_output;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    accumulators.emplace_back(groups[g].input, groups[g].layers.front().k, request);
+    for (const LinearLayer& l : groups[g].layers) group_of_output[model.graph.nodes[l.node_index].outputs[0]] = g;
+  }
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  // The first layer of a group to execute supplies X; later ones read the same tensor.
+  std::vector<bool> seen_in_window(groups.size());
+  NodeObserver observer = [&](const Node& node, const std::vector<const Tensor*>& inputs,
+                              const std::vector<Tensor>&) -> Status {
+    if (node.outputs.empty()) return Status::Ok();
+    auto it = group_of_output.find(node.outputs[0]);
+    if (it == group_of_output.end() || seen_in_window[it->second]) return Status::Ok();
+    seen_in_window[it->second] = true;
+    if (inputs.empty() || inputs[0] == nullptr) return Internal(node.Describe() + " ran without its input");
+    return accumulators[it->second].Add(*inputs[0]);
+  };
+  if (log_) log_("collecting activation statistics over " + std::to_string(windows_.size()) + " calibration windows");
+  for (size_t w = 0; w < windows_.size(); ++w) {
+    std::fill(seen_in_window.begin(), seen_in_window.end(), false);
+    QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(*session, windows_[w]));
+    QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, session->Run(feeds, {}, &observer));
+    for (size_t g = 0; g < groups.size(); ++g)
+      if (!seen_in_window[g])
+        return Internal("linear layer " + groups[g].layers.front().node_name + " did not run during calibration");
+  }
+  std::vector<InputStats> stats;
+  for (StatsAccumulator& a : accumulators) stats.push_back(a.Finish());
+  return stats;
+}
+
+Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLayer>& layers,
+                                 const StatsRequest& request, const SequentialVisitor& visit) const {
+  if (windows_.empty()) return InvalidArgument("no calibration windows");
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  std::vector<LayerGroup> groups = GroupLayersByInput(layers);
+  // Visit groups in plan order: a group's X is complete once the plan reaches its first layer.
+  std::vector<std::pair<int, size_t>> order;
+  for (size_t g = 0; g < groups.size(); ++g) {
+    int first = -1;
+    for (const LinearLayer& l : groups[g].layers) {
+      const int step = session->StepProducing(model.graph.nodes[l.node_index].outputs[0]);
+      if (step < 0) return Internal("linear layer " + l.node_name + " has no step in the execution plan");
+      first = first < 0 ? step : std::min(first, step);
+    }
+    order.emplace_back(first, g);
+  }
+  std::stable_sort(order.begin(), order.end());
+
+  std::vector<std::unique_ptr<Execution>> runs;
+  for (const Tensor& window : windows_) {
+    QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(*session, window));
+    QC_ASSIGN_OR_RETURN(auto run, session->Start(feeds));
+    runs.push_back(std::move(run));
+  }
+  for (size_t i = 0; i < order.size(); ++i) {
+    const auto [step, g] = order[i];
+    const LayerGroup& group = groups[g];
+    if (log_)
+      log_("calibrating " + group.layers.front().node_name + " (" + std::to_string(i + 1) + "/" +
+           std::to_string(order.size()) + ")");
+    StatsAccumulator accumulator(group.input, group.layers.front().k, request);
+    for (auto& run : runs) {
+      QC_RETURN_IF_ERROR(run->RunUntil(step));
+      const Tensor* x = run->Value(group.input);
+      if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
+      QC_RETURN_IF_ERROR(accumulator.Add(*x));
+    }
+    QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish()));
+    if (weights.size() != group.layers.size())
+      return Internal("sequential visitor returned " + std::to_string(weights.size()) + " weights for " +
+                      std::to_string(group.layers.size()) + " layers");
+    for (size_t l = 0; l < weights.size(); ++l) {
+      if (weights[l].empty()) continue;
+      const LinearLayer& layer = group.layers[l];
+      if (static_cast<int64_t>(weights[l].size()) != layer.k * layer.n)
+        return Internal("replacement weight of " + layer.node_name + " has the wrong size");
+      const Tensor replacement = WeightAsRead(model, layer, weights[l]);
+      const std::string& read_name = model.graph.nodes[layer.node_index].inputs[layer.weight_input];
+      for (auto& run : runs) QC_RETURN_IF_ERROR(run->SetValue(read_name, replacement));
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace qc

@@ -475,12 +475,22 @@ bool LayerFilter::Excluded(const LinearLayer& layer) const {
 }
 
 Status RunRoundToNearest(Model& model, const std::string& pass_name, const WeightQuantSpec& spec,
-                         const std::string& exclude_regex, std::vector<LayerReport>* reports) {
+                         const std::string& exclude_regex, std::vector<LayerReport>* reports,
+                         const Calibrator* calibrator) {
   QC_CHECK(reports != nullptr);
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec));
   QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(exclude_regex));
   const std::string scheme = SchemeName(spec);
   std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
+  // With calibration data the report also gets each layer's output error (from the Hessian of
+  // its float input); the quantization itself does not use it.
+  std::map<std::string, std::vector<double>> hessian_of_input;
+  if (calibrator != nullptr) {
+    StatsRequest request;
+    request.hessian = true;
+    QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, calibrator->CollectStats(model, layers, request));
+    for (InputStats& st : stats) hessian_of_input[st.input] = std::move(st.hessian);
+  }
   MatMulNBitsRewriter rewriter(model);
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
@@ -508,7 +518,13 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
     }
     QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model.graph, layer));
     QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(w, layer.k, layer.n, spec));
-    r.weight_rel_error = RelativeError(w, qw.Dequantize());
+    const std::vector<float> w_hat = qw.Dequantize();
+    r.weight_rel_error = RelativeError(w, w_hat);
+    if (auto it = hessian_of_input.find(layer.input); it != hessian_of_input.end()) {
+      const OutputError e = OutputErrorFromHessian(it->second, layer.k, w, w_hat, layer.n);
+      r.output_rel_error = e.rel_error;
+      r.sqnr_db = e.sqnr_db;
+    }
     QC_RETURN_IF_ERROR(rewriter.Replace(layer, qw, "qconvert " + pass_name + " " + scheme)
                            .WithContext("quantizing " + layer.node_name));
     if (layer.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "calibrate/calibrator.h"
 #include "formats/graph.h"
 #include "formats/linear_layers.h"
 #include "formats/report.h"
@@ -193,8 +194,10 @@ class LayerFilter {
 
 /// The round-to-nearest driver of `absmax` and `zeropoint`: quantizes every linear layer not
 /// excluded, rewrites it to MatMulNBits and appends one LayerReport per layer (skipped layers
-/// get a report with bits 0 and a note saying why).
+/// get a report with bits 0 and a note saying why). With a calibrator (optional for these
+/// passes) the reports also carry each layer's output error on the calibration inputs.
 Status RunRoundToNearest(Model& model, const std::string& pass_name, const WeightQuantSpec& spec,
-                         const std::string& exclude_regex, std::vector<LayerReport>* reports);
+                         const std::string& exclude_regex, std::vector<LayerReport>* reports,
+                         const Calibrator* calibrator = nullptr);
 
 }  // namespace qc

@@ -26,28 +26,45 @@ StatusOr<Tensor> IntTensor(const ValueInfo& info, const Shape& shape, const std:
 }
 
 // An empty past: the sequence axis has length 0, the other axes come from the declared shape.
+// The sequence axis is the one symbolic axis after the batch axis, whatever its name: Optimum
+// calls it "past_sequence_length", a torch.onnx dynamo export without named dims "s17". Only when
+// several axes are symbolic does the name decide (a "seq"/"past"/"len" one), and the others must
+// come from --input since neither the file nor its shape says their size.
 StatusOr<Tensor> EmptyPast(const ValueInfo& info, int64_t batch) {
   if (!info.has_shape || info.shape.empty())
     return InvalidArgument("input '" + info.name + "' (KV cache) declares no shape; cannot build an empty past");
+  auto is_symbolic = [](const Dim& dim) { return dim.value < 0 || !dim.param.empty(); };
+  auto named_like_seq = [](const Dim& dim) {
+    return dim.param.empty() || Contains(dim.param, "seq") || Contains(dim.param, "past") || Contains(dim.param, "len");
+  };
+  std::vector<int> symbolic;
+  for (size_t d = 1; d < info.shape.size(); ++d)
+    if (is_symbolic(info.shape[d])) symbolic.push_back(static_cast<int>(d));
+  if (symbolic.empty()) return InvalidArgument("input '" + info.name + "' (KV cache) has no symbolic sequence axis");
+  int seq_axis = symbolic.size() == 1 ? symbolic[0] : -1, named = 0;
+  if (symbolic.size() > 1) {
+    for (int d : symbolic) {
+      if (!named_like_seq(info.shape[d])) continue;
+      seq_axis = d;
+      ++named;
+    }
+  }
+  if (symbolic.size() > 1 && named != 1)
+    return InvalidArgument("input '" + info.name + "' (KV cache) has several symbolic dimensions; cannot tell the sequence axis");
   Shape shape;
-  int seq_axis = -1;
   for (size_t d = 0; d < info.shape.size(); ++d) {
     const Dim& dim = info.shape[d];
     if (d == 0) {
       shape.push_back(batch);
-    } else if (dim.value >= 0 && dim.param.empty()) {
-      shape.push_back(dim.value);
-    } else if (Contains(dim.param, "seq") || Contains(dim.param, "past") || Contains(dim.param, "len") || dim.param.empty()) {
-      if (seq_axis >= 0)
-        return InvalidArgument("input '" + info.name + "' (KV cache) has several symbolic dimensions; cannot tell the sequence axis");
-      seq_axis = static_cast<int>(d);
+    } else if (static_cast<int>(d) == seq_axis) {
       shape.push_back(0);
+    } else if (!is_symbolic(dim)) {
+      shape.push_back(dim.value);
     } else {
       return InvalidArgument("input '" + info.name + "' (KV cache) dimension " + std::to_string(d) + " is symbolic ('" + dim.param +
                              "'); pass it with --input " + info.name + "=FILE.npy");
     }
   }
-  if (seq_axis < 0) return InvalidArgument("input '" + info.name + "' (KV cache) has no symbolic sequence axis");
   DType dtype = info.dtype == DType::kUndefined ? DType::kFloat32 : info.dtype;
   return Tensor(dtype, shape);
 }

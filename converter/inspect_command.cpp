@@ -5,6 +5,7 @@
 #include "converter/commands.h"
 #include "formats/linear_layers.h"
 #include "formats/onnx_reader.h"
+#include "passes/merged_decoder.h"
 
 namespace qc {
 namespace {
@@ -53,6 +54,13 @@ Status RunInspect(const InspectOptions& options) {
   std::printf("initializers: %zu, parameters: %lld (%.2f MB)\n", g.num_initializers(), static_cast<long long>(params), bytes / 1e6);
 
   std::vector<LinearLayer> layers = FindLinearLayers(g);
+  if (HasLinearLayersInBranches(model)) {
+    // A merged decoder: list the prefill branch's layers, which the passes quantize (and carry
+    // into the with-past branch).
+    QC_ASSIGN_OR_RETURN(Model view, InlinePrefillBranches(model));
+    layers = FindLinearLayers(view.graph);
+    std::printf("merged decoder: linear layers inside If branches (listed: the prefill branch's)\n");
+  }
   std::printf("quantizable linear layers: %zu\n", layers.size());
   for (const auto& l : layers) {
     std::string flags;

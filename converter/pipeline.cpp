@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "formats/onnx_reader.h"
 #include "formats/onnx_writer.h"
 #include "formats/sha256.h"
+#include "passes/merged_decoder.h"
 #include "passes/registry.h"
 #include "passes/weight_quant.h"
 #include "runtime/executor.h"
@@ -235,6 +237,22 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
     calibrator->set_log(say);
   }
   QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
+  // A merged decoder's layers live in If branches: the passes run on the prefill branch inlined
+  // (what calibration executes) and the weight quantization is then carried into both branches.
+  const bool merged = HasLinearLayersInBranches(model);
+  Model view;
+  std::map<std::string, LinearLayer> view_layers;
+  if (merged) {
+    for (const auto& pass : pipeline)
+      if (!pass->OnlyReplacesLinearLayers())
+        return Unimplemented(std::string("pass '") + pass->Name() +
+                             "' cannot rewrite a merged decoder (linear layers inside If branches) yet; use absmax, "
+                             "zeropoint or gptq, or quantize the unmerged decoder_model.onnx");
+    say("merged decoder: running the passes on the prefill branch, then carrying them into every branch");
+    QC_ASSIGN_OR_RETURN(view, InlinePrefillBranches(model));
+    view_layers = LinearLayersByOutput(view);
+  }
+  Model& target = merged ? view : model;
   for (size_t i = 0; i < pipeline.size(); ++i) {
     Pass& pass = *pipeline[i];
     PassContext context{o.quant};
@@ -242,7 +260,12 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
     context.layers = &report.layers;
     context.quantize_weights = !(pass.CanDeferQuantization() && i + 1 < pipeline.size());
     say(std::string("running pass ") + pass.Name());
-    QC_RETURN_IF_ERROR(pass.Run(model, context).WithContext(std::string("pass '") + pass.Name() + "'"));
+    QC_RETURN_IF_ERROR(pass.Run(target, context).WithContext(std::string("pass '") + pass.Name() + "'"));
+  }
+  if (merged) {
+    std::vector<std::string> notes;
+    QC_RETURN_IF_ERROR(CarryWeightQuantization(view, view_layers, model, &notes));
+    for (const std::string& note : notes) say(note);
   }
 
   OutputGuard guard(output, o.external_data);

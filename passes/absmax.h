@@ -22,6 +22,7 @@ class AbsmaxPass : public Pass {
  public:
   const char* Name() const override { return "absmax"; }
   bool NeedsCalibration() const override { return false; }
+  bool OnlyReplacesLinearLayers() const override { return true; }
   [[nodiscard]] Status Run(Model& model, PassContext& context) override;
 };
 

@@ -36,6 +36,9 @@ class Pass {
   virtual bool NeedsCalibration() const = 0;
   /// True for passes that only rescale when a later pass quantizes (awq, smoothquant).
   virtual bool CanDeferQuantization() const { return false; }
+  /// True for passes whose only rewrite is MatMul/Gemm -> MatMulNBits (absmax, zeropoint, gptq):
+  /// those can quantize merged decoders (passes/merged_decoder.h).
+  virtual bool OnlyReplacesLinearLayers() const { return false; }
   [[nodiscard]] virtual Status Run(Model& model, PassContext& context) = 0;
 };
 

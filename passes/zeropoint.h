@@ -19,6 +19,7 @@ class ZeroPointPass : public Pass {
  public:
   const char* Name() const override { return "zeropoint"; }
   bool NeedsCalibration() const override { return false; }
+  bool OnlyReplacesLinearLayers() const override { return true; }
   [[nodiscard]] Status Run(Model& model, PassContext& context) override;
 };
 

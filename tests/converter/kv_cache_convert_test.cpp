@@ -150,10 +150,11 @@ void KvCacheConvertTest::ConvertAndCheck(const std::string& pass_name) {
     // The interface serving code binds to is unchanged.
     EXPECT_EQ(DescribeAll(after->graph.inputs), DescribeAll(before->graph.inputs));
     EXPECT_EQ(DescribeAll(after->graph.outputs), DescribeAll(before->graph.outputs));
-    // The plain export has every linear layer quantized. (Merged decoders: see the disabled test.)
-    if (!IsMerged(m)) {
-      EXPECT_EQ(CountOps(after->graph, "MatMulNBits"), m.linear_layers);
-    }
+    // Every linear layer is quantized: in a merged decoder, those of both If branches.
+    EXPECT_EQ(CountOps(after->graph, "MatMulNBits"), (IsMerged(m) ? 2 : 1) * m.linear_layers);
+    EXPECT_EQ(CountOps(after->graph, "MatMul") + CountOps(after->graph, "Gemm"),
+              CountOps(before->graph, "MatMul") + CountOps(before->graph, "Gemm") -
+                  (IsMerged(m) ? 2 : 1) * m.linear_layers);
 
     // Our executor runs the artifact on an empty past, close to the float model's logits.
     StatusOr<std::unique_ptr<Session>> session = Session::Create(*after);
@@ -202,16 +203,67 @@ void KvCacheConvertTest::ConvertAndCheck(const std::string& pass_name) {
 TEST_F(KvCacheConvertTest, AbsmaxKeepsInterfaceAndRunsInOnnxRuntime) { ConvertAndCheck("absmax"); }
 TEST_F(KvCacheConvertTest, GptqKeepsInterfaceAndRunsInOnnxRuntime) { ConvertAndCheck("gptq"); }
 
-// Merged decoders hold every linear layer inside the If's two subgraphs; linear-layer discovery
-// looks at the main graph only, so today the artifact is written with nothing quantized (the CLI
-// succeeds and reports no layers). Enable once passes reach into subgraphs: both branches' layers
-// (2 x 15 for Llama) should become MatMulNBits, sharing the deduplicated weights.
-TEST_F(KvCacheConvertTest, DISABLED_MergedDecoderSubgraphsAreQuantized) {
-  const std::string output = Path("merged.onnx");
-  ASSERT_EQ(Shell(kQconvert + " " + kKvDir + "llama/model_merged.onnx --pass absmax --bits 4 -o " + output + " > /dev/null 2>&1"), 0);
-  StatusOr<Model> after = ReadOnnxModel(output);
-  ASSERT_TRUE(after.ok()) << after.status().message();
-  EXPECT_EQ(CountOps(after->graph, "MatMulNBits"), 2 * 15);
+// The merged artifact computes what the plain artifact computes, in both branches: the prefill
+// (use_cache_branch false) and a decode step on the prefill's presents (true). Round-to-nearest
+// quantizes the shared weights exactly as it quantizes the plain export's.
+TEST_F(KvCacheConvertTest, MergedArtifactMatchesPlainArtifactInBothBranches) {
+  for (const std::string arch : {"llama", "gpt2"}) {
+    SCOPED_TRACE(arch);
+    const std::string plain = Path(arch + "_plain.onnx"), merged = Path(arch + "_merged.onnx");
+    ASSERT_EQ(Shell(kQconvert + " " + kKvDir + arch + "/model.onnx --pass absmax -o " + plain + " > /dev/null 2>&1"), 0);
+    ASSERT_EQ(Shell(kQconvert + " " + kKvDir + arch + "/model_merged.onnx --pass absmax -o " + merged + " > /dev/null 2>&1"), 0);
+    auto plain_session = Session::Create(ReadOnnxModel(plain).value()).value();
+    auto merged_session = Session::Create(ReadOnnxModel(merged).value()).value();
+
+    const Tensor ids = ReadNpy(kKvDir + arch + "/input_ids.npy").value();
+    NamedTensors plain_feeds = BindInputs(*plain_session, ids).value();
+    NamedTensors merged_feeds = BindInputs(*merged_session, ids).value();
+    std::vector<Tensor> plain_out = plain_session->Run(plain_feeds).value();
+    std::vector<Tensor> merged_out = merged_session->Run(merged_feeds).value();
+    ASSERT_EQ(plain_out.size(), merged_out.size());
+    for (size_t i = 0; i < plain_out.size(); ++i) EXPECT_LE(MaxAbsDiff(plain_out[i], merged_out[i]), 1e-5) << i;
+
+    // Decode one token on the prefill's presents through the with-past branch.
+    const Tensor next = ReadNpy(kKvDir + arch + "/decode_input_ids.npy").value();
+    const int64_t batch = next.dim(0), total = ids.dim(1) + 1;
+    NamedTensors decode;
+    for (size_t i = 0; i < plain_session->outputs().size(); ++i) {
+      const std::string& name = plain_session->outputs()[i].name;
+      if (name.rfind("present.", 0) == 0) decode.push_back({"past_key_values." + name.substr(8), plain_out[i]});
+    }
+    std::vector<int64_t> mask(batch * total, 1), positions(batch, total - 1);
+    decode.push_back({"attention_mask", Tensor::FromVector(mask, {batch, total})});
+    NamedTensors plain_decode = decode, merged_decode = decode;
+    auto declared = [](const Session& s, const std::string& name) {
+      for (const ValueInfo& v : s.inputs())
+        if (v.name == name) return true;
+      return false;
+    };
+    if (declared(*plain_session, "position_ids")) {
+      plain_decode.push_back({"position_ids", Tensor::FromVector(positions, {batch, 1})});
+      merged_decode.push_back({"position_ids", Tensor::FromVector(positions, {batch, 1})});
+    }
+    plain_decode.push_back({"input_ids", next});
+    merged_decode.push_back({"input_ids", next});
+    Tensor use_cache(DType::kBool, {1});
+    use_cache.mutable_data<bool>()[0] = true;
+    merged_decode.push_back({"use_cache_branch", use_cache});
+    std::vector<Tensor> a = plain_session->Run(plain_decode).value();
+    std::vector<Tensor> b = merged_session->Run(merged_decode).value();
+    EXPECT_LE(MaxAbsDiff(a[LogitsOutputIndex(*plain_session)], b[LogitsOutputIndex(*merged_session)]), 1e-5);
+    // And it is a real decode: close to PyTorch's float logits for that step.
+    EXPECT_LT(RelRms(b[LogitsOutputIndex(*merged_session)], ReadNpy(kKvDir + arch + "/decode_logits.npy").value()), 0.6);
+  }
+}
+
+TEST_F(KvCacheConvertTest, Negative_MergedDecoderWithATransformPass) {
+  if (!CreatePipeline("smoothquant").ok()) GTEST_SKIP() << "smoothquant is not registered";
+  const std::string out = Path("sq.onnx");
+  const int code = Shell(kQconvert + " " + kKvDir + "llama/model_merged.onnx --pass smoothquant --calib " + kKvDir +
+                         "llama/input_ids.npy --nsamples 1 --seqlen 8 -o " + out + " > " + Path("sq.log") + " 2>&1");
+  EXPECT_EQ(code, 1);
+  EXPECT_NE(ReadAll(Path("sq.log")).find("merged decoder"), std::string::npos) << ReadAll(Path("sq.log"));
+  EXPECT_FALSE(fs::exists(out));
 }
 
 }  // namespace

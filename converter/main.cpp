@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "converter/commands.h"
+#include "formats/interrupt_cleanup.h"
 
 namespace {
 
@@ -52,6 +53,7 @@ std::string JoinCommandLine(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  qc::InstallInterruptCleanup();
   CLI::App app{"qconvert: offline LLM quantization for ONNX models\n"
                "  qconvert MODEL.onnx --pass PASS[,PASS...] [options]   (= qconvert convert ...)"};
   app.require_subcommand(0, 1);

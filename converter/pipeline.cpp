@@ -19,6 +19,7 @@
 
 #include "calibrate/calibration_data.h"
 #include "calibrate/calibrator.h"
+#include "formats/interrupt_cleanup.h"
 #include "formats/onnx_reader.h"
 #include "formats/onnx_writer.h"
 #include "formats/sha256.h"
@@ -52,12 +53,22 @@ class OutputGuard {
     fs::remove(path_, ec);
     if (external_data_) fs::remove(path_ + ".data", ec);
   }
-  void Arm() { armed_ = true; }
-  void Commit() { committed_ = true; }
+  // From Arm() to Commit() the output also goes away if the process is interrupted.
+  void Arm() {
+    armed_ = true;
+    on_signal_ = std::make_unique<ScopedInterruptCleanup>(path_);
+    if (external_data_) on_signal_data_ = std::make_unique<ScopedInterruptCleanup>(path_ + ".data");
+  }
+  void Commit() {
+    committed_ = true;
+    on_signal_.reset();
+    on_signal_data_.reset();
+  }
 
  private:
   std::string path_;
   bool external_data_;
+  std::unique_ptr<ScopedInterruptCleanup> on_signal_, on_signal_data_;
   bool armed_ = false;
   bool committed_ = false;
 };
@@ -65,6 +76,7 @@ class OutputGuard {
 // Temp file + rename, so a reader never sees a half-written report.
 Status WriteTextAtomic(const std::string& path, const std::string& text) {
   const std::string temp = path + ".tmp." + std::to_string(::getpid());
+  ScopedInterruptCleanup on_signal(temp);
   {
     std::ofstream out(temp, std::ios::binary | std::ios::trunc);
     if (!out) return NotFound("cannot create '" + path + "': " + std::strerror(errno));

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <limits>
 
+#include "formats/interrupt_cleanup.h"
 #include "onnx/onnx_pb.h"
 
 namespace qc {
@@ -171,7 +172,7 @@ int64_t InitializerBytes(const Graph& g) {
 class AtomicFile {
  public:
   explicit AtomicFile(std::string final_path)
-      : final_(std::move(final_path)), temp_(final_ + ".tmp." + std::to_string(::getpid())) {}
+      : final_(std::move(final_path)), temp_(final_ + ".tmp." + std::to_string(::getpid())), cleanup_(temp_) {}
   ~AtomicFile() {
     if (!committed_) std::remove(temp_.c_str());
   }
@@ -180,12 +181,14 @@ class AtomicFile {
     if (std::rename(temp_.c_str(), final_.c_str()) != 0)
       return DataLoss("cannot rename '" + temp_ + "' to '" + final_ + "': " + std::strerror(errno));
     committed_ = true;
+    cleanup_.Release();
     return Status::Ok();
   }
 
  private:
   std::string final_;
   std::string temp_;
+  ScopedInterruptCleanup cleanup_;  // an interrupted write leaves no temp file
   bool committed_ = false;
 };
 

@@ -239,6 +239,37 @@ namespace qc {
 namespace {
 
 // `generate` writes a runnable model and a byte-level tokenizer whose ids are the text's bytes.
+// SIGTERM / SIGINT while the artifact is being validated (it exists on disk, not yet accepted):
+// exit code 1, a message, and neither the artifact nor any temp file is left; the input is intact.
+TEST_F(CliTest, InterruptedConversionLeavesNoOutput) {
+  ASSERT_EQ(Run("generate --arch llama --vocab 512 --hidden 64 --layers 2 --heads 4 -o " + Path("in.onnx")).exit_code, 0);
+  std::vector<int64_t> ids(64 * 256);
+  std::mt19937 rng(1);
+  for (int64_t& id : ids) id = rng() % 512;
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>(ids, {static_cast<int64_t>(ids.size())}), Path("ids.npy")).ok());
+  const std::string before = Slurp(Path("in.onnx"));
+  for (const char* sig : {"TERM", "INT"}) {
+    SCOPED_TRACE(sig);
+    // Start the conversion, wait until it reports that the written artifact is being measured,
+    // then signal it.
+    const std::string script =
+        "cd " + dir_.string() + " && (" + kQconvert + " in.onnx --pass absmax -o q.onnx --report q.json --eval ids.npy" +
+        " --seqlen 256 --eval-windows 24 > out.txt 2> err.txt & pid=$!; " +
+        "for i in $(seq 1 600); do grep -q 'quantized perplexity' err.txt 2>/dev/null && break; sleep 0.05; done; " +
+        "kill -" + sig + " $pid; wait $pid; echo $? > rc.txt)";
+    ASSERT_EQ(std::system(script.c_str()), 0);
+    EXPECT_EQ(std::stoi(Slurp(Path("rc.txt"))), 1) << Slurp(Path("err.txt"));
+    EXPECT_NE(Slurp(Path("err.txt")).find("interrupted"), std::string::npos) << Slurp(Path("err.txt"));
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      const std::string name = entry.path().filename().string();
+      EXPECT_TRUE(name == "in.onnx" || name == "ids.npy" || name.ends_with(".txt") || name == "stdout" ||
+                  name == "stderr")
+          << "left behind: " << name;
+    }
+    EXPECT_EQ(Slurp(Path("in.onnx")), before);
+  }
+}
+
 TEST_F(CliTest, GenerateWritesRunnableModelAndByteTokenizer) {
   auto r = Run("generate --arch llama --vocab 256 --hidden 32 --layers 1 --heads 4 --kv-heads 2 -o " + Path("g.onnx") +
                " --tokenizer-out " + Path("tok.json"));

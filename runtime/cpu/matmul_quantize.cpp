@@ -2,7 +2,9 @@
 // per-axis, blocked; 8/16-bit and packed 4-bit), DynamicQuantizeLinear and MatMulInteger.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -302,26 +304,93 @@ Status MatMulIntegerRef(KernelContext& ctx) {
   return Status::Ok();
 }
 
-// Fast: zero-point-shifted operands in double (exact for any realistic K: |products| < 2^16,
-// sums stay far below 2^53) through the GEMM.
+namespace {
+
+// Writes src[e] - zero_point as float and returns max |src[e] - zero_point|. The zero point of
+// element e is zp[0] (per tensor) or zp[(e / inner) % zp.size()]: A's zero point is per row
+// (inner = K), B's per column (inner = 1).
+template <typename T>
+int32_t ShiftToFloat(const T* src, int64_t count, const std::vector<int32_t>& zp, int64_t inner, float* dst) {
+  const int64_t nz = static_cast<int64_t>(zp.size());
+  int32_t max_abs = 0;
+#pragma omp parallel for schedule(static) reduction(max : max_abs) if (count > 65536)
+  for (int64_t e = 0; e < count; ++e) {
+    const int32_t v = static_cast<int32_t>(src[e]) - zp[nz == 1 ? 0 : (e / inner) % nz];
+    dst[e] = static_cast<float>(v);
+    max_abs = std::max(max_abs, v < 0 ? -v : v);
+  }
+  return max_abs;
+}
+
+int32_t ShiftQuantToFloat(const Tensor& t, const std::vector<int32_t>& zp, int64_t inner, float* dst) {
+  if (t.dtype() == DType::kInt8) return ShiftToFloat(t.data<int8_t>(), t.numel(), zp, inner, dst);
+  return ShiftToFloat(t.data<uint8_t>(), t.numel(), zp, inner, dst);
+}
+
+}  // namespace
+
+// Fast: the zero-point-shifted operands are integers of magnitude <= 255, exact in float32, and
+// a float32 GEMM is exact as long as every partial sum it forms is an integer of magnitude <=
+// 2^24 (float32's contiguous-integer range): then every add and FMA is exact whatever the
+// summation order, blocking or vector width. That holds for any K-chunk of
+// c <= 2^24 / (max|a| * max|b|) terms (1040 for int8 codes in [-127, 127], 258 for raw uint8), so
+// K is split into such chunks, each one float32 GEMM, and the chunks are summed in int64. The
+// result is bit-identical to MatMulIntegerRef.
 Status MatMulIntegerFast(KernelContext& ctx) {
   QC_ASSIGN_OR_RETURN(MatMulIntegerArgs r, ParseMatMulInteger(ctx));
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
   const MatMulPlan& p = r.plan;
-  std::vector<double> ad(a.numel()), bd(b.numel());
-  for (int64_t e = 0; e < a.numel(); ++e) {
-    const int64_t row = p.k == 0 ? 0 : (e / p.k) % std::max<int64_t>(p.m, 1);
-    ad[e] = LoadQ(a.dtype(), a.raw(), e) - r.a_zp[r.a_zp.size() == 1 ? 0 : row];
-  }
-  for (int64_t e = 0; e < b.numel(); ++e) bd[e] = LoadQ(b.dtype(), b.raw(), e) - r.b_zp[r.b_zp.size() == 1 ? 0 : e % p.n];
-  std::vector<double> yd(p.batch() * p.m * p.n);
-  for (int64_t t = 0; t < p.batch(); ++t)
-    GemmF64(false, false, p.m, p.n, p.k, 1.0, ad.data() + p.a_offsets[t], p.k, bd.data() + p.b_offsets[t], p.n, 0.0,
-            yd.data() + t * p.m * p.n, p.n, true);
-  Tensor y(DType::kInt32, p.out_shape);
+  const int64_t m = p.m, n = p.n, k = p.k;
+  Tensor y = Tensor::Uninitialized(DType::kInt32, p.out_shape);
   int32_t* yp = y.mutable_data<int32_t>();
-  for (size_t i = 0; i < yd.size(); ++i) yp[i] = static_cast<int32_t>(static_cast<int64_t>(yd[i]));
+  const int64_t out_count = p.batch() * m * n;
+  if (k == 0 || out_count == 0) {
+    std::fill(yp, yp + out_count, 0);
+    ctx.outputs[0] = std::move(y);
+    return Status::Ok();
+  }
+  // Scratch operands left uninitialised: every element is written before it is read.
+  std::unique_ptr<float[]> af(new float[a.numel()]), bf(new float[b.numel()]);
+  const int64_t max_a = ShiftQuantToFloat(a, r.a_zp, k, af.get());
+  const int64_t max_b = ShiftQuantToFloat(b, r.b_zp, 1, bf.get());
+  constexpr int64_t kExactFloatInteger = int64_t{1} << 24;
+  const int64_t chunk = max_a * max_b == 0 ? k : std::max<int64_t>(1, kExactFloatInteger / (max_a * max_b));
+  // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
+  const int64_t products = p.b_shared ? 1 : p.batch();
+  const int64_t rows = p.b_shared ? p.batch() * m : m;
+  const int64_t count = rows * n;
+  std::unique_ptr<float[]> part(chunk >= k ? nullptr : new float[count]);
+  std::unique_ptr<int64_t[]> sum(chunk >= k ? nullptr : new int64_t[count]);
+  for (int64_t t = 0; t < products; ++t) {
+    const float* ap = af.get() + p.a_offsets[t];
+    const float* bp = bf.get() + p.b_offsets[t];
+    int32_t* out = yp + t * count;
+    if (chunk >= k) {
+      // One product, written as float into the int32 output's own storage (both 4 bytes) and
+      // converted in place; memcpy keeps the type punning well defined.
+      static_assert(sizeof(float) == sizeof(int32_t));
+      float* out_f = reinterpret_cast<float*>(static_cast<void*>(out));
+      GemmF32(false, false, rows, n, k, 1.0f, ap, k, bp, n, 0.0f, out_f, n, /*threaded=*/true);
+#pragma omp parallel for schedule(static) if (count > 65536)
+      for (int64_t i = 0; i < count; ++i) {
+        float v;
+        std::memcpy(&v, out + i, sizeof(v));
+        const int32_t q = static_cast<int32_t>(v);
+        std::memcpy(out + i, &q, sizeof(q));
+      }
+      continue;
+    }
+    std::fill(sum.get(), sum.get() + count, 0);
+    for (int64_t k0 = 0; k0 < k; k0 += chunk) {
+      const int64_t kc = std::min(chunk, k - k0);
+      GemmF32(false, false, rows, n, kc, 1.0f, ap + k0, k, bp + k0 * n, n, 0.0f, part.get(), n, /*threaded=*/true);
+#pragma omp parallel for schedule(static) if (count > 65536)
+      for (int64_t i = 0; i < count; ++i) sum[i] += static_cast<int64_t>(part[i]);
+    }
+    // Wraps like the reference when the exact sum leaves int32 (K beyond ~130000 int8 terms).
+    for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int32_t>(sum[i]);
+  }
   ctx.outputs[0] = std::move(y);
   return Status::Ok();
 }

@@ -1,0 +1,164 @@
+// `outlier-split`: LLM.int8 mixed-precision decomposition with W8A8 for the rest (see outlier_split.h).
+#include "passes/outlier_split.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <map>
+#include <numeric>
+
+#include "passes/int8_linear.h"
+#include "passes/weight_quant.h"
+
+namespace qc {
+
+std::vector<int64_t> SelectOutlierChannels(const InputStats& stats, double min_token_fraction,
+                                           double max_channel_fraction) {
+  QC_CHECK(static_cast<int64_t>(stats.outlier_count.size()) == stats.k);
+  const int64_t min_count =
+      std::max<int64_t>(1, static_cast<int64_t>(std::ceil(min_token_fraction * static_cast<double>(stats.rows))));
+  std::vector<int64_t> candidates;
+  for (int64_t j = 0; j < stats.k; ++j)
+    if (stats.outlier_count[j] >= min_count) candidates.push_back(j);
+  // Keep the most frequent (then the largest) when the cap binds; never all of K.
+  const int64_t cap = std::min<int64_t>(stats.k - 1, static_cast<int64_t>(max_channel_fraction * stats.k));
+  if (static_cast<int64_t>(candidates.size()) > cap) {
+    std::stable_sort(candidates.begin(), candidates.end(), [&](int64_t a, int64_t b) {
+      if (stats.outlier_count[a] != stats.outlier_count[b]) return stats.outlier_count[a] > stats.outlier_count[b];
+      return stats.abs_max[a] > stats.abs_max[b];
+    });
+    candidates.resize(std::max<int64_t>(cap, 0));
+    std::sort(candidates.begin(), candidates.end());
+  }
+  return candidates;
+}
+
+Status OutlierSplitPass::Run(Model& model, PassContext& context) {
+  QC_CHECK(context.layers != nullptr);
+  const QuantOptions& o = context.options;
+  if (context.calibrator == nullptr)
+    return InvalidArgument("outlier-split needs calibration data: pass --calib TEXT (with --tokenizer) so the "
+                           "outlier input channels can be found");
+  if (!(o.threshold > 0.0 && std::isfinite(o.threshold)))
+    return InvalidArgument("--threshold (outlier-split activation magnitude) must be > 0, got " +
+                           std::to_string(o.threshold));
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(o.exclude_regex));
+  QC_ASSIGN_OR_RETURN(W8A8Rewriter rewriter, W8A8Rewriter::Create(model));
+
+  std::vector<LinearLayer> targets;
+  for (const LinearLayer& l : FindLinearLayers(model.graph)) {
+    if (filter.Excluded(l)) continue;
+    if (auto reason = MatMulNBitsUnsupportedReason(model.graph, l)) {
+      LayerReport r;
+      r.name = l.node_name;
+      r.weight = l.weight;
+      r.k = l.k;
+      r.n = l.n;
+      r.pass = Name();
+      r.scheme = "float";
+      r.notes.push_back("left in float: " + *reason);
+      context.layers->push_back(std::move(r));
+      continue;
+    }
+    targets.push_back(l);
+  }
+  if (targets.empty()) return Status::Ok();
+
+  StatsRequest request;
+  request.hessian = true;
+  request.outlier_threshold = o.threshold;
+  QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, context.calibrator->CollectStats(model, targets, request));
+  const std::vector<LayerGroup> groups = GroupLayersByInput(targets);
+  QC_CHECK(stats.size() == groups.size());
+
+  char threshold_text[32];
+  std::snprintf(threshold_text, sizeof(threshold_text), "%g", o.threshold);
+  // Split and quantize every layer first, so the error of the whole layer (activation rounding
+  // included) can be measured on the float model before it is rewritten.
+  struct Todo {
+    LinearLayer layer;
+    size_t group = 0;
+    std::vector<int64_t> outliers;
+    std::vector<float> w, w_o, w_hat;  // w_hat: W with the rows R dequantized, the rows O exact
+    Int8Weight q;                      // the rows R
+  };
+  std::vector<Todo> todo;
+  std::vector<int64_t> exceeding(groups.size(), 0);
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const InputStats& st = stats[gi];
+    const std::vector<int64_t> outliers = SelectOutlierChannels(st);
+    std::vector<bool> is_outlier(st.k, false);
+    for (int64_t c : outliers) is_outlier[c] = true;
+    for (int64_t c : st.outlier_count) exceeding[gi] += c > 0;
+    for (const LinearLayer& l : groups[gi].layers) {
+      Todo t{l, gi, outliers, {}, {}, {}, {}};
+      QC_ASSIGN_OR_RETURN(t.w, ReadLinearWeight(model.graph, l));
+      // Split W by rows: W_O float, W_R int8 per output channel over the rows R only.
+      std::vector<float> w_r;
+      w_r.reserve((l.k - outliers.size()) * l.n);
+      for (int64_t row = 0; row < l.k; ++row) {
+        std::vector<float>& to = is_outlier[row] ? t.w_o : w_r;
+        to.insert(to.end(), t.w.begin() + row * l.n, t.w.begin() + (row + 1) * l.n);
+      }
+      t.q = QuantizeWeightInt8(w_r, l.k - static_cast<int64_t>(outliers.size()), l.n);
+      const std::vector<float> w_r_hat = t.q.Dequantize();
+      t.w_hat = t.w;
+      for (int64_t row = 0, ri = 0; row < l.k; ++row)
+        if (!is_outlier[row]) {
+          std::copy(w_r_hat.begin() + ri * l.n, w_r_hat.begin() + (ri + 1) * l.n, t.w_hat.begin() + row * l.n);
+          ++ri;
+        }
+      todo.push_back(std::move(t));
+    }
+  }
+  std::vector<W8A8Probe> probes;
+  for (const Todo& t : todo)
+    probes.push_back({model.graph.nodes[t.layer.node_index].outputs[0], &t.w, &t.q, t.outliers});
+  const std::vector<Tensor>& all_windows = context.calibrator->windows();
+  const std::vector<Tensor> windows(all_windows.begin(),
+                                    all_windows.begin() + std::min(all_windows.size(), kW8A8ErrorWindows));
+  QC_ASSIGN_OR_RETURN(std::vector<OutputError> measured, MeasureW8A8Error(model, windows, probes));
+
+  for (size_t i = 0; i < todo.size(); ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    const Todo& t = todo[i];
+    const LinearLayer& l = t.layer;
+    LayerReport r;
+    r.name = l.node_name;
+    r.weight = l.weight;
+    r.k = l.k;
+    r.n = l.n;
+    r.pass = Name();
+    r.scheme = "int8+outliers";
+    r.bits = 8;
+    r.group_size = -1;
+    r.outliers_kept = static_cast<int64_t>(t.outliers.size());
+    r.weight_rel_error = RelativeError(t.w, t.w_hat);
+    r.output_rel_error = measured[i].rel_error;
+    r.sqnr_db = measured[i].sqnr_db;
+    const OutputError weight_only = OutputErrorFromHessian(stats[t.group].hessian, l.k, t.w, t.w_hat, l.n);
+    char weight_only_text[32];
+    std::snprintf(weight_only_text, sizeof(weight_only_text), "%.3g", weight_only.rel_error);
+    r.notes.push_back(std::to_string(t.outliers.size()) + " of " + std::to_string(l.k) +
+                      " input channels kept in float (" + std::to_string(exceeding[t.group]) + " exceed |x| > " +
+                      threshold_text + " at least once in calibration)");
+    r.notes.push_back("output error measured on " + std::to_string(windows.size()) +
+                      " calibration windows with int8 weights and per-token int8 activations; the weight rounding "
+                      "alone gives " + std::string(weight_only_text) + " (from the Hessian)");
+    if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
+    QC_RETURN_IF_ERROR(rewriter
+                           .ReplaceWithOutliers(l, t.outliers, t.w_o, t.q,
+                                                "qconvert outlier-split int8+outliers threshold=" +
+                                                    std::string(threshold_text))
+                           .WithContext("quantizing " + l.node_name));
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    context.layers->push_back(std::move(r));
+  }
+  rewriter.Finish();
+  return Status::Ok();
+}
+
+std::unique_ptr<Pass> CreateOutlierSplitPass() { return std::make_unique<OutlierSplitPass>(); }
+
+}  // namespace qc

@@ -18,9 +18,14 @@ Status RunConvert(const ConvertOptions& options) {
   if (options.progress) log = [](const std::string& m) { std::fprintf(stderr, "qconvert: %s\n", m.c_str()); };
   QC_ASSIGN_OR_RETURN(QuantReport report, RunConvertPipeline(options, log));
 
+  // A layer appears once per pass that touched it (awq,gptq: awq rescales it, gptq quantizes it);
+  // its last entry says what the artifact holds.
+  std::map<std::string, const LayerReport*> last;
+  for (const LayerReport& l : report.layers) last[l.name] = &l;
   int64_t skipped = 0;
   std::map<std::string, int64_t> schemes;
-  for (const LayerReport& l : report.layers) {
+  for (const auto& [name, layer] : last) {
+    const LayerReport& l = *layer;
     if (l.bits > 0) {
       schemes[l.pass + " " + l.scheme]++;
     } else {

@@ -100,8 +100,8 @@ int main(int argc, char** argv) {
   conv_cmd->add_option("--report", conv.report, "Write the JSON report here (schema: docs/REPORT.md)");
   conv_cmd->add_option("--bits", conv.quant.bits, "Weight bits, 2..8")->capture_default_str();
   conv_cmd->add_option("--group-size", conv.quant.group_size, "Input rows per quantization group: a power of two >= 16, or -1 per output channel")->capture_default_str();
-  conv_cmd->add_flag("--sym", conv.sym_flag, "Symmetric quantization (no zero points)");
-  conv_cmd->add_flag("--asym", conv.asym_flag, "Asymmetric quantization (scale + zero point)");
+  conv_cmd->add_flag("--sym", conv.sym_flag, "Symmetric quantization (no zero points; the default except for gptq)");
+  conv_cmd->add_flag("--asym", conv.asym_flag, "Asymmetric quantization (scale + zero point; the default for gptq)");
   // On by default: at 4 bits it recovers most of round-to-nearest's loss for ~1 s per 10M weights.
   conv.quant.scale_search = true;
   conv_cmd->add_flag("--scale-search,!--no-scale-search", conv.quant.scale_search,
@@ -114,6 +114,8 @@ int main(int argc, char** argv) {
   conv_cmd->add_option("--seed", conv.quant.seed, "Seed of the calibration window sampling")->capture_default_str();
   conv_cmd->add_flag("--act-order", conv.quant.act_order, "GPTQ: quantize columns in decreasing Hessian-diagonal order");
   conv_cmd->add_option("--damp", conv.quant.damp, "GPTQ: dampening, a fraction of the mean Hessian diagonal")->capture_default_str();
+  conv_cmd->add_option("--block-size", conv.quant.block_size, "GPTQ: lazy-batch block size (columns updated together)")
+      ->capture_default_str();
   conv_cmd->add_option("--alpha", conv.quant.alpha, "SmoothQuant / AWQ migration strength")->capture_default_str();
   conv_cmd->add_option("--threshold", conv.quant.threshold, "outlier-split: activation magnitude threshold")->capture_default_str();
   conv_cmd->add_option("--exclude", conv.quant.exclude_regex, "Leave layers whose node or weight name matches this regex in float");

@@ -140,6 +140,7 @@ std::string OptionsJson(const ConvertOptions& o) {
   j["scale_search"] = o.quant.scale_search;
   j["act_order"] = o.quant.act_order;
   j["damp"] = o.quant.damp;
+  j["block_size"] = o.quant.block_size;
   j["alpha"] = o.quant.alpha;
   j["threshold"] = o.quant.threshold;
   j["exclude"] = o.quant.exclude_regex;
@@ -168,6 +169,7 @@ Status ValidateConvertOptions(const ConvertOptions& o) {
   if (o.eval_windows == 0 || o.eval_windows < -1)
     return InvalidArgument("--eval-windows must be a positive count or -1 (every window)");
   if (o.quant.damp < 0) return InvalidArgument("--damp must be >= 0");
+  if (o.quant.block_size < 1) return InvalidArgument("--block-size must be at least 1");
   for (size_t i = 0; i < pipeline.size(); ++i) {
     const Pass& pass = *pipeline[i];
     const std::string name = pass.Name();
@@ -201,6 +203,10 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   };
   QC_RETURN_IF_ERROR(ValidateConvertOptions(options));
   ConvertOptions o = options;
+  {
+    QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
+    o.quant.sym = pipeline.back()->DefaultSymmetric();
+  }
   if (o.asym_flag) o.quant.sym = false;
   if (o.sym_flag) o.quant.sym = true;
   for (const std::string& name : SplitPasses(o.passes)) {

@@ -31,6 +31,9 @@ class GptqPass : public Pass {
   const char* Name() const override { return "gptq"; }
   bool NeedsCalibration() const override { return true; }
   bool OnlyReplacesLinearLayers() const override { return true; }
+  /// Asymmetric, as the paper's min-max quantizer: on docs-llama-12m (128 x 512 calibration, 48
+  /// windows) w4 g128 act-order 14.92 vs 14.97 symmetric, w3 g128 16.38 vs 16.55.
+  bool DefaultSymmetric() const override { return false; }
   [[nodiscard]] Status Run(Model& model, PassContext& context) override;
 };
 

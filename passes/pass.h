@@ -39,6 +39,8 @@ class Pass {
   /// True for passes whose only rewrite is MatMul/Gemm -> MatMulNBits (absmax, zeropoint, gptq):
   /// those can quantize merged decoders (passes/merged_decoder.h).
   virtual bool OnlyReplacesLinearLayers() const { return false; }
+  /// The weight scheme when neither --sym nor --asym is given: the last pass of a pipeline decides.
+  virtual bool DefaultSymmetric() const { return true; }
   [[nodiscard]] virtual Status Run(Model& model, PassContext& context) = 0;
 };
 

@@ -28,6 +28,7 @@ rows=(
   "gptq w4 g128 act-order|--pass gptq --bits 4 --group-size 128 --act-order|14.95"
   "awq w4 g128|--pass awq --bits 4 --group-size 128|15.20"
   "gptq w3 g128|--pass gptq --bits 3 --group-size 128|16.10"
+  "gptq w3 g128, lm_head in float|--pass gptq --bits 3 --group-size 128 --exclude lm_head|16.10"
   "smoothquant W8A8|--pass smoothquant|14.78"
   "outlier-split int8|--pass outlier-split|14.71"
 )

@@ -139,6 +139,7 @@ std::string OptionsJson(const ConvertOptions& o) {
   j["sym"] = o.quant.sym;
   j["scale_search"] = o.quant.scale_search;
   j["act_order"] = o.quant.act_order;
+  j["static_groups"] = o.quant.static_groups;
   j["damp"] = o.quant.damp;
   j["block_size"] = o.quant.block_size;
   j["alpha"] = o.quant.alpha;

@@ -16,12 +16,11 @@ GptqSpec GptqSpecFromOptions(const QuantOptions& options) {
   GptqSpec spec;
   spec.quant = SpecFromOptions(options, options.sym);
   spec.act_order = options.act_order;
-  // Act-order keeps its groups in input order. On docs-llama-12m (128 x 512 calibration, 48
-  // windows) static and reordered groups are equal within noise (w4 g128: 14.97 vs 15.00, w3:
-  // 16.61 vs 16.53; other variants flip the order), and static groups need no g_idx, so every
-  // bit width runs in ONNX Runtime (its g_idx path runs 4-bit storage only) with the same format
-  // and kernels as round-to-nearest.
-  spec.static_groups = true;
+  // Act-order forms its groups in processing order and records them in g_idx (the paper's
+  // reference; ONNX Runtime's g_idx path runs 4-bit storage only, so 2-bit and 5..8-bit codes keep
+  // their groups in input order). --static-groups keeps input order for every width: no g_idx,
+  // the same format and kernels as round-to-nearest.
+  spec.static_groups = options.static_groups || StorageBits(options.bits) != 4;
   spec.percdamp = options.damp;
   spec.block_size = options.block_size;
   return spec;
@@ -98,7 +97,8 @@ Status GptqPass::Run(Model& model, PassContext& context) {
         for (std::string& note : result.notes) r.notes.push_back(std::move(note));
         if (spec.act_order && spec.quant.group_size != -1)
           r.notes.push_back(result.reordered_groups ? "act-order groups reordered (g_idx)"
-                                                    : "act-order with static groups (input order, no g_idx)");
+                            : spec.static_groups ? "act-order with static groups (input order, no g_idx)"
+                                                 : "act-order kept every row in its input-order group (no g_idx needed)");
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         weights[slot_of_node.at(layer.node_index)] = std::move(result.weight);
         dequantized.push_back(std::move(result.w_hat));

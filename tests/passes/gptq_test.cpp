@@ -371,14 +371,14 @@ TEST(Gptq, SyntheticDecoderEndToEnd) {
     ExportStyle style;
     int bits;
     int64_t group_size;
-    bool sym, act_order;
+    bool sym, act_order, static_groups;
     std::string scheme;
   };
   const std::vector<Case> cases = {
-      {SyntheticArch::kLlama, ExportStyle::kDynamo, 4, 16, true, true, "w4-g16-sym+act-order"},
-      {SyntheticArch::kLlama, ExportStyle::kTorchScript, 3, -1, false, false, "w3-perchannel-asym"},
-      {SyntheticArch::kGpt2, ExportStyle::kDynamo, 4, 16, false, true, "w4-g16-asym+act-order"},
-      {SyntheticArch::kGpt2, ExportStyle::kTorchScript, 3, 32, true, false, "w3-g32-sym"},
+      {SyntheticArch::kLlama, ExportStyle::kDynamo, 4, 16, true, true, false, "w4-g16-sym+act-order"},
+      {SyntheticArch::kLlama, ExportStyle::kTorchScript, 3, -1, false, false, false, "w3-perchannel-asym"},
+      {SyntheticArch::kGpt2, ExportStyle::kDynamo, 4, 16, false, true, true, "w4-g16-asym+act-order"},
+      {SyntheticArch::kGpt2, ExportStyle::kTorchScript, 3, 32, true, false, false, "w3-g32-sym"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(std::string(SyntheticArchName(c.arch)) + " " + ExportStyleName(c.style) + " " + c.scheme);
@@ -398,6 +398,7 @@ TEST(Gptq, SyntheticDecoderEndToEnd) {
     o.group_size = c.group_size;
     o.sym = c.sym;
     o.act_order = c.act_order;
+    o.static_groups = c.static_groups;
     std::string bytes[2];
     for (int attempt = 0; attempt < 2; ++attempt) {
       const int threads = omp_get_max_threads();
@@ -420,7 +421,8 @@ TEST(Gptq, SyntheticDecoderEndToEnd) {
       EXPECT_EQ(OpCounts(model)["MatMulNBits"], static_cast<int>(linear));
       for (const Node& node : model.graph.nodes)
         if (node.op_type == "MatMulNBits") {
-          EXPECT_TRUE(node.inputs.size() < 5 || node.inputs[4].empty()) << "static groups need no g_idx";
+          const bool has_g_idx = node.inputs.size() >= 5 && !node.inputs[4].empty();
+          EXPECT_EQ(has_g_idx, c.act_order && !c.static_groups) << "act-order records its groups unless static";
           EXPECT_EQ(node.inputs.size() >= 4 && !node.inputs[3].empty(), !c.sym) << "zero points iff asymmetric";
         }
       StatusOr<std::unique_ptr<Session>> session = Session::Create(model);

@@ -113,8 +113,9 @@ int main(int argc, char** argv) {
   conv_cmd->add_option("--seqlen", conv.seqlen, "Tokens per calibration and evaluation window")->capture_default_str();
   conv_cmd->add_option("--seed", conv.quant.seed, "Seed of the calibration window sampling")->capture_default_str();
   conv_cmd->add_flag("--act-order", conv.quant.act_order, "GPTQ: quantize columns in decreasing Hessian-diagonal order");
-  conv_cmd->add_flag("--static-groups", conv.quant.static_groups,
-                     "GPTQ act-order: keep the groups in input order (no g_idx in the artifact)");
+  conv_cmd->add_flag("--static-groups,!--g-idx", conv.quant.static_groups,
+                     "GPTQ act-order: keep the groups in input order (default; no g_idx in the artifact); --g-idx "
+                     "forms groups in act-order and writes g_idx (4-bit storage)");
   conv_cmd->add_option("--damp", conv.quant.damp, "GPTQ: dampening, a fraction of the mean Hessian diagonal")->capture_default_str();
   conv_cmd->add_option("--block-size", conv.quant.block_size, "GPTQ: lazy-batch block size (columns updated together)")
       ->capture_default_str();

@@ -11,10 +11,9 @@
 // group already replaced by its dequantized weights. Group scales and zero points follow the
 // round-to-nearest passes (passes/weight_quant.h: --sym / --asym, --group-size, --scale-search),
 // computed when the solver reaches a group, from the weights as updated by then. With
-// --act-order rows are quantized in decreasing diag(H) order and each group is formed from
-// consecutive rows of that order, recorded as g_idx in the artifact; --static-groups (and bit
-// widths ONNX Runtime's g_idx path cannot run) keep the groups in input order, without g_idx
-// (see GptqSpecFromOptions). Needs calibration
+// --act-order rows are quantized in decreasing diag(H) order while the groups keep input order
+// ("static groups", no g_idx); with --g-idx each group is formed from consecutive rows of that
+// order and recorded as g_idx in the artifact (see GptqSpecFromOptions). Needs calibration
 // data (PassContext::calibrator). Preserves the graph interface and every node that is not a
 // quantized linear layer; layers left out by --exclude and layers MatMulNBits cannot encode stay
 // float (the latter with a report entry saying why). A Hessian that stays indefinite after

@@ -12,7 +12,7 @@ struct QuantOptions {
   bool sym = true;              // symmetric (no zero point) vs asymmetric
   bool scale_search = false;    // absmax: search per-group scales minimising squared error
   bool act_order = false;       // GPTQ: quantize columns in decreasing diag(H) order (g_idx)
-  bool static_groups = false;   // GPTQ act-order: keep groups in input order (no g_idx)
+  bool static_groups = true;    // GPTQ act-order: keep groups in input order (false: g_idx)
   double damp = 0.01;           // GPTQ: percdamp, fraction of mean diag(H) added to the diagonal
   int64_t block_size = 128;     // GPTQ: lazy-batch block size
   double alpha = 0.5;           // SmoothQuant migration strength

@@ -376,9 +376,9 @@ TEST(Gptq, SyntheticDecoderEndToEnd) {
   };
   const std::vector<Case> cases = {
       {SyntheticArch::kLlama, ExportStyle::kDynamo, 4, 16, true, true, false, "w4-g16-sym+act-order"},
-      {SyntheticArch::kLlama, ExportStyle::kTorchScript, 3, -1, false, false, false, "w3-perchannel-asym"},
+      {SyntheticArch::kLlama, ExportStyle::kTorchScript, 3, -1, false, false, true, "w3-perchannel-asym"},
       {SyntheticArch::kGpt2, ExportStyle::kDynamo, 4, 16, false, true, true, "w4-g16-asym+act-order"},
-      {SyntheticArch::kGpt2, ExportStyle::kTorchScript, 3, 32, true, false, false, "w3-g32-sym"},
+      {SyntheticArch::kGpt2, ExportStyle::kTorchScript, 3, 32, true, false, true, "w3-g32-sym"},
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(std::string(SyntheticArchName(c.arch)) + " " + ExportStyleName(c.style) + " " + c.scheme);

@@ -26,7 +26,9 @@ class StatsAccumulator {
     if (request.outlier_threshold > 0) stats_.outlier_count.assign(k, 0);
   }
 
-  Status Add(const Tensor& x) {
+  /// `scratch` holds one window's XᵀX while it is added; callers share one across accumulators, so
+  /// a CollectStats run does not keep K x K floats per group.
+  Status Add(const Tensor& x, std::vector<float>* scratch) {
     const int64_t k = stats_.k;
     if (x.dtype() != DType::kFloat32)
       return Unimplemented("calibration needs float32 activations, but '" + stats_.input + "' is " +
@@ -54,10 +56,11 @@ class StatsAccumulator {
     if (!stats_.hessian.empty()) {
       // XᵀX of this window in float32 through the fast GEMM (a window is at most a few thousand
       // rows, so float32 partial sums lose ~1e-7 relative), summed across windows in float64.
-      window_xtx_.resize(k * k);
-      GemmF32(/*trans_a=*/true, /*trans_b=*/false, k, k, rows, 1.0f, data, k, data, k, 0.0f, window_xtx_.data(), k,
+      std::vector<float>& window_xtx = *scratch;
+      window_xtx.resize(k * k);
+      GemmF32(/*trans_a=*/true, /*trans_b=*/false, k, k, rows, 1.0f, data, k, data, k, 0.0f, window_xtx.data(), k,
               /*threaded=*/true);
-      for (int64_t i = 0; i < k * k; ++i) stats_.hessian[i] += window_xtx_[i];
+      for (int64_t i = 0; i < k * k; ++i) stats_.hessian[i] += window_xtx[i];
     }
     stats_.rows += rows;
     return Status::Ok();
@@ -75,14 +78,14 @@ class StatsAccumulator {
   StatsRequest request_;
   InputStats stats_;
   std::vector<double> abs_sum_;
-  std::vector<float> window_xtx_;
 };
 
+// Whether the node reads its weight as [n, k] (Gemm with transB) rather than [k, n].
+bool ReadsWeightNK(const Node& node) { return node.op_type == "Gemm" && node.GetInt("transB", 0) != 0; }
+
 // The weight as the node reads it: Gemm with transB reads [n, k], everything else [k, n].
-Tensor WeightAsRead(const Model& model, const LinearLayer& layer, const std::vector<float>& w_kn) {
-  const Node& node = model.graph.nodes[layer.node_index];
-  const bool reads_nk = node.op_type == "Gemm" && node.GetInt("transB", 0) != 0;
-  if (!reads_nk) return Tensor::FromVector(w_kn, {layer.k, layer.n});
+Tensor WeightAsRead(bool reads_nk, const LinearLayer& layer, std::vector<float> w_kn) {
+  if (!reads_nk) return Tensor::Adopt(std::move(w_kn), {layer.k, layer.n});
   std::vector<float> w_nk(w_kn.size());
   for (int64_t r = 0; r < layer.k; ++r)
     for (int64_t c = 0; c < layer.n; ++c) w_nk[c * layer.k + r] = w_kn[r * layer.n + c];
@@ -110,17 +113,27 @@ OutputError OutputErrorFromHessian(const std::vector<double>& hessian, int64_t k
                                    const std::vector<float>& w_hat, int64_t n) {
   QC_CHECK(static_cast<int64_t>(hessian.size()) == k * k);
   QC_CHECK(static_cast<int64_t>(w.size()) == k * n && w_hat.size() == w.size());
-  std::vector<double> w_d(w.begin(), w.end()), delta(w.size());
-  for (size_t i = 0; i < w.size(); ++i) delta[i] = static_cast<double>(w_hat[i]) - static_cast<double>(w[i]);
-  // tr(Mᵀ H M) = sum_ij M_ij (H M)_ij.
-  auto quadratic = [&](const std::vector<double>& m) {
-    std::vector<double> hm(m.size());
-    GemmF64(false, false, k, n, k, 1.0, hessian.data(), k, m.data(), n, 0.0, hm.data(), n, /*threaded=*/true);
-    double sum = 0;
-    for (size_t i = 0; i < m.size(); ++i) sum += m[i] * hm[i];
-    return std::max(sum, 0.0);
-  };
-  const double signal = quadratic(w_d), noise = quadratic(delta);
+  // tr(Mᵀ H M) = sum_ij M_ij (H M)_ij, for M = W and M = W~ - W, over blocks of columns: whole
+  // double copies of M and H M would be three times the layer in memory (1.5 GB for a 32000 x
+  // 2048 head).
+  constexpr int64_t kColumns = 256;
+  std::vector<double> m_w(k * std::min(n, kColumns)), m_delta(m_w.size()), hm(m_w.size());
+  double signal = 0, noise = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kColumns) {
+    const int64_t c = std::min(kColumns, n - c0);
+    for (int64_t r = 0; r < k; ++r)
+      for (int64_t j = 0; j < c; ++j) {
+        const size_t i = static_cast<size_t>(r * n + c0 + j);
+        m_w[r * c + j] = static_cast<double>(w[i]);
+        m_delta[r * c + j] = static_cast<double>(w_hat[i]) - static_cast<double>(w[i]);
+      }
+    for (auto [m, sum] : {std::pair{&m_w, &signal}, std::pair{&m_delta, &noise}}) {
+      GemmF64(false, false, k, c, k, 1.0, hessian.data(), k, m->data(), c, 0.0, hm.data(), c, /*threaded=*/true);
+      for (int64_t i = 0; i < k * c; ++i) *sum += (*m)[i] * hm[i];
+    }
+  }
+  signal = std::max(signal, 0.0);
+  noise = std::max(noise, 0.0);
   OutputError e;
   const double inf = std::numeric_limits<double>::infinity();
   if (signal == 0) {
@@ -138,6 +151,7 @@ StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, c
   if (windows_.empty()) return InvalidArgument("no calibration windows");
   const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
   std::vector<StatsAccumulator> accumulators;
+  std::vector<float> scratch;  // one window's XᵀX, shared by the accumulators
   // Keyed by the node's output: node names may be empty or repeated, value names may not.
   std::map<std::string, size_t> group_of_output;
   for (size_t g = 0; g < groups.size(); ++g) {
@@ -154,7 +168,7 @@ StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, c
     if (it == group_of_output.end() || seen_in_window[it->second]) return Status::Ok();
     seen_in_window[it->second] = true;
     if (inputs.empty() || inputs[0] == nullptr) return Internal(node.Describe() + " ran without its input");
-    return accumulators[it->second].Add(*inputs[0]);
+    return accumulators[it->second].Add(*inputs[0], &scratch);
   };
   if (log_) log_("collecting activation statistics over " + std::to_string(windows_.size()) + " calibration windows");
   for (size_t w = 0; w < windows_.size(); ++w) {
@@ -187,8 +201,17 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
     order.emplace_back(first, g);
   }
   std::stable_sort(order.begin(), order.end());
+  // What the replacements need from the graph, taken now: `visit` may rewrite `model` (the runs
+  // execute the session's own copy).
+  std::vector<std::vector<std::pair<std::string, bool>>> read_as(groups.size());  // value read, [n, k]?
+  for (size_t g = 0; g < groups.size(); ++g)
+    for (const LinearLayer& l : groups[g].layers) {
+      const Node& node = model.graph.nodes[l.node_index];
+      read_as[g].emplace_back(node.inputs[l.weight_input], ReadsWeightNK(node));
+    }
 
   std::vector<std::unique_ptr<Execution>> runs;
+  std::vector<float> scratch;  // one window's XᵀX
   for (const Tensor& window : windows_) {
     QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(*session, window));
     QC_ASSIGN_OR_RETURN(auto run, session->Start(feeds));
@@ -205,7 +228,7 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       QC_RETURN_IF_ERROR(run->RunUntil(step));
       const Tensor* x = run->Value(group.input);
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
-      QC_RETURN_IF_ERROR(accumulator.Add(*x));
+      QC_RETURN_IF_ERROR(accumulator.Add(*x, &scratch));
     }
     QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish()));
     if (weights.size() != group.layers.size())
@@ -216,8 +239,8 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       const LinearLayer& layer = group.layers[l];
       if (static_cast<int64_t>(weights[l].size()) != layer.k * layer.n)
         return Internal("replacement weight of " + layer.node_name + " has the wrong size");
-      const Tensor replacement = WeightAsRead(model, layer, weights[l]);
-      const std::string& read_name = model.graph.nodes[layer.node_index].inputs[layer.weight_input];
+      const auto& [read_name, reads_nk] = read_as[g][l];
+      const Tensor replacement = WeightAsRead(reads_nk, layer, std::move(weights[l]));
       for (auto& run : runs) QC_RETURN_IF_ERROR(run->SetValue(read_name, replacement));
     }
   }

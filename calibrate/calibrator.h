@@ -84,7 +84,10 @@ class Calibrator {
   /// the statistics of its input and calls `visit`. The weights it returns replace the group's
   /// weights in every window's execution, so each later group sees inputs that flowed through the
   /// quantized earlier layers. Only the values still needed are alive (one execution frame per
-  /// window), never the activations of the whole model. `model` itself is not modified.
+  /// window), never the activations of the whole model; a replacement weight is freed once every
+  /// window has run the layer, and only one group's statistics exist at a time. RunSequential does
+  /// not modify `model`, and reads nothing of it after the first visit, so `visit` may rewrite
+  /// it (e.g. put each quantized layer in place at once, docs/MEMORY.md).
   Status RunSequential(const Model& model, const std::vector<LinearLayer>& layers, const StatsRequest& request,
                        const SequentialVisitor& visit) const;
 

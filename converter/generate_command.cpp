@@ -1,12 +1,14 @@
 // `qconvert generate`: writes a seeded random-weight decoder in a chosen architecture's export
 // pattern, optionally with a byte-level tokenizer.json for it (demo and test models).
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
 
 #include "converter/commands.h"
 #include "formats/onnx_writer.h"
+#include "formats/spill_store.h"
 #include "formats/synthetic_models.h"
 
 namespace qc {
@@ -70,7 +72,11 @@ Status RunGenerate(const GenerateOptions& options) {
   c.max_positions = options.max_positions;
   c.seed = options.seed;
   c.inputs = options.mask_and_positions ? SyntheticInputs::kIdsMaskPositions : SyntheticInputs::kIdsOnly;
-  QC_ASSIGN_OR_RETURN(Model model, BuildSyntheticDecoder(c));
+  // The weights go to a scratch file beside the output as they are drawn and stream from there
+  // into the artifact, so models larger than memory can be generated (bench/memory.sh).
+  const std::filesystem::path out_dir = std::filesystem::path(options.output).parent_path();
+  QC_ASSIGN_OR_RETURN(std::shared_ptr<SpillStore> spill, SpillStore::Create(out_dir.empty() ? "." : out_dir.string()));
+  QC_ASSIGN_OR_RETURN(Model model, BuildSyntheticDecoder(c, spill));
   OnnxWriteOptions wo;
   wo.external_data = options.external_data;
   QC_RETURN_IF_ERROR(WriteOnnxModel(model, options.output, wo));

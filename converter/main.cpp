@@ -1,6 +1,8 @@
 // qconvert command line: parses arguments (CLI11) and maps errors to exit codes
 // 0 success, 1 bad input, 2 internal error (and 3 for `diff` past a threshold). The only place
 // exceptions are caught.
+#include <malloc.h>
+
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -54,6 +56,11 @@ std::string JoinCommandLine(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   qc::InstallInterruptCleanup();
+  // Buffers of 4 MB and more get their own mapping, returned to the system when freed. glibc's
+  // default raises this threshold to 32 MB after the first large free, and freed weight-sized
+  // buffers below it then stay in a fragmented heap: generating or converting a 1B model grew
+  // by ~45 MB per layer that way (docs/MEMORY.md). Activations below 4 MB still reuse the heap.
+  mallopt(M_MMAP_THRESHOLD, 4 << 20);
   CLI::App app{"qconvert: offline LLM quantization for ONNX models\n"
                "  qconvert MODEL.onnx --pass PASS[,PASS...] [options]   (= qconvert convert ...)"};
   app.require_subcommand(0, 1);

@@ -23,6 +23,7 @@
 #include "formats/onnx_reader.h"
 #include "formats/onnx_writer.h"
 #include "formats/sha256.h"
+#include "formats/spill_store.h"
 #include "passes/merged_decoder.h"
 #include "passes/registry.h"
 #include "passes/weight_quant.h"
@@ -229,6 +230,15 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   report.input_bytes = input_digest.bytes;
   say("reading " + o.model);
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(o.model));
+  // Weights stay in their mapped files; the large tensors the passes create (quantized weights)
+  // go to a scratch file beside the output, so memory does not grow with the model
+  // (docs/MEMORY.md). The scratch file has no name and vanishes with the process.
+  {
+    const fs::path out_dir = fs::path(output).parent_path();
+    StatusOr<std::shared_ptr<SpillStore>> spill = SpillStore::Create(out_dir.empty() ? "." : out_dir.string());
+    if (!spill.ok()) return spill.status();
+    model.graph.set_spill_store(*spill);
+  }
 
   std::vector<Tensor> calib_windows;
   if (!o.calib.empty()) {
@@ -286,13 +296,19 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
     QC_RETURN_IF_ERROR(CarryWeightQuantization(view, view_layers, model, &notes));
     for (const std::string& note : notes) say(note);
   }
+  QC_RETURN_IF_ERROR(model.graph.spill_store()->status().WithContext("moving quantized weights to scratch space"));
 
-  OutputGuard guard(output, o.external_data);
-  guard.Arm();  // from here on, any failure removes what was written at `output`
-  say("writing " + output);
   OnnxWriteOptions wo;
   wo.external_data = o.external_data;
+  const bool external_data = WritesExternalData(model, wo);  // also when the weights exceed 2 GB
+  OutputGuard guard(output, external_data);
+  guard.Arm();  // from here on, any failure removes what was written at `output`
+  say("writing " + output);
   QC_RETURN_IF_ERROR(WriteOnnxModel(model, output, wo));
+  // The converted model is on disk now; keeping it would hold its weights (and the input's
+  // mappings) through validation next to the artifact's.
+  model = Model();
+  view = Model();
 
   // Validate what was written, not what is in memory: the file is what users ship.
   say("validating " + output);
@@ -324,7 +340,7 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
     report.ppl_after = *ppl;
   }
 
-  QC_ASSIGN_OR_RETURN(FileDigest output_digest, DigestModel(output, o.external_data));
+  QC_ASSIGN_OR_RETURN(FileDigest output_digest, DigestModel(output, external_data));
   report.output_sha256 = output_digest.sha256;
   report.output_bytes = output_digest.bytes;
   report.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 
+#include "formats/spill_store.h"
+
 namespace qc {
 
 int64_t Node::GetInt(const std::string& key, int64_t fallback) const {
@@ -41,6 +43,7 @@ const Tensor* Graph::FindInitializer(const std::string& name) const {
 }
 
 void Graph::SetInitializer(const std::string& name, Tensor tensor) {
+  if (spill_) tensor = spill_->SpillOrKeep(tensor);
   auto [it, inserted] = initializers_.insert_or_assign(name, std::move(tensor));
   if (inserted) initializer_names_.push_back(name);
 }

@@ -14,6 +14,7 @@
 namespace qc {
 
 struct Graph;
+class SpillStore;
 
 /// One node attribute; `type` says which member is meaningful (mirrors onnx::AttributeProto).
 struct Attribute {
@@ -81,14 +82,22 @@ struct Graph {
 
   /// Constant tensors by name. Use the accessors to keep name order and map in sync.
   const Tensor* FindInitializer(const std::string& name) const;
+  /// Adds or replaces an initializer; with a spill store set, a large owned tensor is moved to it.
   void SetInitializer(const std::string& name, Tensor tensor);
   bool RemoveInitializer(const std::string& name);
   const std::vector<std::string>& initializer_names() const { return initializer_names_; }
   size_t num_initializers() const { return initializer_names_.size(); }
 
+  /// Where SetInitializer puts large owned tensors from now on (quantized weights a pass creates),
+  /// so they do not pile up in memory (docs/MEMORY.md); nullptr keeps them in memory. A failed
+  /// spill keeps the tensor in memory and is reported by SpillStore::status().
+  void set_spill_store(std::shared_ptr<SpillStore> store) { spill_ = std::move(store); }
+  const std::shared_ptr<SpillStore>& spill_store() const { return spill_; }
+
  private:
   std::vector<std::string> initializer_names_;
   std::unordered_map<std::string, Tensor> initializers_;
+  std::shared_ptr<SpillStore> spill_;
 };
 
 struct OpsetImport {

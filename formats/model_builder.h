@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <map>
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
@@ -80,6 +81,8 @@ class GraphBuilder {
   /// The builder's generator, for callers that draw their own values.
   std::mt19937& rng() { return rng_; }
   const Graph& graph() const { return graph_; }
+  /// Large initializers added from now on go to `store` (see Graph::set_spill_store).
+  void set_spill_store(std::shared_ptr<SpillStore> store) { graph_.set_spill_store(std::move(store)); }
 
   /// Finishes the model: the graph plus the given opset imports (at least the default domain).
   /// Fails if a node reads a value nothing defines, or a graph output is never produced.

@@ -117,6 +117,11 @@ StatusOr<Tensor> ParseNpy(const std::string& bytes) {
     return DataLoss("truncated .npy data: " + std::to_string(bytes.size() - data_start) + " bytes for shape " + ShapeToString(shape) + " needing " + std::to_string(nbytes));
   Tensor t(dtype, shape);
   if (nbytes) std::memcpy(t.mutable_raw(), bytes.data() + data_start, nbytes);
+  if (dtype == DType::kBool) {
+    // A bool byte other than 0/1 is undefined behaviour when read as bool; numpy treats it as true.
+    auto* b = static_cast<uint8_t*>(t.mutable_raw());
+    for (int64_t i = 0; i < nbytes; ++i) b[i] = b[i] != 0;
+  }
   return t;
 }
 

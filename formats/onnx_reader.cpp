@@ -6,16 +6,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
+#include <optional>
 #include <sstream>
+#include <string_view>
 
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
+#include "formats/onnx_wire.h"
 #include "onnx/onnx_pb.h"
 
 namespace qc {
@@ -28,6 +32,29 @@ namespace fs = std::filesystem;
 constexpr int64_t kMaxElements = int64_t{1} << 40;
 // Subgraph nesting deeper than this is certainly malformed (and would exhaust the stack).
 constexpr int kMaxGraphDepth = 64;
+
+// Inline raw_data at least this large is read in place from the mapped model file instead of
+// being copied by protobuf (smaller tensors are not worth a view of their own).
+constexpr size_t kMinViewBytes = 4096;
+
+/// A tensor over the `nbytes` bytes at `data` inside `owner`, a read-only file mapping (`mapped`)
+/// or a heap buffer: a view where the bytes can be used in place, else an owned copy. Bools other
+/// than 0/1 are normalised (any other value is undefined behaviour when read as `bool`), and data
+/// misaligned for its dtype is copied so kernels can rely on natural alignment.
+Tensor TensorOverBytes(DType dtype, const Shape& shape, const std::shared_ptr<const void>& owner, const char* data,
+                       int64_t nbytes, bool mapped) {
+  const uint8_t* bytes = reinterpret_cast<const uint8_t*>(data);
+  const bool bad_bools = dtype == DType::kBool && std::any_of(bytes, bytes + nbytes, [](uint8_t b) { return b > 1; });
+  if (!bad_bools && Tensor::IsAlignedFor(dtype, data)) {
+    if (mapped) return Tensor::Mapped(dtype, shape, owner, data);
+    return Tensor(dtype, shape, owner, data);
+  }
+  Tensor t(dtype, shape);
+  if (nbytes > 0) std::memcpy(t.mutable_raw(), data, nbytes);
+  if (bad_bools)
+    for (int64_t i = 0; i < nbytes; ++i) static_cast<uint8_t*>(t.mutable_raw())[i] = bytes[i] != 0;
+  return t;
+}
 
 /// Memory-mapped (or read) external-data files, shared by all tensors that point into them.
 class ExternalDataCache {
@@ -49,19 +76,22 @@ class ExternalDataCache {
     if (offset < 0 || offset > file->size || need > file->size - offset)
       return DataLoss("tensor '" + tensor_name + "': external data file '" + location + "' is " + std::to_string(file->size) + " bytes, too short for " + std::to_string(need) + " bytes at offset " + std::to_string(offset));
     const char* base = static_cast<const char*>(file->data.get());
-    return Tensor(dtype, shape, file->data, base + offset);
+    // Mapped pages are read-only and shared: bools other than 0/1 and misaligned data get a copy.
+    return TensorOverBytes(dtype, shape, file->data, base + offset, need, file->mapped);
   }
 
  private:
   struct File {
     std::shared_ptr<const void> data;
     int64_t size = 0;
+    bool mapped = false;  // data is a file mapping (else a heap copy)
   };
 
   StatusOr<const File*> Open(const std::string& path, const std::string& tensor_name) {
     auto it = files_.find(path);
     if (it != files_.end()) return &it->second;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO named by a hostile model must not hang (it is refused below).
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) return NotFound("tensor '" + tensor_name + "': cannot open external data file '" + path + "': " + std::strerror(errno));
     struct stat st;
     if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
@@ -80,6 +110,7 @@ class ExternalDataCache {
       }
       size_t len = f.size;
       f.data = std::shared_ptr<const void>(p, [len](const void* q) { ::munmap(const_cast<void*>(q), len); });
+      f.mapped = true;
     } else {
       char* buf = new char[f.size];
       f.data = std::shared_ptr<const void>(buf, [](const void* q) { delete[] static_cast<const char*>(q); });
@@ -102,12 +133,40 @@ class ExternalDataCache {
   std::map<std::string, File> files_;
 };
 
+/// Bool storage is one byte that must be 0 or 1 (any other value is undefined behaviour when read
+/// as `bool`); files may hold any byte, so nonzero becomes 1.
+void NormalizeBools(uint8_t* data, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) data[i] = data[i] != 0;
+}
+
+/// Number of values in the typed field that holds `dtype` (ONNX widens small types into int32_data).
+int64_t TypedValueCount(const onnx::TensorProto& tp, DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32: return tp.float_data_size();
+    case DType::kFloat64: return tp.double_data_size();
+    case DType::kInt64: return tp.int64_data_size();
+    case DType::kUInt32:
+    case DType::kUInt64: return tp.uint64_data_size();
+    default: return tp.int32_data_size();
+  }
+}
+
 template <typename Src, typename Dst>
 void CopyConverted(const Src& src, Dst* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<Dst>(src[static_cast<int>(i)]);
 }
 
-StatusOr<Tensor> ConvertTensor(const onnx::TensorProto& tp, ExternalDataCache* external) {
+/// Bytes of a TensorProto's raw_data that were cut out of the parsed message and are read from
+/// the model's bytes instead (see StripInitializerData): viewed in place in a mapped file, copied
+/// once from a caller's buffer.
+struct RawDataView {
+  std::shared_ptr<const void> file;  // the mapping; null: `data` is borrowed and must be copied
+  const char* data = nullptr;
+  int64_t size = 0;
+};
+
+StatusOr<Tensor> ConvertTensor(const onnx::TensorProto& tp, ExternalDataCache* external,
+                               const RawDataView* raw_view = nullptr) {
   const std::string name = tp.name();
   if (!IsSupportedDType(tp.data_type()))
     return Unimplemented("tensor '" + name + "': unsupported data type " + std::to_string(tp.data_type()));
@@ -142,11 +201,21 @@ StatusOr<Tensor> ConvertTensor(const onnx::TensorProto& tp, ExternalDataCache* e
     return external->Load(name, location, offset, length, dtype, shape);
   }
 
-  Tensor t(dtype, shape);
+  if (raw_view) {
+    if (raw_view->size != nbytes)
+      return DataLoss("tensor '" + name + "': raw_data has " + std::to_string(raw_view->size) + " bytes, shape " + ShapeToString(shape) + " of " + DTypeName(dtype) + " needs " + std::to_string(nbytes));
+    if (raw_view->file) return TensorOverBytes(dtype, shape, raw_view->file, raw_view->data, nbytes, /*mapped=*/true);
+    Tensor t(dtype, shape);
+    if (nbytes > 0) std::memcpy(t.mutable_raw(), raw_view->data, nbytes);
+    if (dtype == DType::kBool) NormalizeBools(static_cast<uint8_t*>(t.mutable_raw()), nbytes);
+    return t;
+  }
   if (tp.has_raw_data()) {
     if (static_cast<int64_t>(tp.raw_data().size()) != nbytes)
       return DataLoss("tensor '" + name + "': raw_data has " + std::to_string(tp.raw_data().size()) + " bytes, shape " + ShapeToString(shape) + " of " + DTypeName(dtype) + " needs " + std::to_string(nbytes));
+    Tensor t(dtype, shape);
     if (nbytes > 0) std::memcpy(t.mutable_raw(), tp.raw_data().data(), nbytes);
+    if (dtype == DType::kBool) NormalizeBools(static_cast<uint8_t*>(t.mutable_raw()), nbytes);
     return t;
   }
   // Typed fields: ONNX stores small types widened into int32_data.
@@ -155,6 +224,11 @@ StatusOr<Tensor> ConvertTensor(const onnx::TensorProto& tp, ExternalDataCache* e
       return DataLoss("tensor '" + name + "': has " + std::to_string(have) + " values, shape " + ShapeToString(shape) + " needs " + std::to_string(numel));
     return Status::Ok();
   };
+  // Count before allocating: a few bytes of protobuf can declare 2^40 elements and no data.
+  const bool packed = dtype == DType::kInt4 || dtype == DType::kUInt4;  // int32_data holds bytes
+  if (TypedValueCount(tp, dtype) != (packed ? nbytes : numel))
+    return DataLoss("tensor '" + name + "': has " + std::to_string(TypedValueCount(tp, dtype)) + (packed ? " bytes" : " values") + ", shape " + ShapeToString(shape) + " of " + DTypeName(dtype) + " needs " + std::to_string(packed ? nbytes : numel));
+  Tensor t(dtype, shape);
   void* out = t.mutable_raw();
   switch (dtype) {
     case DType::kFloat32:
@@ -224,6 +298,11 @@ ValueInfo ConvertValueInfo(const onnx::ValueInfoProto& vi) {
 
 struct Converter {
   ExternalDataCache* external;
+  // The model's bytes (mapped when `file` is set) and the raw_data cut from the main graph's
+  // initializers (null when nothing was cut).
+  std::shared_ptr<const void> file;
+  const char* bytes = nullptr;
+  const StrippedModel* stripped = nullptr;
 
   Status ConvertAttribute(const onnx::AttributeProto& ap, Attribute* a, int depth) {
     a->ref_attr_name = ap.ref_attr_name();
@@ -292,10 +371,20 @@ struct Converter {
     g->name = gp.name();
     g->doc_string = gp.doc_string();
     if (gp.sparse_initializer_size() > 0) return Unimplemented("graph '" + gp.name() + "': sparse initializers are not supported");
-    for (const auto& tp : gp.initializer()) {
+    const bool views = depth == 0 && stripped != nullptr;
+    if (views && stripped->raw_data.size() != static_cast<size_t>(gp.initializer_size()))
+      return Internal("graph '" + gp.name() + "': the wire scan found " + std::to_string(stripped->raw_data.size()) +
+                      " initializers, protobuf " + std::to_string(gp.initializer_size()));
+    for (int i = 0; i < gp.initializer_size(); ++i) {
+      const onnx::TensorProto& tp = gp.initializer(i);
       if (tp.name().empty()) return InvalidArgument("graph '" + gp.name() + "': an initializer has no name");
       if (g->FindInitializer(tp.name())) return InvalidArgument("duplicate initializer '" + tp.name() + "'");
-      QC_ASSIGN_OR_RETURN(Tensor t, ConvertTensor(tp, external));
+      std::optional<RawDataView> view;
+      if (views && stripped->raw_data[i]) {
+        const StrippedModel::Range& r = *stripped->raw_data[i];
+        view = RawDataView{file, bytes + r.offset, static_cast<int64_t>(r.size)};
+      }
+      QC_ASSIGN_OR_RETURN(Tensor t, ConvertTensor(tp, external, view ? &*view : nullptr));
       g->SetInitializer(tp.name(), std::move(t));
     }
     for (const auto& vi : gp.input()) g->inputs.push_back(ConvertValueInfo(vi));
@@ -319,8 +408,26 @@ StatusOr<std::string> ReadWholeFile(const std::string& path) {
   return ss.str();
 }
 
+/// The whole file mapped read-only, or nullptr when it cannot be mapped (not a regular file, empty,
+/// unreadable): the caller then reads it, which reports any error.
+std::shared_ptr<const void> MapWholeFile(const std::string& path, int64_t* size) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return nullptr;
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 0) {
+    ::close(fd);
+    return nullptr;
+  }
+  void* p = ::mmap(nullptr, st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) return nullptr;
+  const size_t len = st.st_size;
+  *size = st.st_size;
+  return std::shared_ptr<const void>(p, [len](const void* q) { ::munmap(const_cast<void*>(q), len); });
+}
+
 template <typename Proto>
-bool ParseProto(const std::string& bytes, Proto* proto) {
+bool ParseProto(std::string_view bytes, Proto* proto) {
   google::protobuf::io::ArrayInputStream raw(bytes.data(), static_cast<int>(bytes.size()));
   google::protobuf::io::CodedInputStream coded(&raw);
   coded.SetTotalBytesLimit(std::numeric_limits<int>::max());
@@ -330,11 +437,19 @@ bool ParseProto(const std::string& bytes, Proto* proto) {
 
 }  // namespace
 
-StatusOr<Model> ParseOnnxModel(const std::string& bytes, const std::string& base_dir, const OnnxReadOptions& options) {
+namespace {
+
+/// Parses a ModelProto. Large inline weights are cut out of the message before protobuf sees it
+/// (protobuf would copy them, and the IR again): with `file` (a mapping holding `bytes`) they
+/// become views of the mapping, else they are copied once.
+StatusOr<Model> ParseModelBytes(std::string_view bytes, std::shared_ptr<const void> file, const std::string& base_dir,
+                                const OnnxReadOptions& options) {
   if (bytes.size() >= static_cast<size_t>(std::numeric_limits<int>::max()))
     return InvalidArgument("model protobuf is over 2 GB; weights must be stored as external data");
+  std::optional<StrippedModel> stripped;
+  stripped = StripInitializerData(bytes, kMinViewBytes);
   onnx::ModelProto mp;
-  if (bytes.empty() || !ParseProto(bytes, &mp))
+  if (bytes.empty() || !ParseProto(stripped ? std::string_view(stripped->skeleton) : bytes, &mp))
     return InvalidArgument("not a valid ONNX model (protobuf parse failed: truncated or not an .onnx file)");
   if (!mp.has_graph()) return InvalidArgument("not a valid ONNX model: no graph");
   Model m;
@@ -348,7 +463,7 @@ StatusOr<Model> ParseOnnxModel(const std::string& bytes, const std::string& base
   for (const auto& kv : mp.metadata_props()) m.metadata_props.emplace_back(kv.key(), kv.value());
   if (m.DefaultOpset() == 0 && mp.opset_import_size() == 0) m.opset_imports.push_back({"", 1});
   ExternalDataCache external(base_dir, options.map_external_data);
-  Converter conv{&external};
+  Converter conv{&external, file, bytes.data(), stripped ? &*stripped : nullptr};
   QC_RETURN_IF_ERROR(conv.ConvertGraph(mp.graph(), &m.graph, 0));
   for (const auto& fp : mp.functions()) {
     Function f;
@@ -366,11 +481,23 @@ StatusOr<Model> ParseOnnxModel(const std::string& bytes, const std::string& base
   return m;
 }
 
+}  // namespace
+
+StatusOr<Model> ParseOnnxModel(const std::string& bytes, const std::string& base_dir, const OnnxReadOptions& options) {
+  return ParseModelBytes(bytes, nullptr, base_dir, options);
+}
+
 StatusOr<Model> ReadOnnxModel(const std::string& path, const OnnxReadOptions& options) {
-  QC_ASSIGN_OR_RETURN(std::string bytes, ReadWholeFile(path));
   std::string base_dir = fs::path(path).parent_path().string();
   if (base_dir.empty()) base_dir = ".";
-  auto model = ParseOnnxModel(bytes, base_dir, options);
+  int64_t size = 0;
+  std::shared_ptr<const void> file = options.map_external_data ? MapWholeFile(path, &size) : nullptr;
+  std::string bytes;
+  if (!file) {
+    QC_ASSIGN_OR_RETURN(bytes, ReadWholeFile(path));
+  }
+  const std::string_view view = file ? std::string_view(static_cast<const char*>(file.get()), size) : std::string_view(bytes);
+  auto model = ParseModelBytes(view, file, base_dir, options);
   if (!model.ok()) return model.status().WithContext(path);
   return model;
 }

@@ -9,7 +9,9 @@
 namespace qc {
 
 struct OnnxReadOptions {
-  /// Memory-map external-data files instead of reading them (weights stay on disk until touched).
+  /// Memory-map the model file and its external-data files instead of reading them: weights, inline
+  /// (raw_data of 4 KiB and more) or external, become Tensor::Mapped views that stay on disk until
+  /// read (docs/MEMORY.md).
   bool map_external_data = true;
 };
 

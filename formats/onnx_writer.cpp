@@ -1,16 +1,21 @@
-// IR -> ONNX protobuf. Initializers are written as raw_data, or to an external-data side file.
+// IR -> ONNX protobuf. Initializers are written as raw_data, or to an external-data side file,
+// streamed tensor by tensor: no message holding the weights is ever built.
 #include "formats/onnx_writer.h"
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <optional>
+#include <vector>
 
 #include "formats/interrupt_cleanup.h"
+#include "formats/onnx_wire.h"
 #include "onnx/onnx_pb.h"
 
 namespace qc {
@@ -22,6 +27,26 @@ namespace fs = std::filesystem;
 constexpr int64_t kMaxInlineBytes = int64_t{1900} << 20;
 // Offsets in external data are aligned so mapped tensors are aligned for vector loads.
 constexpr int64_t kExternalAlignment = 64;
+// Tensor bytes are copied to the file in pieces of this size, each released from memory (if
+// mapped) once written, so writing a large mapped tensor never makes all of it resident.
+constexpr int64_t kWriteChunkBytes = int64_t{16} << 20;
+// Field numbers of onnx.proto3 the streaming writer places itself.
+constexpr int kModelGraphField = 7;
+constexpr int kGraphInitializerField = 5;
+constexpr int kTensorRawDataField = 9;
+
+/// Writes the tensor's bytes to `out` chunk by chunk, dropping each written chunk of a mapped
+/// tensor from memory (the values stay on disk).
+Status StreamTensorBytes(const Tensor& t, std::ostream& out, const std::string& name) {
+  const char* data = static_cast<const char*>(t.raw());
+  for (int64_t done = 0; done < t.nbytes(); done += kWriteChunkBytes) {
+    const int64_t n = std::min(kWriteChunkBytes, t.nbytes() - done);
+    out.write(data + done, n);
+    if (!out) return DataLoss("writing tensor '" + name + "' failed (disk full?)");
+    t.ReleasePages(done, n);
+  }
+  return Status::Ok();
+}
 
 /// Appends tensors to the external-data side file.
 struct ExternalSink {
@@ -31,18 +56,22 @@ struct ExternalSink {
   int64_t min_bytes = 0;
 };
 
-Status FillTensor(const Tensor& t, const std::string& name, onnx::TensorProto* tp, ExternalSink* sink) {
+/// Name, dtype and dims: a TensorProto without its data.
+void FillTensorHeader(const Tensor& t, const std::string& name, onnx::TensorProto* tp) {
   tp->set_name(name);
   tp->set_data_type(static_cast<int32_t>(t.dtype()));
   for (int64_t d : t.shape()) tp->add_dims(d);
+}
+
+Status FillTensor(const Tensor& t, const std::string& name, onnx::TensorProto* tp, ExternalSink* sink) {
+  FillTensorHeader(t, name, tp);
   const int64_t nbytes = t.nbytes();
   if (sink && sink->out && nbytes >= sink->min_bytes) {
     int64_t pad = (kExternalAlignment - sink->offset % kExternalAlignment) % kExternalAlignment;
     static const char zeros[kExternalAlignment] = {};
     sink->out->write(zeros, pad);
     sink->offset += pad;
-    sink->out->write(static_cast<const char*>(t.raw()), nbytes);
-    if (!*sink->out) return DataLoss("writing external data for '" + name + "' failed (disk full?)");
+    QC_RETURN_IF_ERROR(StreamTensorBytes(t, *sink->out, name).WithContext("external data"));
     tp->set_data_location(onnx::TensorProto::EXTERNAL);
     auto add = [&](const char* k, const std::string& v) {
       auto* e = tp->add_external_data();
@@ -75,7 +104,7 @@ void FillValueInfo(const ValueInfo& v, onnx::ValueInfoProto* vp) {
   }
 }
 
-Status FillGraph(const Graph& g, onnx::GraphProto* gp, ExternalSink* sink);
+Status FillGraph(const Graph& g, onnx::GraphProto* gp, ExternalSink* sink, bool with_initializers = true);
 
 Status FillNode(const Node& n, onnx::NodeProto* np, ExternalSink* sink) {
   np->set_name(n.name);
@@ -110,19 +139,22 @@ Status FillNode(const Node& n, onnx::NodeProto* np, ExternalSink* sink) {
   return Status::Ok();
 }
 
-Status FillGraph(const Graph& g, onnx::GraphProto* gp, ExternalSink* sink) {
+/// `with_initializers` false leaves the graph's own initializers out (the streaming writer adds
+/// them itself); subgraphs always get theirs.
+Status FillGraph(const Graph& g, onnx::GraphProto* gp, ExternalSink* sink, bool with_initializers) {
   gp->set_name(g.name);
   if (!g.doc_string.empty()) gp->set_doc_string(g.doc_string);
   for (const auto& n : g.nodes) QC_RETURN_IF_ERROR(FillNode(n, gp->add_node(), sink));
-  for (const auto& name : g.initializer_names())
-    QC_RETURN_IF_ERROR(FillTensor(*g.FindInitializer(name), name, gp->add_initializer(), sink));
+  if (with_initializers)
+    for (const auto& name : g.initializer_names())
+      QC_RETURN_IF_ERROR(FillTensor(*g.FindInitializer(name), name, gp->add_initializer(), sink));
   for (const auto& v : g.inputs) FillValueInfo(v, gp->add_input());
   for (const auto& v : g.outputs) FillValueInfo(v, gp->add_output());
   for (const auto& v : g.value_infos) FillValueInfo(v, gp->add_value_info());
   return Status::Ok();
 }
 
-Status FillModel(const Model& m, onnx::ModelProto* mp, ExternalSink* sink) {
+Status FillModel(const Model& m, onnx::ModelProto* mp, ExternalSink* sink, bool with_initializers = true) {
   mp->set_ir_version(m.ir_version);
   if (!m.producer_name.empty()) mp->set_producer_name(m.producer_name);
   if (!m.producer_version.empty()) mp->set_producer_version(m.producer_version);
@@ -154,7 +186,7 @@ Status FillModel(const Model& m, onnx::ModelProto* mp, ExternalSink* sink) {
     }
     for (const auto& n : f.nodes) QC_RETURN_IF_ERROR(FillNode(n, fp->add_node(), nullptr));
   }
-  return FillGraph(m.graph, mp->mutable_graph(), sink);
+  return FillGraph(m.graph, mp->mutable_graph(), sink, with_initializers);
 }
 
 int64_t InitializerBytes(const Graph& g) {
@@ -204,8 +236,12 @@ StatusOr<std::string> SerializeOnnxModel(const Model& model) {
   return out;
 }
 
+bool WritesExternalData(const Model& model, const OnnxWriteOptions& options) {
+  return options.external_data || InitializerBytes(model.graph) > kMaxInlineBytes;
+}
+
 Status WriteOnnxModel(const Model& model, const std::string& path, const OnnxWriteOptions& options) {
-  const bool external = options.external_data || InitializerBytes(model.graph) > kMaxInlineBytes;
+  const bool external = WritesExternalData(model, options);
   AtomicFile model_file(path);
   std::unique_ptr<AtomicFile> data_file;
   std::ofstream data_out;
@@ -219,18 +255,69 @@ Status WriteOnnxModel(const Model& model, const std::string& path, const OnnxWri
     sink.location = fs::path(data_path).filename().string();
     sink.min_bytes = options.external_min_bytes;
   }
+  // Everything but the main graph's initializers, as messages (small; subgraph initializers go
+  // to the side file here, in the order the one-message writer used).
   onnx::ModelProto mp;
-  QC_RETURN_IF_ERROR(FillModel(model, &mp, external ? &sink : nullptr));
+  QC_RETURN_IF_ERROR(FillModel(model, &mp, external ? &sink : nullptr, /*with_initializers=*/false));
+  // Each initializer's TensorProto without raw_data; the external ones are written to the side
+  // file now, the inline ones stream into the model file below.
+  const Graph& g = model.graph;
+  std::vector<std::string> headers;
+  std::vector<const Tensor*> inline_data;  // nullptr: stored externally (or empty)
+  uint64_t initializers_size = 0;
+  for (const std::string& name : g.initializer_names()) {
+    const Tensor& t = *g.FindInitializer(name);
+    onnx::TensorProto tp;
+    const bool to_sink = external && t.nbytes() >= sink.min_bytes;
+    if (to_sink) {
+      QC_RETURN_IF_ERROR(FillTensor(t, name, &tp, &sink));
+    } else {
+      FillTensorHeader(t, name, &tp);  // raw_data (field 9) follows name (8): appended when streaming
+    }
+    headers.push_back(tp.SerializeAsString());
+    const bool streamed = !to_sink;
+    inline_data.push_back(streamed ? &t : nullptr);
+    const uint64_t tensor_size = headers.back().size() + (streamed ? LengthDelimitedFieldSize(kTensorRawDataField, t.nbytes()) : 0);
+    initializers_size += LengthDelimitedFieldSize(kGraphInitializerField, tensor_size);
+  }
   if (external) {
     data_out.close();
     if (!data_out) return DataLoss("writing '" + path + ".data' failed (disk full?)");
   }
-  if (mp.ByteSizeLong() > static_cast<size_t>(std::numeric_limits<int>::max()))
-    return InvalidArgument("model protobuf would exceed 2 GB even with external data");
+
+  // Protobuf writes fields in ascending number order; the initializers (GraphProto field 5) and
+  // the graph (ModelProto field 7) are spliced in at their places, so the file is byte for byte
+  // what serializing the whole model as one message would give.
+  const std::string graph_rest = mp.graph().SerializeAsString();
+  mp.clear_graph();
+  const std::string model_rest = mp.SerializeAsString();
+  const std::optional<size_t> graph_split = OffsetAfterField(graph_rest, kGraphInitializerField);
+  const std::optional<size_t> model_split = OffsetAfterField(model_rest, kModelGraphField);
+  if (!graph_split || !model_split) return Internal("cannot split the serialized model");
+  const uint64_t graph_size = graph_rest.size() + initializers_size;
+  const uint64_t total = model_rest.size() + LengthDelimitedFieldSize(kModelGraphField, graph_size);
+  if (total > static_cast<uint64_t>(std::numeric_limits<int>::max()))
+    return InvalidArgument(external ? "model protobuf would exceed 2 GB even with external data"
+                                    : "model protobuf would exceed 2 GB; write with external data");
   {
     std::ofstream out(model_file.temp(), std::ios::binary | std::ios::trunc);
     if (!out) return NotFound("cannot create '" + path + "': " + std::strerror(errno));
-    if (!mp.SerializeToOstream(&out)) return DataLoss("writing '" + path + "' failed (disk full?)");
+    std::string head(model_rest, 0, *model_split);
+    AppendLengthDelimitedHeader(&head, kModelGraphField, graph_size);
+    head.append(graph_rest, 0, *graph_split);
+    out.write(head.data(), head.size());
+    for (size_t i = 0; i < headers.size(); ++i) {
+      const Tensor* t = inline_data[i];
+      std::string prefix;
+      const uint64_t tensor_size = headers[i].size() + (t ? LengthDelimitedFieldSize(kTensorRawDataField, t->nbytes()) : 0);
+      AppendLengthDelimitedHeader(&prefix, kGraphInitializerField, tensor_size);
+      prefix += headers[i];
+      if (t) AppendLengthDelimitedHeader(&prefix, kTensorRawDataField, t->nbytes());
+      out.write(prefix.data(), prefix.size());
+      if (t) QC_RETURN_IF_ERROR(StreamTensorBytes(*t, out, g.initializer_names()[i]).WithContext(path));
+    }
+    out.write(graph_rest.data() + *graph_split, graph_rest.size() - *graph_split);
+    out.write(model_rest.data() + *model_split, model_rest.size() - *model_split);
     out.close();
     if (!out) return DataLoss("writing '" + path + "' failed (disk full?)");
   }

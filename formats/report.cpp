@@ -152,7 +152,16 @@ std::string ReportToJson(const QuantReport& report, bool with_timing) {
 }
 
 StatusOr<QuantReport> ReportFromJson(const std::string& json) {
-  Json j = Json::parse(json, nullptr, false);
+  // Copying and dumping a JSON value recurse, so a hostile file nested 100k deep would overflow the
+  // stack; reports nest 3 deep (plus whatever "options" holds). The parser itself is iterative.
+  constexpr int kMaxDepth = 64;
+  bool too_deep = false;
+  const Json::parser_callback_t limit_depth = [&](int depth, Json::parse_event_t, Json&) {
+    if (depth > kMaxDepth) too_deep = true;
+    return !too_deep;  // discarded values are not built
+  };
+  Json j = Json::parse(json, limit_depth, false);
+  if (too_deep) return InvalidArgument("nested more than " + std::to_string(kMaxDepth) + " levels deep");
   if (j.is_discarded()) return InvalidArgument("not valid JSON");
   if (!j.is_object()) return InvalidArgument("expected a JSON object at the top level");
   Reader r(j, "");

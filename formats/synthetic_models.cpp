@@ -199,10 +199,12 @@ std::vector<float> InverseFrequencies(float theta, int64_t rot) {
 /// MLP) with their per-style op patterns; Emit() wires them the way the architecture does.
 class DecoderEmitter {
  public:
-  DecoderEmitter(const SyntheticConfig& c, const ArchSpec& spec, const SyntheticWeights& w)
+  DecoderEmitter(const SyntheticConfig& c, const ArchSpec& spec, const SyntheticWeights& w,
+                 std::shared_ptr<SpillStore> spill)
       : c_(c), spec_(spec), w_(w), b_(c.seed, std::string("synthetic_") + SyntheticArchName(c.arch)) {
     head_dim_ = c.head_dim;
     rot_ = SyntheticRotaryDim(c);
+    b_.set_spill_store(std::move(spill));
   }
 
   StatusOr<Model> Emit();
@@ -241,7 +243,10 @@ class DecoderEmitter {
   }
   // An nn.Linear weight stored [in, out] (the exporter folded the Transpose).
   std::string ParamT(const std::string& name) {
-    if (!b_.graph().FindInitializer(name)) b_.AddInitializer(name, Transposed2D(w_.at(name)));
+    if (!b_.graph().FindInitializer(name)) {
+      b_.AddInitializer(name, Transposed2D(w_.at(name)));
+      w_.at(name).ReleasePages();  // a spilled original is not read again
+    }
     return name;
   }
   // The scale a fused RMSNorm multiplies by: Gemma's (1 + w) folded, as the model builder stores it.
@@ -1011,7 +1016,7 @@ const Tensor& SyntheticWeights::at(const std::string& name) const {
   return it->second;
 }
 
-StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config) {
+StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config, SpillStore* spill) {
   QC_ASSIGN_OR_RETURN(const SyntheticConfig c, ResolveSyntheticConfig(config));
   const ArchSpec spec = SpecFor(c.arch);
   SyntheticWeights w;
@@ -1019,6 +1024,7 @@ StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config) {
   const float std = c.init_std;
   auto add = [&](const std::string& name, Tensor t) {
     w.names.push_back(name);
+    if (spill) t = spill->SpillOrKeep(t);  // failures surface through spill->status()
     w.tensors.emplace(name, std::move(t));
   };
   auto normal = [&](const std::string& name, Shape shape) { add(name, RandomNormalTensor(shape, 0.0f, std, rng)); };
@@ -1080,12 +1086,15 @@ StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config) {
   return w;
 }
 
-StatusOr<Model> BuildSyntheticDecoder(const SyntheticConfig& config) {
+StatusOr<Model> BuildSyntheticDecoder(const SyntheticConfig& config, std::shared_ptr<SpillStore> spill) {
   QC_ASSIGN_OR_RETURN(const SyntheticConfig c, ResolveSyntheticConfig(config));
-  QC_ASSIGN_OR_RETURN(const SyntheticWeights weights, MakeSyntheticWeights(c));
+  QC_ASSIGN_OR_RETURN(const SyntheticWeights weights, MakeSyntheticWeights(c, spill.get()));
+  if (spill) QC_RETURN_IF_ERROR(spill->status().WithContext("generating weights"));
   const ArchSpec spec = SpecFor(c.arch);
-  DecoderEmitter emitter(c, spec, weights);
-  return emitter.Emit();
+  DecoderEmitter emitter(c, spec, weights, spill);
+  QC_ASSIGN_OR_RETURN(Model model, emitter.Emit());
+  if (spill) QC_RETURN_IF_ERROR(spill->status().WithContext("generating weights"));
+  return model;
 }
 
 }  // namespace qc

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "formats/graph.h"
+#include "formats/spill_store.h"
 #include "formats/status.h"
 #include "formats/tensor.h"
 
@@ -112,14 +113,20 @@ struct SyntheticWeights {
   bool contains(const std::string& name) const { return tensors.count(name) > 0; }
 };
 
-/// Draws the parameters of `config` (resolved first).
-StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config);
+/// Draws the parameters of `config` (resolved first). With `spill`, each large parameter is moved
+/// to it as soon as it is drawn, so a model larger than memory can be generated.
+StatusOr<SyntheticWeights> MakeSyntheticWeights(const SyntheticConfig& config, SpillStore* spill = nullptr);
 
 /// Builds the decoder graph: input_ids int64 [batch, seq] (plus attention_mask and position_ids
 /// when requested) to logits float32 [batch, seq, vocab]. Initializers carry the HF parameter
 /// names; kDynamo and kOrtFused store Linear weights pre-transposed ([in, out]) under that name,
 /// kTorchScript stores them [out, in] and reads them through a Transpose node. kOrtFused stores a
 /// Gemma norm's folded (1 + w) as `<name>_plus_1`.
-StatusOr<Model> BuildSyntheticDecoder(const SyntheticConfig& config);
+///
+/// With `spill` the weights (drawn and transposed) live in that scratch file rather than in memory,
+/// one or two tensors resident at a time: with WriteOnnxModel's streaming this generates models
+/// of any size (`qconvert generate --external-data`, bench/memory.sh). The weights are the same
+/// bytes either way. Spill failures (disk full) are errors.
+StatusOr<Model> BuildSyntheticDecoder(const SyntheticConfig& config, std::shared_ptr<SpillStore> spill = nullptr);
 
 }  // namespace qc

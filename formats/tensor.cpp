@@ -1,6 +1,11 @@
 // Tensor storage and conversions.
 #include "formats/tensor.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -49,6 +54,51 @@ Tensor Tensor::Uninitialized(DType dtype, Shape shape) {
 
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data)
     : dtype_(dtype), shape_(std::move(shape)), storage_(std::move(storage)), data_(data) {}
+
+namespace {
+// Drops the resident pages of [data, data + bytes) from this process. The range is widened to
+// whole pages: a neighbour sharing a boundary page just faults it back in (the mapping is
+// read-only, so no data is lost).
+void DropPages(const void* data, int64_t bytes) {
+  if (bytes <= 0) return;
+  static const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data) / page * page;
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(bytes) + page - 1) / page * page;
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);  // a hint: failure changes nothing
+}
+}  // namespace
+
+Tensor Tensor::Mapped(DType dtype, Shape shape, std::shared_ptr<const void> mapping, const void* data) {
+  QC_CHECK(IsAlignedFor(dtype, data));
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  const int64_t bytes = t.nbytes();
+  // The view's own handle: when the last tensor sharing it goes, its pages go too, while the
+  // mapping lives on for the other views.
+  t.storage_ = std::shared_ptr<const void>(data, [mapping = std::move(mapping), bytes](const void* p) mutable {
+    DropPages(p, bytes);
+    mapping.reset();
+  });
+  t.data_ = data;
+  t.mapped_ = true;
+  return t;
+}
+
+bool Tensor::IsAlignedFor(DType dtype, const void* data) {
+  const int64_t element = DTypeStorageBytes(dtype, 1);
+  const uintptr_t align = element >= 8 ? 8 : element >= 4 ? 4 : element >= 2 ? 2 : 1;
+  return reinterpret_cast<uintptr_t>(data) % align == 0;
+}
+
+void Tensor::ReleasePages() const {
+  if (mapped_) DropPages(data_, nbytes());
+}
+
+void Tensor::ReleasePages(int64_t offset, int64_t size) const {
+  if (!mapped_ || offset < 0 || size <= 0 || offset >= nbytes()) return;
+  DropPages(static_cast<const char*>(data_) + offset, std::min(size, nbytes() - offset));
+}
 
 Tensor Tensor::Reshaped(Shape shape) const {
   QC_CHECK(NumElements(shape) == numel());

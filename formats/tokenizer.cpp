@@ -512,7 +512,16 @@ bool ContainsType(const Json& j, const std::string& type) {
 }
 
 StatusOr<std::shared_ptr<TokenizerImpl>> ParseTokenizer(std::string_view json_text) {
-  Json root = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  // Real files nest about 6 deep; the readers below recurse, so deep nesting is refused while
+  // parsing (the parser itself is iterative) rather than overflowing the stack later.
+  constexpr int kMaxDepth = 64;
+  bool too_deep = false;
+  const Json::parser_callback_t limit_depth = [&](int depth, Json::parse_event_t, Json&) {
+    if (depth > kMaxDepth) too_deep = true;
+    return !too_deep;  // discarded values are not built
+  };
+  Json root = Json::parse(json_text.begin(), json_text.end(), limit_depth, /*allow_exceptions=*/false);
+  if (too_deep) return InvalidArgument("tokenizer.json: nested more than " + std::to_string(kMaxDepth) + " levels deep");
   if (root.is_discarded()) return InvalidArgument("tokenizer.json: not valid JSON");
   if (!root.is_object()) return InvalidArgument("tokenizer.json: top level is not an object");
   if (root.contains("version") && root["version"] != "1.0") {
@@ -610,7 +619,15 @@ StatusOr<std::vector<int32_t>> Tokenizer::Encode(std::string_view text) const {
   }
   raw_pieces.clear();
 
-  for (const auto& step : impl.pre_tokenizer) QC_RETURN_IF_ERROR(tokenizer_internal::PreTokenize(step, &pieces));
+  for (const auto& step : impl.pre_tokenizer) {
+    QC_RETURN_IF_ERROR(tokenizer_internal::PreTokenize(step, &pieces));
+    // ByteLevel doubles multi-byte text; a chain of them must not double it without bound.
+    size_t total = 0;
+    for (const Piece& piece : pieces) total += piece.text.size();
+    if (total > text.size() * tokenizer_internal::kMaxTextGrowth + tokenizer_internal::kTextGrowthSlack)
+      return InvalidArgument("tokenizer: the pre-tokenizer grows the text more than " +
+                             std::to_string(tokenizer_internal::kMaxTextGrowth) + "-fold");
+  }
 
   // `BPE::tokenize_with_cache`; the cache lives for one call so Encode stays lock-free.
   constexpr size_t kMaxCachedWordBytes = 256;  // `models::bpe::MAX_LENGTH`

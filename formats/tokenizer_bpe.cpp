@@ -84,6 +84,9 @@ class BucketMergeQueue {
   std::priority_queue<uint32_t, std::vector<uint32_t>, std::greater<>> ranks_;
 };
 
+// Vocabulary ids may leave at most this many ids unused (2^20 empty strings: 32 MB).
+constexpr int64_t kMaxUnusedIds = int64_t{1} << 20;
+
 // Words with more symbols than this use BucketMergeQueue.
 constexpr size_t kSmallWordSymbols = 64;
 
@@ -97,6 +100,11 @@ StatusOr<BpeModel> BpeModel::Create(Vocab vocab, const std::vector<std::pair<std
     if (id < 0) return InvalidArgument("vocab entry '" + token + "' has negative id " + std::to_string(id));
     max_id = std::max(max_id, id);
   }
+  // Ids index dense tables. A few unused ids are normal (reserved for added tokens); ids far past
+  // the vocabulary size are not, and would make the tables huge (2^31 strings for one entry).
+  if (max_id >= static_cast<int64_t>(vocab.size()) + kMaxUnusedIds)
+    return InvalidArgument("vocab id " + std::to_string(max_id) + " is far beyond the vocabulary's " +
+                           std::to_string(vocab.size()) + " entries (ids must be nearly contiguous)");
   model.id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
   model.id_used_.assign(static_cast<size_t>(max_id + 1), false);
   for (const auto& [token, id] : vocab) {

@@ -176,6 +176,11 @@ struct NormalizerStep {
   bool strip_right = false;
 };
 
+/// Normalizers and pre-tokenizers may grow a text to at most kMaxTextGrowth times its size plus
+/// kTextGrowthSlack bytes; more is an error (a hostile file could otherwise double it per step).
+constexpr size_t kMaxTextGrowth = 16;
+constexpr size_t kTextGrowthSlack = size_t{64} << 10;
+
 /// Applies the steps in order to `text`.
 Status Normalize(const std::vector<NormalizerStep>& steps, std::string* text);
 

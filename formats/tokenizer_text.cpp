@@ -305,15 +305,26 @@ Status TextPattern::Spans(std::string_view text, std::vector<Span>* spans) const
 }
 
 Status Normalize(const std::vector<NormalizerStep>& steps, std::string* text) {
+  // Real normalizers grow text by a small factor (Llama's " " -> "▁" triples a space), but a chain
+  // of steps can grow it exponentially (Replace "a" -> "aa", repeated): refuse that before it
+  // exhausts memory.
+  const size_t limit = text->size() * kMaxTextGrowth + kTextGrowthSlack;
+  const auto too_long = [&] {
+    return InvalidArgument("tokenizer: the normalizer grows the text more than " + std::to_string(kMaxTextGrowth) + "-fold");
+  };
   std::vector<Span> spans;
   for (const NormalizerStep& step : steps) {
     switch (step.kind) {
       case NormalizerStep::Kind::kPrepend:
         // `normalizers::Prepend` leaves an empty string empty.
+        if (text->size() + step.text.size() > limit) return too_long();
         if (!text->empty()) text->insert(0, step.text);
         break;
       case NormalizerStep::Kind::kReplace: {
         QC_RETURN_IF_ERROR(step.pattern.Spans(*text, &spans));
+        size_t out_size = 0;
+        for (const Span& s : spans) out_size += s.is_match ? step.text.size() : s.end - s.start;
+        if (out_size > limit) return too_long();
         std::string out;
         out.reserve(text->size());
         for (const Span& s : spans) {

@@ -45,7 +45,7 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   // and left out of the calibration run.
   const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
   std::vector<LayerReport> reports;
-  std::vector<std::optional<QuantizedWeight>> weights;
+  std::vector<bool> placed;  // per report: the MatMulNBits is in the graph
   std::map<int, size_t> slot_of_node;
   std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
@@ -73,9 +73,13 @@ Status GptqPass::Run(Model& model, PassContext& context) {
       todo.push_back(layer);
     }
     reports.push_back(std::move(r));
-    weights.emplace_back();
+    placed.push_back(false);
   }
 
+  // Each layer is put in place as soon as it is solved (RunSequential allows rewriting the model
+  // from the visitor): its packed form replaces the float weight at once, instead of every
+  // layer's codes waiting in memory until the end (docs/MEMORY.md).
+  MatMulNBitsRewriter rewriter(model);
   if (!todo.empty()) {
     StatsRequest request;
     request.hessian = true;
@@ -101,7 +105,9 @@ Status GptqPass::Run(Model& model, PassContext& context) {
                             : spec.static_groups ? "act-order with static groups (input order, no g_idx)"
                                                  : "act-order kept every row in its input-order group (no g_idx needed)");
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        weights[slot_of_node.at(layer.node_index)] = std::move(result.weight);
+        QC_RETURN_IF_ERROR(rewriter.Replace(layer, result.weight, "qconvert gptq " + scheme)
+                               .WithContext("quantizing " + layer.node_name));
+        placed[slot_of_node.at(layer.node_index)] = true;
         dequantized.push_back(std::move(result.w_hat));
       }
       return dequantized;
@@ -109,13 +115,10 @@ Status GptqPass::Run(Model& model, PassContext& context) {
     QC_RETURN_IF_ERROR(context.calibrator->RunSequential(model, todo, request, visit));
   }
 
-  MatMulNBitsRewriter rewriter(model);
   for (const LinearLayer& layer : todo) {
     const size_t slot = slot_of_node.at(layer.node_index);
     LayerReport& r = reports[slot];
-    if (!weights[slot]) return Internal("calibration never reached layer " + layer.node_name);
-    QC_RETURN_IF_ERROR(rewriter.Replace(layer, *weights[slot], "qconvert gptq " + scheme)
-                           .WithContext("quantizing " + layer.node_name));
+    if (!placed[slot]) return Internal("calibration never reached layer " + layer.node_name);
     if (layer.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
     if (StorageBits(spec.quant.bits) != spec.quant.bits)
       r.notes.push_back(std::to_string(spec.quant.bits) + "-bit codes stored in " +

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <map>
 #include <utility>
 
 #include "formats/model_builder.h"
@@ -221,6 +222,22 @@ double RelativeError(const std::vector<float>& w, const std::vector<float>& w_ha
   return std::sqrt(num / den);
 }
 
+double RelativeError(const std::vector<float>& w, const QuantizedWeight& qw) {
+  QC_CHECK(static_cast<int64_t>(w.size()) == qw.k * qw.n);
+  // Same order as the two-vector version (row-major [K, N]), so the same bits.
+  double num = 0, den = 0;
+  for (int64_t r = 0; r < qw.k; ++r)
+    for (int64_t j = 0; j < qw.n; ++j) {
+      const size_t i = static_cast<size_t>(r * qw.n + j);
+      const float w_hat = DequantizeValue(qw.q[j * qw.k + r], qw.Params(j, qw.GroupOf(r)));
+      const double d = static_cast<double>(w[i]) - w_hat;
+      num += d * d;
+      den += static_cast<double>(w[i]) * w[i];
+    }
+  if (den == 0) return num == 0 ? 0.0 : std::numeric_limits<double>::infinity();
+  return std::sqrt(num / den);
+}
+
 StatusOr<std::vector<float>> ReadLinearWeight(const Graph& graph, const LinearLayer& layer) {
   const Tensor* t = graph.FindInitializer(layer.weight);
   if (!t) return NotFound("weight initializer '" + layer.weight + "' of node '" + layer.node_name + "' is missing");
@@ -230,6 +247,7 @@ StatusOr<std::vector<float>> ReadLinearWeight(const Graph& graph, const LinearLa
   if (!IsFloatingPoint(t->dtype()))
     return InvalidArgument("weight '" + layer.weight + "' is " + DTypeName(t->dtype()) + ", not a float tensor");
   std::vector<float> stored = t->ToFloats();
+  t->ReleasePages();  // the copy is what the caller works on
   if (!layer.transposed) return stored;
   std::vector<float> w(stored.size());  // stored [N, K] -> logical [K, N]
   for (int64_t j = 0; j < layer.n; ++j)
@@ -415,6 +433,9 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   node.metadata_props = old.metadata_props;
   g.nodes[layer.node_index] = std::move(node);
 
+  // The float weight is done with once its packed form exists: its pages go now (the initializer
+  // itself goes in Finish(), once nothing reads it).
+  if (const Tensor* w = g.FindInitializer(layer.weight)) w->ReleasePages();
   dropped_weights_.insert(layer.weight);
   if (!layer.bias.empty() && g.FindInitializer(layer.bias)) dropped_weights_.insert(layer.bias);  // if folded
   if (!layer.transpose_node.empty() || old.inputs[layer.weight_input] != layer.weight)
@@ -481,20 +502,13 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec));
   QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(exclude_regex));
   const std::string scheme = SchemeName(spec);
-  std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
-  // With calibration data the report also gets each layer's output error (from the Hessian of
-  // its float input); the quantization itself does not use it.
-  std::map<std::string, std::vector<double>> hessian_of_input;
-  if (calibrator != nullptr) {
-    StatsRequest request;
-    request.hessian = true;
-    QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, calibrator->CollectStats(model, layers, request));
-    for (InputStats& st : stats) hessian_of_input[st.input] = std::move(st.hessian);
-  }
-  MatMulNBitsRewriter rewriter(model);
+  const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
+  // One report per layer not excluded, in layer order; unsupported layers stay in float.
+  std::vector<LayerReport> out;
+  std::map<int, size_t> slot_of_node;
+  std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
-    const auto start = std::chrono::steady_clock::now();
     LayerReport r;
     r.name = layer.node_name;
     r.weight = layer.weight;
@@ -508,20 +522,29 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
       r.scheme = "float";
       r.bits = 0;
       r.notes.push_back("left in float: " + *reason);
-      reports->push_back(std::move(r));
-      continue;
+    } else {
+      if (layer.op_type == "Gemm") {
+        const Node& gemm = model.graph.nodes[layer.node_index];
+        if (gemm.GetFloat("alpha", 1.0f) != 1.0f) r.notes.push_back("Gemm alpha folded into the scales");
+        if (gemm.GetFloat("beta", 1.0f) != 1.0f) r.notes.push_back("Gemm beta folded into the bias");
+      }
+      slot_of_node[layer.node_index] = out.size();
+      todo.push_back(layer);
     }
-    if (layer.op_type == "Gemm") {
-      const Node& gemm = model.graph.nodes[layer.node_index];
-      if (gemm.GetFloat("alpha", 1.0f) != 1.0f) r.notes.push_back("Gemm alpha folded into the scales");
-      if (gemm.GetFloat("beta", 1.0f) != 1.0f) r.notes.push_back("Gemm beta folded into the bias");
-    }
+    out.push_back(std::move(r));
+  }
+
+  // Each layer is quantized and put in place before the next is read, so only one layer's float
+  // weight is in flight (docs/MEMORY.md).
+  MatMulNBitsRewriter rewriter(model);
+  auto quantize = [&](const LinearLayer& layer, const std::vector<double>* hessian) -> Status {
+    const auto start = std::chrono::steady_clock::now();
+    LayerReport& r = out[slot_of_node.at(layer.node_index)];
     QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model.graph, layer));
     QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(w, layer.k, layer.n, spec));
-    const std::vector<float> w_hat = qw.Dequantize();
-    r.weight_rel_error = RelativeError(w, w_hat);
-    if (auto it = hessian_of_input.find(layer.input); it != hessian_of_input.end()) {
-      const OutputError e = OutputErrorFromHessian(it->second, layer.k, w, w_hat, layer.n);
+    r.weight_rel_error = RelativeError(w, qw);
+    if (hessian != nullptr) {
+      const OutputError e = OutputErrorFromHessian(*hessian, layer.k, w, qw.Dequantize(), layer.n);
       r.output_rel_error = e.rel_error;
       r.sqnr_db = e.sqnr_db;
     }
@@ -532,9 +555,24 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
       r.notes.push_back(std::to_string(spec.bits) + "-bit codes stored in " + std::to_string(StorageBits(spec.bits)) +
                         "-bit fields (ONNX Runtime's MatMulNBits runs 2, 4 and 8 bits)");
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    reports->push_back(std::move(r));
+    return Status::Ok();
+  };
+  if (calibrator != nullptr && !todo.empty()) {
+    // With calibration data the report also gets each layer's output error, from the Hessian of
+    // its float input (the quantization itself does not use it). The groups are visited in
+    // execution order with the float weights kept, so only one group's Hessian exists at a time.
+    StatsRequest request;
+    request.hessian = true;
+    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats) -> StatusOr<GroupWeights> {
+      for (const LinearLayer& layer : group.layers) QC_RETURN_IF_ERROR(quantize(layer, &stats.hessian));
+      return GroupWeights(group.layers.size());  // empty: later groups see float inputs
+    };
+    QC_RETURN_IF_ERROR(calibrator->RunSequential(model, todo, request, visit));
+  } else {
+    for (const LinearLayer& layer : todo) QC_RETURN_IF_ERROR(quantize(layer, nullptr));
   }
   rewriter.Finish();
+  for (LayerReport& r : out) reports->push_back(std::move(r));
   return Status::Ok();
 }
 

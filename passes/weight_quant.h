@@ -119,8 +119,12 @@ StatusOr<QuantizedWeight> QuantizeRtn(const std::vector<float>& w, int64_t k, in
 
 /// ||W - W~||_F / ||W||_F in double (0 when W is zero and W~ equals it).
 double RelativeError(const std::vector<float>& w, const std::vector<float>& w_hat);
+/// The same with W~ = qw.Dequantize() computed on the fly (bit-identical, without a third copy of
+/// the layer in memory).
+double RelativeError(const std::vector<float>& w, const QuantizedWeight& qw);
 
-/// The layer's weight as a row-major [K, N] float matrix, whatever its stored layout.
+/// The layer's weight as a row-major [K, N] float matrix, whatever its stored layout. A mapped
+/// weight's pages are released once copied (docs/MEMORY.md).
 StatusOr<std::vector<float>> ReadLinearWeight(const Graph& graph, const LinearLayer& layer);
 
 /// The tensors of one MatMulNBits node.

@@ -17,6 +17,10 @@ constexpr const char* kIf = "If";
 // Folded constants larger than this are recomputed per run instead, so folding never
 // duplicates big weights in memory (e.g. a Transpose of an embedding matrix).
 constexpr int64_t kMaxFoldedBytes = int64_t{64} << 20;
+// A node reading more than this of mapped weights is never folded: the result would be a resident
+// copy of on-disk bytes for the session's lifetime (a Transpose of every weight of a TorchScript
+// export is the whole model). Shape arithmetic on small mapped constants still folds.
+constexpr int64_t kMaxFoldedMappedInputBytes = int64_t{1} << 20;
 
 using OpsetMap = std::map<std::string, int64_t>;
 }  // namespace
@@ -30,6 +34,9 @@ class Plan {
     std::vector<int> in;    // -1 for omitted optional inputs
     std::vector<int> out;   // -1 for omitted outputs
     std::vector<int> free_after;
+    // Constants read for the last time by this step: the run's frame drops its reference (a
+    // replacement set through Execution::SetValue is freed) and mapped weights release their pages.
+    std::vector<int> release_after;
     int64_t opset = 0;
     std::vector<std::unique_ptr<Plan>> branches;  // If: then, else
   };
@@ -236,8 +243,12 @@ StatusOr<std::unique_ptr<Plan>> Plan::Compile(const Graph& graph, const OpsetMap
     std::vector<Step> kept;
     for (Step& step : plan->steps_) {
       bool all_const = step.fn != nullptr;
-      for (int s : step.in)
+      int64_t mapped_bytes = 0;
+      for (int s : step.in) {
         if (s >= 0 && (!plan->constants_[s].defined() || overridable[s])) all_const = false;
+        if (s >= 0 && plan->constants_[s].mapped()) mapped_bytes += plan->constants_[s].nbytes();
+      }
+      if (mapped_bytes > kMaxFoldedMappedInputBytes) all_const = false;
       if (all_const) {
         KernelContext ctx{*step.node, {}, std::vector<Tensor>(step.out.size()), step.opset, nullptr};
         for (int s : step.in) ctx.inputs.push_back(s >= 0 ? &plan->constants_[s] : nullptr);
@@ -264,15 +275,35 @@ StatusOr<std::unique_ptr<Plan>> Plan::Compile(const Graph& graph, const OpsetMap
     for (int s : plan->steps_[i].out)
       if (s >= 0 && last_use[s] < static_cast<int>(i)) last_use[s] = static_cast<int>(i);  // unused outputs die at once
   }
-  for (const auto& st : plan->steps_)
-    for (const auto& b : st.branches)
-      for (const auto& [name, s] : b->outer_slots_) {
-        int ps = plan->SlotOf(name);
-        if (ps >= 0) last_use[ps] = std::max(last_use[ps], static_cast<int>(&st - plan->steps_.data()));
+  // An If's branches read enclosing values at any depth (a nested If's branch looks them up
+  // through its parents): those stay alive until the If has run.
+  std::function<void(const Graph&, std::set<std::string>*)> reads = [&](const Graph& g, std::set<std::string>* out) {
+    for (const Node& n : g.nodes) {
+      out->insert(n.inputs.begin(), n.inputs.end());
+      for (const auto& [key, a] : n.attributes) {
+        if (a.g) reads(*a.g, out);
+        for (const auto& sub : a.graphs) reads(*sub, out);
       }
+    }
+  };
+  for (const auto& st : plan->steps_) {
+    if (st.branches.empty()) continue;
+    std::set<std::string> names;
+    for (const auto& [key, a] : st.node->attributes)
+      if (a.g) reads(*a.g, &names);
+    for (const auto& [name, s] : st.branches[0]->outer_slots_) names.insert(name);
+    for (const auto& [name, s] : st.branches[1]->outer_slots_) names.insert(name);
+    for (const std::string& name : names) {
+      const int ps = plan->SlotOf(name);
+      if (ps >= 0) last_use[ps] = std::max(last_use[ps], static_cast<int>(&st - plan->steps_.data()));
+    }
+  }
   for (int s : plan->output_slots_) last_use[s] = -2;
-  for (size_t s = 0; s < last_use.size(); ++s)
-    if (last_use[s] >= 0 && !plan->constants_[s].defined()) plan->steps_[last_use[s]].free_after.push_back(static_cast<int>(s));
+  for (size_t s = 0; s < last_use.size(); ++s) {
+    if (last_use[s] < 0) continue;
+    auto& list = plan->constants_[s].defined() ? plan->steps_[last_use[s]].release_after : plan->steps_[last_use[s]].free_after;
+    list.push_back(static_cast<int>(s));
+  }
   return plan;
 }
 
@@ -342,6 +373,10 @@ Status Plan::ExecuteSteps(std::vector<Tensor>& frame, const std::function<const 
     const Step& step = steps_[i];
     QC_RETURN_IF_ERROR(RunStep(step, frame, parent, observer));
     for (int s : step.free_after) frame[s] = Tensor();
+    for (int s : step.release_after) {
+      frame[s].ReleasePages();  // mapped weights: read again from the page cache next run
+      frame[s] = Tensor();
+    }
   }
   return Status::Ok();
 }

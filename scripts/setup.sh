@@ -9,6 +9,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libpcre2-dev    # CLI, JSON, GPT-2 pre-tokenizer regex
   libgtest-dev googletest                         # tests
   libonnx-testdata                                # ONNX backend node tests (conformance)
+  clang libclang-rt-dev                           # libFuzzer, ASan, UBSan (scripts/fuzz.sh)
 )
 # Node.js runs ONNX Runtime (npm onnxruntime-node), the independent reference. A machine may
 # already have it from another source (whose nodejs package bundles npm), so check the commands.

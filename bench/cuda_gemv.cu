@@ -1,0 +1,436 @@
+// Quantized GEMV benchmark (bench/cuda_gemv.sh): MatMulNBits W4/W8 g128 at batch 1 on Llama-7B/70B
+// layer shapes, as achieved bandwidth against a device-to-device copy measured in the same run, and
+// as time against cuBLAS fp16 GEMV on the same shape. Each timed launch reads a different copy of
+// the weights (copies totalling > 256 MiB, several times the L2), so weights come from HBM; launches
+// are captured in a CUDA graph so host launch overhead is not what is measured. Every kernel's output
+// is first checked against a host dequantise-and-multiply of sampled columns.
+#include <cublas_v2.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "runtime/cuda/allocator.h"
+#include "runtime/cuda/device.h"
+#include "runtime/cuda/matmul_nbits.h"
+
+namespace {
+
+using qc::cuda::NBitsWeightsView;
+
+#define CHECK_CUDA(expr)                                                                       \
+  do {                                                                                         \
+    const cudaError_t e_ = (expr);                                                             \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+#define CHECK_CUBLAS(expr)                                                                     \
+  do {                                                                                         \
+    const cublasStatus_t s_ = (expr);                                                          \
+    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                         \
+      std::fprintf(stderr, "%s:%d: %s: cuBLAS status %d\n", __FILE__, __LINE__, #expr, int(s_)); \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+#define CHECK_OK(expr)                                                                         \
+  do {                                                                                         \
+    const qc::Status s_ = (expr);                                                              \
+    if (!s_.ok()) {                                                                            \
+      std::fprintf(stderr, "%s:%d: %s\n", __FILE__, __LINE__, s_.message().c_str());           \
+      std::exit(2);                                                                            \
+    }                                                                                          \
+  } while (0)
+
+bool g_profile_one = false;  // --profile-one: 5 plain launches of 8192 x 8192 W4 (for ncu)
+bool g_pattern = false;      // --pattern: also time the weight access pattern alone
+
+constexpr size_t kRotateBytes = size_t{256} << 20;  // weights cycled per timing: > 4x the 50-60 MB L2
+constexpr int kGraphLaunches = 400;                  // launches per captured graph (one timed replay)
+constexpr int kReplays = 7;                          // timed replays; the median is reported
+constexpr int kCheckColumns = 96;                    // columns checked on the host per configuration
+
+// Deterministic pseudo-random bits of (seed, i): device-side fill, no host generation of GBs.
+__host__ __device__ inline uint32_t Hash(uint64_t seed, uint64_t i) {
+  uint64_t z = seed * 0x9E3779B97F4A7C15ull + i + 0x632BE59BD9B4E019ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return static_cast<uint32_t>(z ^ (z >> 31));
+}
+__host__ __device__ inline float Uniform(uint64_t seed, uint64_t i, float lo, float hi) {
+  return lo + (hi - lo) * (Hash(seed, i) >> 8) * (1.0f / 16777216.0f);
+}
+
+__global__ void FillBytes(uint8_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = static_cast<uint8_t>(Hash(seed, i));
+}
+__global__ void FillFloats(float* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = Uniform(seed, i, lo, hi);
+}
+__global__ void FillHalves(__half* p, size_t n, uint64_t seed, float lo, float hi) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = __float2half(Uniform(seed, i, lo, hi));
+}
+__global__ void ToHalves(const float* x, __half* y, size_t n) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    y[i] = __float2half(x[i]);
+}
+
+// Streams `n` 16-byte words once (a read-only ceiling to compare the copy with).
+__global__ void ReadKernel(const uint4* __restrict__ p, size_t n, uint32_t* out) {
+  uint32_t acc = 0;
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint4 v = __ldcs(p + i);
+    acc ^= v.x ^ v.y ^ v.z ^ v.w;
+  }
+  if (acc == 0x12345678u) *out = acc;  // keeps the loads alive
+}
+
+// A weight access pattern like the tensor-core kernel's, with no arithmetic (diagnoses the memory
+// side): 4 warps per 8-column tile splitting K, lane (g, t) streaming 16-byte pieces of column g
+// (the kernel now reads 16 columns per tile, lane (g, t) columns g and g + 8, with 8 warps).
+__global__ void PatternReadKernel(const uint8_t* __restrict__ b, int64_t row_bytes, int n, uint32_t* out) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+  const int col = min(static_cast<int>(blockIdx.x) * 8 + g, n - 1);
+  const int iters = static_cast<int>(row_bytes / 64), per_warp = (iters + 3) / 4;
+  const int begin = warp * per_warp, end = min(iters, begin + per_warp);
+  const uint8_t* p = b + col * row_bytes + t * 16;
+  uint32_t acc = 0;
+  for (int it = begin; it < end; it += 4) {
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (it + u < end) v[u] = __ldcs(reinterpret_cast<const uint4*>(p + (it + u) * 64));
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (it + u < end) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (acc == 0x12345678u) *out = acc;
+}
+
+// Median of kReplays replays of a graph of kGraphLaunches calls of `launch(i)`, in microseconds
+// per call.
+template <typename F>
+double TimeGraph(cudaStream_t stream, F launch) {
+  for (int i = 0; i < 3; ++i) launch(i);  // warm-up: module load, workspace, cuBLAS heuristics
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK_CUDA(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kGraphLaunches; ++i) launch(i);
+  CHECK_CUDA(cudaStreamEndCapture(stream, &graph));
+  CHECK_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  CHECK_CUDA(cudaGraphLaunch(exec, stream));  // warm replay
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<double> us;
+  for (int r = 0; r < kReplays; ++r) {
+    CHECK_CUDA(cudaEventRecord(start, stream));
+    CHECK_CUDA(cudaGraphLaunch(exec, stream));
+    CHECK_CUDA(cudaEventRecord(stop, stream));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    us.push_back(1000.0 * ms / kGraphLaunches);
+  }
+  CHECK_CUDA(cudaEventDestroy(start));
+  CHECK_CUDA(cudaEventDestroy(stop));
+  CHECK_CUDA(cudaGraphExecDestroy(exec));
+  CHECK_CUDA(cudaGraphDestroy(graph));
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
+// Device-to-device cudaMemcpy of 1 GiB; bandwidth counts bytes read plus bytes written.
+double CopyBandwidth(cudaStream_t stream) {
+  const size_t bytes = size_t{1} << 30;
+  void *a, *b;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&b, bytes));
+  CHECK_CUDA(cudaMemsetAsync(a, 1, bytes, stream));
+  for (int i = 0; i < 3; ++i) CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<double> gbs;
+  for (int r = 0; r < 9; ++r) {
+    CHECK_CUDA(cudaEventRecord(start, stream));
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, stream));
+    CHECK_CUDA(cudaEventRecord(stop, stream));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    gbs.push_back(2.0 * bytes / (ms * 1e-3) / 1e9);
+  }
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(b));
+  std::sort(gbs.begin(), gbs.end());
+  return gbs[gbs.size() / 2];
+}
+
+// A read-only streaming kernel over 1 GiB (132 x 8 blocks of 512 threads, 16-byte loads).
+double ReadBandwidth(cudaStream_t stream, int sm_count) {
+  const size_t bytes = size_t{1} << 30;
+  void* a;
+  uint32_t* out;
+  CHECK_CUDA(cudaMalloc(&a, bytes));
+  CHECK_CUDA(cudaMalloc(&out, sizeof(uint32_t)));
+  CHECK_CUDA(cudaMemsetAsync(a, 1, bytes, stream));
+  const size_t n = bytes / 16;
+  for (int i = 0; i < 3; ++i) ReadKernel<<<sm_count * 8, 512, 0, stream>>>(static_cast<const uint4*>(a), n, out);
+  CHECK_CUDA(cudaGetLastError());
+  cudaEvent_t start, stop;
+  CHECK_CUDA(cudaEventCreate(&start));
+  CHECK_CUDA(cudaEventCreate(&stop));
+  std::vector<double> gbs;
+  for (int r = 0; r < 9; ++r) {
+    CHECK_CUDA(cudaEventRecord(start, stream));
+    ReadKernel<<<sm_count * 8, 512, 0, stream>>>(static_cast<const uint4*>(a), n, out);
+    CHECK_CUDA(cudaEventRecord(stop, stream));
+    CHECK_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    gbs.push_back(bytes / (ms * 1e-3) / 1e9);
+  }
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(out));
+  std::sort(gbs.begin(), gbs.end());
+  return gbs[gbs.size() / 2];
+}
+
+struct Result {
+  double us = 0, gbs = 0, max_err = 0;
+  bool ok = true;
+};
+
+// W`bits` g128, symmetric (ONNX Runtime's and absmax's default): R rotated copies, checked, timed.
+template <typename TA>
+Result RunNBits(int64_t n, int64_t k, int bits, cudaStream_t stream, qc::cuda::NBitsWorkspace& ws,
+                qc::cuda::NBitsOptions options = {}) {
+  qc::cuda::NBitsLayout layout{k, n, bits, 128};
+  const size_t b_bytes = static_cast<size_t>(n * layout.row_bytes());
+  const size_t s_count = static_cast<size_t>(n * layout.k_blocks());
+  const size_t copy_bytes = b_bytes + s_count * sizeof(float);
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + copy_bytes - 1) / copy_bytes));
+  std::vector<void*> bufs;
+  std::vector<NBitsWeightsView> views;
+  for (int c = 0; c < copies; ++c) {
+    void *b, *s;
+    CHECK_CUDA(cudaMalloc(&b, b_bytes));
+    CHECK_CUDA(cudaMalloc(&s, s_count * sizeof(float)));
+    FillBytes<<<1024, 256, 0, stream>>>(static_cast<uint8_t*>(b), b_bytes, 100 + c);
+    FillFloats<<<1024, 256, 0, stream>>>(static_cast<float*>(s), s_count, 200 + c, -0.02f, 0.02f);
+    CHECK_CUDA(cudaGetLastError());
+    bufs.push_back(b);
+    bufs.push_back(s);
+    NBitsWeightsView v;
+    v.layout = layout;
+    v.b = static_cast<const uint8_t*>(b);
+    v.scales = static_cast<const float*>(s);
+    views.push_back(v);
+  }
+  float* x32;
+  TA* x;
+  TA* y;
+  CHECK_CUDA(cudaMalloc(&x32, k * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&x, k * sizeof(TA)));
+  CHECK_CUDA(cudaMalloc(&y, n * sizeof(TA)));
+  FillFloats<<<64, 256, 0, stream>>>(x32, k, 7, -1.0f, 1.0f);
+  if constexpr (std::is_same_v<TA, float>) {
+    CHECK_CUDA(cudaMemcpyAsync(x, x32, k * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  } else {
+    ToHalves<<<64, 256, 0, stream>>>(x32, x, k);
+  }
+  CHECK_CUDA(cudaGetLastError());
+
+  // Check copy 0 on sampled columns against a host dequantise-and-multiply in double.
+  Result res;
+  CHECK_OK(qc::cuda::MatMulNBits(views[0], x, y, 1, ws, stream, options));
+  CHECK_CUDA(cudaStreamSynchronize(stream));
+  std::vector<TA> yh(n), xh(k);
+  CHECK_CUDA(cudaMemcpy(yh.data(), y, n * sizeof(TA), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(xh.data(), x, k * sizeof(TA), cudaMemcpyDeviceToHost));
+  const int64_t row_bytes = layout.row_bytes(), kb = layout.k_blocks();
+  std::vector<uint8_t> brow(row_bytes);
+  std::vector<float> srow(kb);
+  for (int i = 0; i < kCheckColumns; ++i) {
+    const int64_t col = (i * 2654435761ull) % n;
+    CHECK_CUDA(cudaMemcpy(brow.data(), views[0].b + col * row_bytes, row_bytes, cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(srow.data(), views[0].scales + col * kb, kb * sizeof(float), cudaMemcpyDeviceToHost));
+    double sum = 0, abs_sum = 0;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const int64_t bit = kk * bits;
+      const int q = (brow[bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
+      const double w = (q - (1 << (bits - 1))) * double(srow[kk / 128]);
+      double xv;
+      if constexpr (std::is_same_v<TA, float>) xv = xh[kk];
+      else xv = __half2float(xh[kk]);
+      sum += xv * w;
+      abs_sum += std::fabs(xv * w);
+    }
+    double got;
+    if constexpr (std::is_same_v<TA, float>) got = yh[col];
+    else got = __half2float(yh[col]);
+    const double tol = std::is_same_v<TA, float> ? 4e-6 * abs_sum : 4e-6 * abs_sum + 1e-3 * std::fabs(sum);
+    const double err = std::fabs(got - sum);
+    res.max_err = std::max(res.max_err, err / std::max(abs_sum, 1e-30));
+    if (!(err <= tol)) res.ok = false;
+  }
+
+  if (g_profile_one) {  // plain launches for a profiler (no graph), then stop
+    for (int i = 0; i < 5; ++i) CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, 1, ws, stream, options));
+    CHECK_CUDA(cudaStreamSynchronize(stream));
+    std::exit(0);
+  }
+  res.us = TimeGraph(stream,
+                     [&](int i) { CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, 1, ws, stream, options)); });
+  if (g_pattern && bits == 4 && std::is_same_v<TA, float>) {
+    uint32_t* out;
+    CHECK_CUDA(cudaMalloc(&out, sizeof(uint32_t)));
+    const double us = TimeGraph(stream, [&](int i) {
+      PatternReadKernel<<<static_cast<unsigned>((n + 7) / 8), 128, 0, stream>>>(views[i % copies].b, layout.row_bytes(),
+                                                                             static_cast<int>(n), out);
+    });
+    std::printf("(pattern read, no arithmetic, %lld x %lld W4: %.2f us, %.0f GB/s)\n", static_cast<long long>(n),
+                static_cast<long long>(k), us, b_bytes / (us * 1e-6) / 1e9);
+    CHECK_CUDA(cudaFree(out));
+  }
+  const double bytes = double(b_bytes) + s_count * sizeof(float) + k * sizeof(TA);
+  res.gbs = bytes / (res.us * 1e-6) / 1e9;
+  for (void* p : bufs) CHECK_CUDA(cudaFree(p));
+  CHECK_CUDA(cudaFree(x32));
+  CHECK_CUDA(cudaFree(x));
+  CHECK_CUDA(cudaFree(y));
+  return res;
+}
+
+// cuBLAS fp16 GEMV (cublasGemmEx, m = 1, fp32 accumulation), weights [n, k] fp16 rotated likewise.
+Result RunCublas(int64_t n, int64_t k, cudaStream_t stream, cublasHandle_t handle) {
+  const size_t w_bytes = static_cast<size_t>(n * k) * sizeof(__half);
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + w_bytes - 1) / w_bytes));
+  std::vector<__half*> ws;
+  for (int c = 0; c < copies; ++c) {
+    __half* w;
+    CHECK_CUDA(cudaMalloc(&w, w_bytes));
+    FillHalves<<<1024, 256, 0, stream>>>(w, n * k, 300 + c, -0.1f, 0.1f);
+    ws.push_back(w);
+  }
+  __half *x, *y;
+  CHECK_CUDA(cudaMalloc(&x, k * sizeof(__half)));
+  CHECK_CUDA(cudaMalloc(&y, n * sizeof(__half)));
+  FillHalves<<<64, 256, 0, stream>>>(x, k, 9, -1.0f, 1.0f);
+  CHECK_CUDA(cudaGetLastError());
+  const float alpha = 1.0f, beta = 0.0f;
+  Result res;
+  // Row-major W [n, k] is column-major [k, n]: y = W^T-op * x.
+  res.us = TimeGraph(stream, [&](int i) {
+    CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), 1, static_cast<int>(k), &alpha,
+                              ws[i % copies], CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F, static_cast<int>(k), &beta,
+                              y, CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  });
+  res.gbs = (double(w_bytes) + k * sizeof(__half)) / (res.us * 1e-6) / 1e9;
+  for (__half* w : ws) CHECK_CUDA(cudaFree(w));
+  CHECK_CUDA(cudaFree(x));
+  CHECK_CUDA(cudaFree(y));
+  return res;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // --sweep: also time W4 (fp32 activations) for fixed split-K factors, to tune the default.
+  bool sweep = false;
+  for (int i = 1; i < argc; ++i) {
+    sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
+    g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
+    g_pattern = g_pattern || std::strcmp(argv[i], "--pattern") == 0;
+  }
+  if (qc::cuda::DeviceCount() == 0) {
+    std::fprintf(stderr, "no CUDA device\n");
+    return 1;
+  }
+  auto info = qc::cuda::CurrentDeviceInfo();
+  CHECK_OK(info.status());
+  int runtime = 0, driver = 0;
+  CHECK_CUDA(cudaRuntimeGetVersion(&runtime));
+  CHECK_CUDA(cudaDriverGetVersion(&driver));
+  cudaStream_t stream;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cublasHandle_t handle;
+  CHECK_CUBLAS(cublasCreate(&handle));
+  CHECK_CUBLAS(cublasSetStream(handle, stream));
+  qc::cuda::NBitsWorkspace ws;
+
+  if (g_profile_one) (void)RunNBits<float>(8192, 8192, 4, stream, ws);
+  const double copy = CopyBandwidth(stream);
+  std::printf("device: %s, sm_%d%d, %d SMs, L2 %.0f MB, %.0f GiB; CUDA runtime %d, driver %d\n", info->name.c_str(),
+              info->major, info->minor, info->sm_count, info->l2_bytes / 1e6, info->global_memory_bytes / 1073741824.0,
+              runtime, driver);
+  std::printf("copy bandwidth (cudaMemcpy device to device, 1 GiB, read + write): %.0f GB/s\n", copy);
+  std::printf("read bandwidth (streaming 16-byte loads, 1 GiB; for context): %.0f GB/s\n",
+              ReadBandwidth(stream, info->sm_count));
+  std::printf("batch m = 1; W = MatMulNBits g128 symmetric, fp32 scales; bandwidth = (packed weights + scales + x) "
+              "bytes / time; weights rotated over > 256 MiB; median of %d graph replays of %d launches\n\n",
+              kReplays, kGraphLaunches);
+  std::printf("| N (out) | K (in) | layer | kernel | us | GB/s | %% of copy | cuBLAS fp16 us | speed-up | check |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  struct Shape {
+    int64_t n, k;
+    const char* name;
+  };
+  const Shape shapes[] = {{4096, 4096, "7B q/k/v/o"}, {4096, 11008, "7B down"}, {11008, 4096, "7B gate/up"},
+                          {8192, 8192, "70B q/o"}};
+  bool all_ok = true;
+  for (const Shape& s : shapes) {
+    const Result cub = RunCublas(s.n, s.k, stream, handle);
+    struct Variant {
+      const char* name;
+      int bits;
+      bool half;
+    };
+    for (Variant v : {Variant{"W4 fp32 act", 4, false}, Variant{"W4 fp16 act", 4, true}, Variant{"W8 fp32 act", 8, false}}) {
+      const Result r = v.half ? RunNBits<__half>(s.n, s.k, v.bits, stream, ws) : RunNBits<float>(s.n, s.k, v.bits, stream, ws);
+      all_ok = all_ok && r.ok;
+      std::printf("| %lld | %lld | %s | %s | %.2f | %.0f | %.1f%% | %.2f | %.2fx | %s (%.1e) |\n",
+                  static_cast<long long>(s.n), static_cast<long long>(s.k), s.name, v.name, r.us, r.gbs,
+                  100.0 * r.gbs / copy, cub.us, cub.us / r.us, r.ok ? "ok" : "FAIL", r.max_err);
+    }
+    std::printf("| %lld | %lld | %s | cuBLAS fp16 | %.2f | %.0f | %.1f%% | | | |\n", static_cast<long long>(s.n),
+                static_cast<long long>(s.k), s.name, cub.us, cub.gbs, 100.0 * cub.gbs / copy);
+  }
+  if (sweep) {
+    std::printf("\nW4 fp32 act, us per call by split-K factor (auto = the default above)\n\n| N | K |");
+    const int splits[] = {1, 2, 4, 8, 12, 16, 24, 32};
+    for (int sk : splits) std::printf(" %d |", sk);
+    std::printf("\n| --- | --- |");
+    for (int i = 0; i < 8; ++i) std::printf(" --- |");
+    std::printf("\n");
+    for (const Shape& s : shapes) {
+      std::printf("| %lld | %lld |", static_cast<long long>(s.n), static_cast<long long>(s.k));
+      for (int sk : splits) {
+        const Result r = RunNBits<float>(s.n, s.k, 4, stream, ws, {qc::cuda::NBitsKernel::kMma, sk});
+        all_ok = all_ok && r.ok;
+        std::printf(" %.2f |", r.us);
+      }
+      std::printf("\n");
+    }
+  }
+  CHECK_CUBLAS(cublasDestroy(handle));
+  CHECK_CUDA(cudaStreamDestroy(stream));
+  if (!all_ok) {
+    std::printf("\nCHECK FAILED: a kernel's output differs from the host reference\n");
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,93 @@
+// A caching device-memory allocator: cudaMalloc once, then reuse freed blocks of a fitting size.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "formats/status.h"
+
+namespace qc::cuda {
+
+class CachingAllocator;
+
+/// One block of device memory, returned to its allocator's cache when destroyed. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& other) noexcept { *this = std::move(other); }
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { Reset(); }
+
+  void* data() const { return ptr_; }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+  /// The size asked for (the block may be larger).
+  size_t size() const { return size_; }
+  bool empty() const { return ptr_ == nullptr; }
+  /// Gives the block back to the cache now.
+  void Reset();
+
+ private:
+  friend class CachingAllocator;
+  DeviceBuffer(CachingAllocator* owner, void* ptr, size_t size, size_t block) :
+      owner_(owner), ptr_(ptr), size_(size), block_(block) {}
+  CachingAllocator* owner_ = nullptr;
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+  size_t block_ = 0;  // the rounded size the block was allocated with
+};
+
+/// Caches freed device blocks by rounded size (512 B steps below 1 MiB, 1 MiB steps above) and
+/// hands them out again, so steady-state inference does no cudaMalloc/cudaFree (each one
+/// synchronises the device). Plain cudaMalloc only: no managed memory.
+///
+/// Reuse is stream-ordered for one stream: a block freed while queued work still reads it may be
+/// handed to later work on the same stream, which runs after. Callers that use several streams
+/// synchronise before freeing (or keep one allocator per stream). Thread-safe.
+/// Must not outlive the CUDA context (use Default() for a process-wide one).
+class CachingAllocator {
+ public:
+  /// Allocates on `device` (-1: the device current at each call; one allocator per device when a
+  /// process uses several, since cached blocks do not record theirs).
+  explicit CachingAllocator(int device = -1) : device_(device) {}
+  ~CachingAllocator();
+  CachingAllocator(const CachingAllocator&) = delete;
+  CachingAllocator& operator=(const CachingAllocator&) = delete;
+
+  /// A block of at least `bytes` (256-byte aligned, uninitialised). Frees the cache and retries
+  /// once when the device is out of memory.
+  StatusOr<DeviceBuffer> Allocate(size_t bytes);
+  /// cudaFree of every cached (not in use) block.
+  Status EmptyCache();
+
+  struct Stats {
+    size_t bytes_in_use = 0;       // rounded sizes of live DeviceBuffers
+    size_t peak_bytes_in_use = 0;
+    size_t bytes_cached = 0;       // free blocks kept for reuse
+    int64_t device_allocations = 0;  // cudaMalloc calls that succeeded
+    int64_t cache_hits = 0;
+  };
+  Stats stats() const;
+
+  /// A process-wide allocator for the current device, created on first use and never destroyed
+  /// (so no cudaFree runs after the runtime has shut down at exit).
+  static CachingAllocator& Default();
+
+  /// The rounded size a request of `bytes` occupies.
+  static size_t RoundSize(size_t bytes);
+
+ private:
+  friend class DeviceBuffer;
+  void Release(void* ptr, size_t block);
+
+  const int device_;
+  mutable std::mutex mu_;
+  std::multimap<size_t, void*> free_;  // rounded size -> cached block
+  Stats stats_;
+};
+
+}  // namespace qc::cuda

@@ -1,0 +1,96 @@
+// com.microsoft.MatMulNBits on the GPU: Y[m, n] = X[m, k] · dequant(B)ᵀ (+ bias), with B in ONNX
+// Runtime's packed layout (docs/FORMAT.md), for 2/4/8-bit storage, any block size, with or
+// without zero points and g_idx. runtime/cpu/matmul_nbits.cpp is the numeric spec.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "formats/status.h"
+#include "runtime/cuda/allocator.h"
+
+namespace qc::cuda {
+
+/// Shape and packing of one MatMulNBits weight: the node's K, N, bits and block_size attributes.
+struct NBitsLayout {
+  int64_t k = 0, n = 0, bits = 4, block_size = 128;
+  int64_t k_blocks() const { return (k + block_size - 1) / block_size; }
+  /// Bytes of one block of one output column (B's last dimension).
+  int64_t blob_bytes() const { return block_size * bits / 8; }
+  /// Packed bytes of one output column: B is [n, row_bytes()].
+  int64_t row_bytes() const { return k_blocks() * blob_bytes(); }
+  /// Bytes of one column's packed zero points.
+  int64_t zp_row_bytes() const { return (k_blocks() * bits + 7) / 8; }
+  /// InvalidArgument unless bits in 2..8, block_size a power of two >= 16, 0 < k, n < 2^31.
+  Status Validate() const;
+};
+
+/// Device pointers to one MatMulNBits weight, in ONNX Runtime's layout (not owned).
+struct NBitsWeightsView {
+  NBitsLayout layout;
+  const uint8_t* b = nullptr;                  // [n, k_blocks, blob_bytes]
+  const float* scales = nullptr;               // [n * k_blocks]
+  const uint8_t* zero_points = nullptr;        // packed like B, [n, zp_row_bytes]; or null
+  const float* zero_points_float = nullptr;    // [n * k_blocks]; or null (at most one of the two)
+  const int32_t* g_idx = nullptr;              // [k] block of each input row; or null
+  const float* bias = nullptr;                 // [n]; or null
+};
+
+/// The two kernels behind MatMulNBits.
+enum class NBitsKernel {
+  kAuto,
+  /// Tensor cores (mma.sync m16n8k16, fp32 accumulation): packed weights are streamed once with
+  /// 4-16 byte loads and dequantised in registers straight into A fragments; activations are
+  /// prepared by a prologue kernel. 2/4/8-bit storage, integer (or no) zero points, no g_idx, and
+  /// blocks of at least 16 bytes per column (W4 >= 32, W8 >= 16, W2 >= 64 rows per block).
+  kMma,
+  /// CUDA cores, one warp per output column, the reference's per-element dequantisation: every
+  /// layout (g_idx, float zero points, 3/5/6/7-bit storage, the smallest blocks).
+  kGeneric,
+};
+const char* NBitsKernelName(NBitsKernel kernel);
+/// The kernel kAuto picks for `w` (kMma whenever it can run it).
+NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w);
+
+/// Launch knobs; the defaults are what the executor uses. Tests force the less common paths.
+struct NBitsOptions {
+  NBitsKernel kernel = NBitsKernel::kAuto;
+  /// Number of K slices across blocks, summed by the last block of each tile (0: only as many as
+  /// needed to fill the GPU).
+  int split_k = 0;
+};
+
+/// Scratch of the tensor-core kernel: the activations prepared for it (fp16, in its lane order,
+/// with per-group scales) and the split-K partial sums with per-tile arrival counters. One per
+/// stream: launches sharing a workspace must be ordered (the counters reset themselves at the end
+/// of each launch). Grows on demand, never shrinks.
+class NBitsWorkspace {
+ public:
+  explicit NBitsWorkspace(CachingAllocator& allocator = CachingAllocator::Default()) : allocator_(&allocator) {}
+  /// Grows each buffer to at least the given element counts (new counters are zeroed on `stream`).
+  Status Reserve(int64_t partial_floats, int64_t counters, int64_t activation_halves, int64_t activation_scales,
+                 cudaStream_t stream);
+  float* partials() const { return partials_.as<float>(); }
+  unsigned* counters() const { return counters_.as<unsigned>(); }
+  __half* activations() const { return activations_.as<__half>(); }
+  float* activation_scales() const { return activation_scales_.as<float>(); }
+
+ private:
+  CachingAllocator* allocator_;
+  DeviceBuffer partials_, counters_, activations_, activation_scales_;
+  int64_t partial_capacity_ = 0, counter_capacity_ = 0, activation_capacity_ = 0, activation_scale_capacity_ = 0;
+};
+
+/// Queues Y[m, n] = X[m, k] · dequant(B)ᵀ (+ bias) on `stream`; x and y are row-major device
+/// arrays. fp32 activations are split into two fp16 halves (hi + lo, with a power-of-two scale
+/// per row and 256 inputs) so the tensor-core path keeps float32 accuracy; fp16 activations are used
+/// as they are (fp32 accumulation, fp16 output). m = 0 is a no-op. Deterministic: the same
+/// inputs and options give bitwise the same Y.
+Status MatMulNBits(const NBitsWeightsView& w, const float* x, float* y, int64_t m, NBitsWorkspace& workspace,
+                   cudaStream_t stream, const NBitsOptions& options = {});
+Status MatMulNBits(const NBitsWeightsView& w, const __half* x, __half* y, int64_t m, NBitsWorkspace& workspace,
+                   cudaStream_t stream, const NBitsOptions& options = {});
+
+}  // namespace qc::cuda

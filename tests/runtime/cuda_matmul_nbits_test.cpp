@@ -1,0 +1,527 @@
+// Tests of runtime/cuda (label gpu): the MatMulNBits kernels against the CPU reference kernel over
+// awkward shapes and every layout, the caching allocator, and the upload checks. Every test skips
+// when the machine has no CUDA device.
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "formats/graph.h"
+#include "formats/model_builder.h"
+#include "formats/tensor.h"
+#include "runtime/cpu/kernel.h"
+#include "runtime/cuda/allocator.h"
+#include "runtime/cuda/device.h"
+#include "runtime/cuda/matmul_nbits.h"
+#include "runtime/cuda/nbits_weights.h"
+
+namespace qc {
+namespace {
+
+using cuda::CachingAllocator;
+using cuda::DeviceBuffer;
+using cuda::NBitsKernel;
+using cuda::NBitsOptions;
+using cuda::NBitsWeights;
+using cuda::NBitsWorkspace;
+
+#define SKIP_WITHOUT_DEVICE() \
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
+
+#define ASSERT_OK(expr)                              \
+  do {                                               \
+    const ::qc::Status s_ = (expr);                  \
+    ASSERT_TRUE(s_.ok()) << #expr << ": " << s_.message(); \
+  } while (0)
+
+// ---- building MatMulNBits inputs ---------------------------------------------------------------
+
+// One MatMulNBits layer: the node and its inputs (A, B, scales, zero_points, g_idx, bias; an
+// undefined Tensor where absent), plus the dequantised weight for error bounds.
+struct Layer {
+  Node node;
+  std::vector<Tensor> inputs;
+  std::vector<float> w;  // [N, K] dequantised, by this file's own reading of docs/FORMAT.md
+  int64_t m = 0, k = 0, n = 0;
+};
+
+struct LayerSpec {
+  int64_t m = 1, k = 64, n = 8;
+  int bits = 4;          // code width; 3 is stored in 4-bit fields (docs/FORMAT.md, "Bit widths")
+  int block_size = 32;   // 0: per channel (one scale per column, repeated over blocks of 256)
+  bool zero_points = false;
+  bool float_zero_points = false;
+  bool g_idx = false;
+  bool bias = false;
+};
+
+void SetBits(uint8_t* p, int64_t i, int bits, int v) {
+  for (int b = 0; b < bits; ++b)
+    if (v >> b & 1) p[(i * bits + b) / 8] |= static_cast<uint8_t>(1 << ((i * bits + b) % 8));
+}
+
+std::string Describe(const LayerSpec& s) {
+  return "m=" + std::to_string(s.m) + " k=" + std::to_string(s.k) + " n=" + std::to_string(s.n) +
+         " bits=" + std::to_string(s.bits) + " block=" + (s.block_size ? std::to_string(s.block_size) : "per-channel") +
+         (s.zero_points ? (s.float_zero_points ? " zp=float" : " zp=packed") : "") + (s.g_idx ? " g_idx" : "") +
+         (s.bias ? " bias" : "");
+}
+
+Layer MakeLayer(const LayerSpec& s, std::mt19937& rng) {
+  const int storage = s.bits == 3 ? 4 : s.bits;
+  int block = s.block_size;
+  if (block == 0) {  // per channel: one block of the next power of two when K <= 256, else 256s
+    block = 16;
+    while (block < s.k && block < 256) block *= 2;
+  }
+  const int64_t kb = (s.k + block - 1) / block;
+  const int64_t blob = block * storage / 8, zp_bytes = (kb * storage + 7) / 8;
+  Layer L;
+  L.m = s.m;
+  L.k = s.k;
+  L.n = s.n;
+  L.node.name = "layer";
+  L.node.op_type = "MatMulNBits";
+  L.node.domain = "com.microsoft";
+  L.node.attributes["K"] = AttrInt(s.k);
+  L.node.attributes["N"] = AttrInt(s.n);
+  L.node.attributes["bits"] = AttrInt(storage);
+  L.node.attributes["block_size"] = AttrInt(block);
+
+  Tensor b(DType::kUInt8, {s.n, kb, blob});
+  Tensor scales(DType::kFloat32, {s.n * kb});
+  Tensor zp_packed(DType::kUInt8, {s.n * zp_bytes});
+  Tensor zp_float(DType::kFloat32, {s.n * kb});
+  std::vector<int32_t> g(s.k);
+  for (int64_t i = 0; i < s.k; ++i) g[i] = static_cast<int32_t>(i / block);
+  if (s.g_idx) std::shuffle(g.begin(), g.end(), rng);  // act-order: rows visit blocks out of order
+
+  std::uniform_int_distribution<int> code(0, (1 << s.bits) - 1), raw(0, 255);
+  std::uniform_real_distribution<float> mag(0.002f, 0.05f);
+  std::bernoulli_distribution neg(0.5);
+  uint8_t* bp = b.mutable_data<uint8_t>();
+  for (int64_t i = 0; i < b.numel(); ++i) bp[i] = static_cast<uint8_t>(raw(rng));  // padding rows stay garbage
+  float* sp = scales.mutable_data<float>();
+  float* zf = zp_float.mutable_data<float>();
+  uint8_t* zpp = zp_packed.mutable_data<uint8_t>();
+  const int default_zp = 1 << (storage - 1);
+  for (int64_t c = 0; c < s.n; ++c) {
+    float channel_scale = mag(rng) * (neg(rng) ? -1.0f : 1.0f);
+    int channel_zp = code(rng);
+    for (int64_t blk = 0; blk < kb; ++blk) {
+      const bool fresh = s.block_size != 0;  // per channel: blocks repeat the column's parameters
+      sp[c * kb + blk] = fresh ? mag(rng) * (neg(rng) ? -1.0f : 1.0f) : channel_scale;
+      const int z = fresh ? code(rng) : channel_zp;
+      zf[c * kb + blk] = static_cast<float>(z) + (s.float_zero_points ? 0.375f : 0.0f);
+      SetBits(zpp + c * zp_bytes, blk, storage, z);
+    }
+    for (int64_t kk = 0; kk < s.k; ++kk) {
+      int q = code(rng);
+      // Symmetric 3-bit codes move with the implied zero point into the 4-bit field.
+      const int stored = (s.bits == 3 && !s.zero_points) ? q - 4 + 8 : q;
+      uint8_t* block_bytes = bp + (c * kb + kk / block) * blob;
+      const int64_t pos = kk % block;
+      for (int bit = 0; bit < storage; ++bit) {
+        const int64_t at = pos * storage + bit;
+        block_bytes[at / 8] = static_cast<uint8_t>((block_bytes[at / 8] & ~(1 << (at % 8))) | ((stored >> bit & 1) << (at % 8)));
+      }
+      const int64_t p = c * kb + g[kk];
+      const float zp = s.zero_points ? zf[p] : static_cast<float>(default_zp);
+      L.w.push_back((static_cast<float>(stored) - zp) * sp[p]);
+    }
+  }
+  // Activations: uniform with one large outlier per row (hi/lo split must keep the small ones).
+  Tensor a(DType::kFloat32, {s.m, s.k});
+  std::uniform_real_distribution<float> ad(-1.0f, 1.0f);
+  float* ap = a.mutable_data<float>();
+  for (int64_t i = 0; i < a.numel(); ++i) ap[i] = ad(rng);
+  for (int64_t r = 0; r < s.m; ++r) ap[r * s.k + (r * 7919) % s.k] = 300.0f;
+  Tensor bias(DType::kFloat32, {s.n});
+  for (int64_t i = 0; i < s.n; ++i) bias.mutable_data<float>()[i] = ad(rng);
+
+  L.inputs = {a, b, scales};
+  L.inputs.push_back(s.zero_points ? (s.float_zero_points ? zp_float : zp_packed) : Tensor());
+  L.inputs.push_back(s.g_idx ? Tensor::FromVector<int32_t>(g, {s.k}) : Tensor());
+  L.inputs.push_back(s.bias ? bias : Tensor());
+  L.node.inputs.clear();
+  for (size_t i = 0; i < L.inputs.size(); ++i)
+    L.node.inputs.push_back(L.inputs[i].defined() ? "in" + std::to_string(i) : "");
+  L.node.outputs = {"y"};
+  return L;
+}
+
+std::vector<const Tensor*> InputPtrs(const Layer& L) {
+  std::vector<const Tensor*> p;
+  for (const Tensor& t : L.inputs) p.push_back(t.defined() ? &t : nullptr);
+  return p;
+}
+
+// The CPU reference kernel (runtime/cpu/matmul_nbits.cpp, double accumulation): the spec.
+std::vector<float> Reference(const Layer& L, const Tensor* a_override = nullptr) {
+  const OpKernels* k = FindOpKernels("com.microsoft", "MatMulNBits");
+  QC_CHECK(k != nullptr);
+  KernelContext ctx{L.node, InputPtrs(L), std::vector<Tensor>(1), 1, nullptr};
+  if (a_override) ctx.inputs[0] = a_override;
+  const Status s = k->reference(ctx);
+  EXPECT_TRUE(s.ok()) << s.message();
+  if (!s.ok()) return {};
+  const float* y = ctx.outputs[0].data<float>();
+  return std::vector<float>(y, y + ctx.outputs[0].numel());
+}
+
+// sum_k |x[r, k] * w[c, k]|: the scale of float rounding in output (r, c).
+std::vector<double> AbsProducts(const Layer& L, const float* x) {
+  std::vector<double> out(L.m * L.n);
+  for (int64_t r = 0; r < L.m; ++r)
+    for (int64_t c = 0; c < L.n; ++c) {
+      double s = 0;
+      for (int64_t kk = 0; kk < L.k; ++kk) s += std::fabs(double(x[r * L.k + kk]) * L.w[c * L.k + kk]);
+      out[r * L.n + c] = s;
+    }
+  return out;
+}
+
+template <typename T>
+struct DeviceArray {
+  DeviceBuffer buf;
+  int64_t count = 0;
+  static DeviceArray FromHost(const std::vector<T>& v) {
+    DeviceArray d;
+    d.count = static_cast<int64_t>(v.size());
+    auto r = CachingAllocator::Default().Allocate(std::max<size_t>(1, v.size() * sizeof(T)));
+    QC_CHECK(r.ok());
+    d.buf = std::move(r).value();
+    QC_CHECK(cudaMemcpy(d.buf.data(), v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice) == cudaSuccess);
+    return d;
+  }
+  static DeviceArray Poisoned(int64_t count) {  // NaN everywhere: an unwritten output shows
+    DeviceArray d;
+    d.count = count;
+    auto r = CachingAllocator::Default().Allocate(std::max<size_t>(1, count * sizeof(T)));
+    QC_CHECK(r.ok());
+    d.buf = std::move(r).value();
+    QC_CHECK(cudaMemset(d.buf.data(), 0xff, count * sizeof(T)) == cudaSuccess);
+    return d;
+  }
+  std::vector<T> ToHost() const {
+    std::vector<T> v(count);
+    QC_CHECK(cudaMemcpy(v.data(), buf.data(), count * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return v;
+  }
+  T* get() const { return buf.as<T>(); }
+};
+
+// Runs the fp32 path with `options` and returns Y (the stream synchronised, errors checked).
+std::vector<float> RunF32(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options) {
+  const float* ap = L.inputs[0].data<float>();
+  auto x = DeviceArray<float>::FromHost(std::vector<float>(ap, ap + L.m * L.k));
+  auto y = DeviceArray<float>::Poisoned(L.m * L.n);
+  const Status s = cuda::MatMulNBits(w.view(), x.get(), y.get(), L.m, ws, nullptr, options);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return y.ToHost();
+}
+
+// |gpu - ref| <= rel_products * sum|x w| + rel_value * |ref| everywhere (NaN fails).
+void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& products,
+                 double rel_products, double rel_value, const std::string& what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i) {
+    const double tol = rel_products * products[i] + rel_value * std::fabs(want[i]) + 1e-30;
+    const double err = std::fabs(double(got[i]) - want[i]);
+    if (!(err <= tol)) {
+      ++bad;
+      ADD_FAILURE() << what << ": element " << i << " got " << got[i] << " want " << want[i] << " (error " << err
+                    << ", tolerance " << tol << ")";
+    }
+  }
+}
+
+// fp32 activations: hi + lo fp16 halves keep ~22 bits, so 4e-6 of sum|x w| covers the fp32
+// accumulation (tensor-core adds included); fp16-only activations would miss it by 50x.
+constexpr double kF32Tol = 4e-6;
+
+// ---- kernels against the reference --------------------------------------------------------------
+
+class CudaMatMulNBits : public ::testing::TestWithParam<std::tuple<int, int>> {};
+
+// Every (bits, block) over m = 1, 3, 17, 118, K not a multiple of any tile (300, 1000), odd N,
+// zero points on/off, g_idx on/off: the automatic kernel, and the generic kernel where auto picks
+// the tensor-core one (so both are checked on every layout they accept).
+TEST_P(CudaMatMulNBits, MatchesCpuReference) {
+  SKIP_WITHOUT_DEVICE();
+  const auto [bits, block] = GetParam();
+  std::mt19937 rng(1000 * bits + block);
+  NBitsWorkspace ws;
+  int mma_runs = 0;
+  for (int64_t m : {1, 3, 17, 118})
+    for (auto [k, n] : {std::pair<int64_t, int64_t>{300, 33}, {1000, 77}})
+      for (bool zp : {false, true})
+        for (bool gidx : {false, true}) {
+          LayerSpec spec;
+          spec.m = m;
+          spec.k = k;
+          spec.n = n;
+          spec.bits = bits;
+          spec.block_size = block;
+          spec.zero_points = zp;
+          spec.float_zero_points = zp && gidx && (m % 2 == 1);  // ORT's g_idx form, and packed too
+          spec.g_idx = gidx;
+          spec.bias = (m + k) % 2 == 1;
+          SCOPED_TRACE(Describe(spec));
+          const Layer L = MakeLayer(spec, rng);
+          auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+          ASSERT_TRUE(up.ok()) << up.status().message();
+          const NBitsWeights& w = up.value();
+          const std::vector<float> want = Reference(L);
+          const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
+          const NBitsKernel chosen = cuda::SelectNBitsKernel(w.view());
+          ExpectClose(RunF32(w, L, ws, {}), want, prod, kF32Tol, 0, std::string("auto/") + cuda::NBitsKernelName(chosen));
+          if (chosen == NBitsKernel::kMma) {
+            ++mma_runs;
+            ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGeneric, 0}), want, prod, kF32Tol, 0, "generic");
+            ExpectClose(RunF32(w, L, ws, {NBitsKernel::kMma, 1}), want, prod, kF32Tol, 0, "mma, no split-K");
+          }
+        }
+  // The tensor-core kernel takes every layout without g_idx whose column blocks hold >= 16 bytes.
+  const int storage = bits == 3 ? 4 : bits;
+  const int eff_block = block == 0 ? 256 : block;
+  if (eff_block * storage / 8 >= 16) EXPECT_EQ(mma_runs, 4 * 2 * 2);
+  else EXPECT_EQ(mma_runs, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(BitsAndBlocks, CudaMatMulNBits,
+                         ::testing::Combine(::testing::Values(2, 3, 4, 8), ::testing::Values(16, 32, 64, 128, 256, 0)),
+                         [](const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
+                           const int block = std::get<1>(info.param);
+                           return "W" + std::to_string(std::get<0>(info.param)) + "_" +
+                                  (block ? "G" + std::to_string(block) : std::string("PerChannel"));
+                         });
+
+// A layer of real size: several staged chunks per K slice and a split-K reduction across many
+// blocks, GEMV and GEMM tiles.
+TEST(CudaMatMulNBitsLarge, RealSizeLayers) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(7);
+  NBitsWorkspace ws;
+  for (int bits : {4, 8})
+    for (int64_t m : {1, 5, 16, 40}) {  // GEMV tiles of 4 and 16 rows, GEMM tiles of 32
+      LayerSpec spec{m, 11008, 300, bits, 128, bits == 4, false, false, true};
+      SCOPED_TRACE(Describe(spec));
+      const Layer L = MakeLayer(spec, rng);
+      auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+      ASSERT_TRUE(up.ok()) << up.status().message();
+      ASSERT_EQ(cuda::SelectNBitsKernel(up->view()), NBitsKernel::kMma);
+      const std::vector<float> want = Reference(L);
+      const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
+      ExpectClose(RunF32(*up, L, ws, {}), want, prod, kF32Tol, 0, "auto");
+      ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kMma, 3}), want, prod, kF32Tol, 0, "split 3");
+    }
+}
+
+// Activations whose low bits matter: 1 + 2^-13 is not an fp16 value (its ulp at 1 is 2^-10), so
+// a kernel that rounded activations to fp16 would be off by ~1e-4 relative; the hi/lo split is not.
+TEST(CudaMatMulNBitsPrecision, Fp32ActivationsKeepTheirLowBits) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(3);
+  LayerSpec spec{4, 512, 16, 4, 128, false, false, false, false};
+  Layer L = MakeLayer(spec, rng);
+  float* ap = L.inputs[0].mutable_data<float>();
+  for (int64_t i = 0; i < L.m * L.k; ++i) ap[i] = 1.0f + std::ldexp(1.0f, -13) * static_cast<float>(1 + i % 3);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  const std::vector<float> want = Reference(L);
+  ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kMma, 0}), want, AbsProducts(L, ap), 1e-6, 0, "mma");
+}
+
+// Rows of very different magnitude (1e-20 .. 1e20) each get their own power-of-two scale.
+TEST(CudaMatMulNBitsPrecision, RowsOfExtremeMagnitude) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(4);
+  LayerSpec spec{4, 700, 40, 8, 64, true, false, false, false};
+  Layer L = MakeLayer(spec, rng);
+  float* ap = L.inputs[0].mutable_data<float>();
+  const float row_scale[4] = {1e-20f, 1.0f, 7e4f, 1e20f};
+  for (int64_t r = 0; r < 4; ++r)
+    for (int64_t i = 0; i < L.k; ++i) ap[r * L.k + i] *= row_scale[r];
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  const std::vector<float> want = Reference(L);
+  ExpectClose(RunF32(*up, L, ws, {}), want, AbsProducts(L, ap), kF32Tol, 0, "auto");
+}
+
+// fp16 activations in, fp16 out (fp32 accumulation): within output rounding of the reference run
+// on the same (fp16-representable) activations.
+TEST(CudaMatMulNBitsHalf, MatchesCpuReference) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(11);
+  NBitsWorkspace ws;
+  for (int bits : {2, 4, 8})
+    for (int block : {32, 64, 128})
+      for (int64_t m : {1, 3, 12, 17, 118}) {  // GEMV tiles of 8 and 16 rows, GEMM tiles of 32
+        LayerSpec spec{m, 1000, 77, bits, block, m % 2 == 1, false, false, m > 3};
+        SCOPED_TRACE(Describe(spec));
+        Layer L = MakeLayer(spec, rng);
+        float* ap = L.inputs[0].mutable_data<float>();
+        std::vector<__half> xh(L.m * L.k);
+        for (int64_t i = 0; i < L.m * L.k; ++i) {
+          xh[i] = __float2half(ap[i]);
+          ap[i] = __half2float(xh[i]);
+        }
+        auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+        ASSERT_TRUE(up.ok());
+        const std::vector<float> want = Reference(L);
+        const std::vector<double> prod = AbsProducts(L, ap);
+        for (NBitsKernel kernel : {NBitsKernel::kAuto, NBitsKernel::kGeneric}) {
+          auto x = DeviceArray<__half>::FromHost(xh);
+          auto y = DeviceArray<__half>::Poisoned(L.m * L.n);
+          ASSERT_OK(cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, {kernel, 0}));
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          std::vector<float> got;
+          for (__half h : y.ToHost()) got.push_back(__half2float(h));
+          ExpectClose(got, want, prod, kF32Tol, 1e-3, cuda::NBitsKernelName(kernel));
+        }
+      }
+}
+
+// The same launch twice gives bitwise the same output (the split-K reduction has a fixed order).
+TEST(CudaMatMulNBits, Deterministic) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(5);
+  LayerSpec spec{3, 4096, 100, 4, 128, true, false, false, false};
+  const Layer L = MakeLayer(spec, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  const std::vector<float> a = RunF32(*up, L, ws, {NBitsKernel::kMma, 16});
+  const std::vector<float> b = RunF32(*up, L, ws, {NBitsKernel::kMma, 16});
+  ASSERT_EQ(a.size(), b.size());
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+TEST(CudaMatMulNBits, ZeroRowsIsANoOp) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(6);
+  const Layer L = MakeLayer(LayerSpec{}, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  ASSERT_OK(cuda::MatMulNBits(up->view(), static_cast<const float*>(nullptr), static_cast<float*>(nullptr), 0, ws,
+                              nullptr));
+}
+
+// ---- named negative cases ---------------------------------------------------------------------
+
+TEST(CudaMatMulNBits, Negative_ForcedMmaOnGIdx) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(8);
+  LayerSpec spec{1, 256, 8, 4, 128, false, false, true, false};
+  const Layer L = MakeLayer(spec, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  auto x = DeviceArray<float>::Poisoned(L.k);
+  auto y = DeviceArray<float>::Poisoned(L.n);
+  const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), 1, ws, nullptr, {NBitsKernel::kMma, 0});
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("g_idx"), std::string::npos) << s.message();
+}
+
+TEST(CudaMatMulNBits, Negative_UploadWrongBShape) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(9);
+  Layer L = MakeLayer(LayerSpec{1, 64, 4, 4, 32, false, false, false, false}, rng);
+  L.inputs[1] = Tensor(DType::kUInt8, {4, 2, 8});  // blob 16 expected
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_FALSE(up.ok());
+  EXPECT_EQ(up.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(up.status().message().find("B must have shape"), std::string::npos) << up.status().message();
+}
+
+TEST(CudaMatMulNBits, Negative_UploadGIdxOutOfRange) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(10);
+  Layer L = MakeLayer(LayerSpec{1, 64, 4, 4, 32, false, false, true, false}, rng);
+  L.inputs[4].mutable_data<int32_t>()[5] = 2;  // k_blocks = 2
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_FALSE(up.ok());
+  EXPECT_NE(up.status().message().find("g_idx[5]"), std::string::npos) << up.status().message();
+}
+
+TEST(CudaMatMulNBits, Negative_BadBlockSize) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(12);
+  Layer L = MakeLayer(LayerSpec{}, rng);
+  L.node.attributes["block_size"] = AttrInt(24);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_FALSE(up.ok());
+  EXPECT_NE(up.status().message().find("block_size"), std::string::npos) << up.status().message();
+}
+
+// ---- allocator ----------------------------------------------------------------------------------
+
+TEST(CudaAllocator, ReusesFreedBlocks) {
+  SKIP_WITHOUT_DEVICE();
+  CachingAllocator alloc;
+  void* first = nullptr;
+  {
+    auto a = alloc.Allocate(1000);
+    ASSERT_TRUE(a.ok()) << a.status().message();
+    first = a->data();
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % 256, 0u);
+    EXPECT_EQ(alloc.stats().bytes_in_use, CachingAllocator::RoundSize(1000));
+  }
+  EXPECT_EQ(alloc.stats().bytes_in_use, 0u);
+  EXPECT_EQ(alloc.stats().bytes_cached, CachingAllocator::RoundSize(1000));
+  auto b = alloc.Allocate(900);  // same 512-byte size class
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->data(), first);
+  EXPECT_EQ(alloc.stats().cache_hits, 1);
+  EXPECT_EQ(alloc.stats().device_allocations, 1);
+  auto big = alloc.Allocate(size_t{64} << 20);  // a different class: a new device block
+  ASSERT_TRUE(big.ok());
+  EXPECT_EQ(alloc.stats().device_allocations, 2);
+  big->Reset();
+  auto small = alloc.Allocate(size_t{1} << 20);  // must not take the 64 MiB block
+  ASSERT_TRUE(small.ok());
+  EXPECT_EQ(alloc.stats().device_allocations, 3);
+  ASSERT_OK(alloc.EmptyCache());
+  EXPECT_EQ(alloc.stats().bytes_cached, 0u);
+}
+
+TEST(CudaAllocator, Negative_OutOfMemoryIsAStatus) {
+  SKIP_WITHOUT_DEVICE();
+  CachingAllocator alloc;
+  auto r = alloc.Allocate(size_t{1} << 50);  // 1 PiB
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), StatusCode::kOutOfRange);
+  EXPECT_NE(r.status().message().find("cudaMalloc"), std::string::npos) << r.status().message();
+  auto ok = alloc.Allocate(4096);  // the failure left no sticky error behind
+  EXPECT_TRUE(ok.ok()) << ok.status().message();
+}
+
+// Runs everywhere: on a machine without a device, DeviceCount is 0 and nothing fails.
+TEST(CudaDevice, CountIsZeroOrInfoReadable) {
+  const int n = cuda::DeviceCount();
+  EXPECT_GE(n, 0);
+  if (n == 0) GTEST_SKIP() << "no CUDA device";
+  auto info = cuda::CurrentDeviceInfo();
+  ASSERT_TRUE(info.ok()) << info.status().message();
+  EXPECT_GT(info->sm_count, 0);
+  std::printf("device: %s, sm_%d%d, %d SMs, %.1f GiB\n", info->name.c_str(), info->major, info->minor,
+              info->sm_count, info->global_memory_bytes / 1073741824.0);
+}
+
+}  // namespace
+}  // namespace qc

@@ -52,7 +52,7 @@ if [ ! -f "$model" ] || [ ! -f "$model.data" ]; then
 fi
 [ -f "$tok" ] || "$q" generate --arch llama --vocab 256 --hidden 8 --layers 1 --heads 2 -o "$dir/tok-only.onnx" --tokenizer-out "$tok" >/dev/null
 [ -f "$calib" ] || cat "$root/README.md" "$root"/docs/*.md >"$calib"  # byte-level ids: any text will do
-params=$(sed -n 's/.* \([0-9]*\) parameters$/\1/p' "$dir/generate.log" 2>/dev/null | tail -1)
+params=$("$q" inspect "$model" | sed -n 's/.*parameters: \([0-9]*\).*/\1/p')
 
 # 8 token ids as an int64 [1, 8] .npy for ONNX Runtime.
 ids="$dir/ids8.npy"
@@ -106,7 +106,7 @@ for c in "${cases[@]}"; do
   fi
 done
 
-echo "model: $model (${params:-$layers-layer} parameters, $(( $(stat -c %s "$model.data") / 1000000 )) MB of float32 external data)"
+echo "model: $model ($params parameters, $(( $(stat -c %s "$model.data") / 1000000 )) MB of float32 external data)"
 echo
 echo "| run | within budget | peak RSS (MiB) | wall (s) | CPU (s) | artifact | ONNX Runtime (peak RSS, MiB) |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"

@@ -1,6 +1,8 @@
 // Calibration runs and activation statistics (see calibrator.h).
 #include "calibrate/calibrator.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -230,7 +232,15 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
       QC_RETURN_IF_ERROR(accumulator.Add(*x, &scratch));
     }
+    std::vector<float>().swap(scratch);  // K x K floats the visitor's solver can use instead
     QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish()));
+#ifdef __GLIBC__
+    // The group's statistics and the visitor's work buffers are freed now. glibc keeps freed heap
+    // pages that long-lived small allocations made since (a layer's scales, graph nodes) pin below
+    // the top of the heap: on a 1.1 B Llama that grew the process by ~25 MB per layer. Hand the
+    // free pages back (a few ms per group).
+    malloc_trim(0);
+#endif
     if (weights.size() != group.layers.size())
       return Internal("sequential visitor returned " + std::to_string(weights.size()) + " weights for " +
                       std::to_string(group.layers.size()) + " layers");

@@ -33,7 +33,7 @@ void InstallInterruptCleanup() {
   struct sigaction action;
   std::memset(&action, 0, sizeof(action));
   action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
+  sigfillset(&action.sa_mask);  // a second signal must not cut the cleanup short
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &action, nullptr);
 }
 

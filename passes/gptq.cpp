@@ -50,25 +50,8 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
-    LayerReport r;
-    r.name = layer.node_name;
-    r.weight = layer.weight;
-    r.k = layer.k;
-    r.n = layer.n;
-    r.pass = Name();
-    r.scheme = scheme;
-    r.bits = spec.quant.bits;
-    r.group_size = spec.quant.group_size;
-    if (auto reason = MatMulNBitsUnsupportedReason(model.graph, layer)) {
-      r.scheme = "float";
-      r.bits = 0;
-      r.notes.push_back("left in float: " + *reason);
-    } else {
-      if (layer.op_type == "Gemm") {
-        const Node& gemm = model.graph.nodes[layer.node_index];
-        if (gemm.GetFloat("alpha", 1.0f) != 1.0f) r.notes.push_back("Gemm alpha folded into the scales");
-        if (gemm.GetFloat("beta", 1.0f) != 1.0f) r.notes.push_back("Gemm beta folded into the bias");
-      }
+    LayerReport r = WeightOnlyLayerReport(model.graph, layer, Name(), scheme, spec.quant);
+    if (r.bits > 0) {
       slot_of_node[layer.node_index] = reports.size();
       todo.push_back(layer);
     }

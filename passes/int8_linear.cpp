@@ -466,27 +466,7 @@ void W8A8Rewriter::Finish() {
   }
   g.nodes = std::move(nodes);
 
-  auto read_values = [&] {
-    std::set<std::string> read;
-    CollectReadValues(g, &read);
-    for (const auto& o : g.outputs) read.insert(o.name);
-    return read;
-  };
-  std::set<std::string> read = read_values();
-  std::set<std::string> removed_values;
-  auto dead = [&](const Node& n) {
-    return n.op_type == "Transpose" && n.domain.empty() && n.outputs.size() == 1 &&
-           dropped_transposes_.count(n.outputs[0]) && !read.count(n.outputs[0]);
-  };
-  for (const Node& n : g.nodes)
-    if (dead(n)) removed_values.insert(n.outputs[0]);
-  g.nodes.erase(std::remove_if(g.nodes.begin(), g.nodes.end(), dead), g.nodes.end());
-  read = read_values();
-  for (const std::string& w : dropped_weights_)
-    if (!read.count(w) && g.RemoveInitializer(w)) removed_values.insert(w);
-  g.value_infos.erase(std::remove_if(g.value_infos.begin(), g.value_infos.end(),
-                                     [&](const ValueInfo& v) { return removed_values.count(v.name) > 0; }),
-                      g.value_infos.end());
+  RemoveDroppedWeights(g, dropped_transposes_, dropped_weights_);
 }
 
 }  // namespace qc

@@ -447,14 +447,30 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   return Status::Ok();
 }
 
-void MatMulNBitsRewriter::Finish() {
-  QC_CHECK(!finished_);
-  finished_ = true;
-  Graph& g = model_.graph;
-  // Back to front, so the indices recorded by Replace stay valid while inserting.
-  for (auto it = insert_after_.rbegin(); it != insert_after_.rend(); ++it)
-    g.nodes.insert(g.nodes.begin() + it->first + 1, it->second.begin(), it->second.end());
+LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, const std::string& pass,
+                                  const std::string& scheme, const WeightQuantSpec& spec) {
+  LayerReport r;
+  r.name = layer.node_name;
+  r.weight = layer.weight;
+  r.k = layer.k;
+  r.n = layer.n;
+  r.pass = pass;
+  r.scheme = scheme;
+  r.bits = spec.bits;
+  r.group_size = spec.group_size;
+  if (auto reason = MatMulNBitsUnsupportedReason(g, layer)) {
+    r.scheme = "float";
+    r.bits = 0;
+    r.notes.push_back("left in float: " + *reason);
+  } else if (layer.op_type == "Gemm") {
+    const Node& gemm = g.nodes[layer.node_index];
+    if (gemm.GetFloat("alpha", 1.0f) != 1.0f) r.notes.push_back("Gemm alpha folded into the scales");
+    if (gemm.GetFloat("beta", 1.0f) != 1.0f) r.notes.push_back("Gemm beta folded into the bias");
+  }
+  return r;
+}
 
+void RemoveDroppedWeights(Graph& g, const std::set<std::string>& transposes, const std::set<std::string>& weights) {
   auto read_values = [&] {
     std::set<std::string> read;
     CollectReadValues(g, &read);
@@ -464,18 +480,29 @@ void MatMulNBitsRewriter::Finish() {
   std::set<std::string> read = read_values();
   std::set<std::string> removed_values;
   auto dead = [&](const Node& n) {
-    return n.op_type == "Transpose" && n.domain.empty() && n.outputs.size() == 1 &&
-           dropped_transposes_.count(n.outputs[0]) && !read.count(n.outputs[0]);
+    return n.op_type == "Transpose" && n.domain.empty() && n.outputs.size() == 1 && transposes.count(n.outputs[0]) &&
+           !read.count(n.outputs[0]);
   };
   for (const Node& n : g.nodes)
     if (dead(n)) removed_values.insert(n.outputs[0]);
   g.nodes.erase(std::remove_if(g.nodes.begin(), g.nodes.end(), dead), g.nodes.end());
-  read = read_values();
-  for (const std::string& w : dropped_weights_)
+  read = read_values();  // a weight may have been read only by a Transpose removed above
+  for (const std::string& w : weights)
     if (!read.count(w) && g.RemoveInitializer(w)) removed_values.insert(w);
   g.value_infos.erase(std::remove_if(g.value_infos.begin(), g.value_infos.end(),
                                      [&](const ValueInfo& v) { return removed_values.count(v.name) > 0; }),
                       g.value_infos.end());
+}
+
+void MatMulNBitsRewriter::Finish() {
+  QC_CHECK(!finished_);
+  finished_ = true;
+  Graph& g = model_.graph;
+  // Back to front, so the indices recorded by Replace stay valid while inserting.
+  for (auto it = insert_after_.rbegin(); it != insert_after_.rend(); ++it)
+    g.nodes.insert(g.nodes.begin() + it->first + 1, it->second.begin(), it->second.end());
+
+  RemoveDroppedWeights(g, dropped_transposes_, dropped_weights_);
 }
 
 StatusOr<LayerFilter> LayerFilter::Create(const std::string& pattern) {
@@ -509,25 +536,8 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
   std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
-    LayerReport r;
-    r.name = layer.node_name;
-    r.weight = layer.weight;
-    r.k = layer.k;
-    r.n = layer.n;
-    r.pass = pass_name;
-    r.scheme = scheme;
-    r.bits = spec.bits;
-    r.group_size = spec.group_size;
-    if (auto reason = MatMulNBitsUnsupportedReason(model.graph, layer)) {
-      r.scheme = "float";
-      r.bits = 0;
-      r.notes.push_back("left in float: " + *reason);
-    } else {
-      if (layer.op_type == "Gemm") {
-        const Node& gemm = model.graph.nodes[layer.node_index];
-        if (gemm.GetFloat("alpha", 1.0f) != 1.0f) r.notes.push_back("Gemm alpha folded into the scales");
-        if (gemm.GetFloat("beta", 1.0f) != 1.0f) r.notes.push_back("Gemm beta folded into the bias");
-      }
+    LayerReport r = WeightOnlyLayerReport(model.graph, layer, pass_name, scheme, spec);
+    if (r.bits > 0) {
       slot_of_node[layer.node_index] = out.size();
       todo.push_back(layer);
     }

@@ -185,6 +185,16 @@ class MatMulNBitsRewriter {
   bool finished_ = false;
 };
 
+/// The report entry of a layer a weight-only pass is about to quantize: bits 0 and scheme "float"
+/// with the reason when MatMulNBits cannot encode it, else notes on folded Gemm alpha/beta.
+LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, const std::string& pass,
+                                  const std::string& scheme, const WeightQuantSpec& spec);
+
+/// After a rewrite replaced linear layers: removes the Transposes (by output value) in
+/// `transposes` and the initializers in `weights` that nothing reads any more, with their
+/// value_infos. Shared by the MatMulNBits and W8A8 rewriters.
+void RemoveDroppedWeights(Graph& g, const std::set<std::string>& transposes, const std::set<std::string>& weights);
+
 /// Layers left in float by --exclude: a std::regex searched in the node name and the weight name.
 class LayerFilter {
  public:

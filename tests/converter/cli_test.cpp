@@ -3,10 +3,17 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
 #include <string>
+#include <vector>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -248,17 +255,34 @@ TEST_F(CliTest, InterruptedConversionLeavesNoOutput) {
   for (int64_t& id : ids) id = rng() % 512;
   ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>(ids, {static_cast<int64_t>(ids.size())}), Path("ids.npy")).ok());
   const std::string before = Slurp(Path("in.onnx"));
-  for (const char* sig : {"TERM", "INT"}) {
-    SCOPED_TRACE(sig);
-    // Start the conversion, wait until it reports that the written artifact is being measured,
-    // then signal it.
-    const std::string script =
-        "cd " + dir_.string() + " && (" + kQconvert + " in.onnx --pass absmax -o q.onnx --report q.json --eval ids.npy" +
-        " --seqlen 256 --eval-windows 24 > out.txt 2> err.txt & pid=$!; " +
-        "for i in $(seq 1 600); do grep -q 'quantized perplexity' err.txt 2>/dev/null && break; sleep 0.05; done; " +
-        "kill -" + sig + " $pid; wait $pid; echo $? > rc.txt)";
-    ASSERT_EQ(std::system(script.c_str()), 0);
-    EXPECT_EQ(std::stoi(Slurp(Path("rc.txt"))), 1) << Slurp(Path("err.txt"));
+  for (int sig : {SIGTERM, SIGINT}) {
+    SCOPED_TRACE(strsignal(sig));
+    // Start the conversion directly (no shell: a shell's background job would start with SIGINT
+    // ignored), wait until it reports that the written artifact is being measured, then signal it.
+    const std::vector<std::string> args = {kQconvert, "in.onnx", "--pass", "absmax", "-o", "q.onnx", "--report",
+                                           "q.json", "--eval", "ids.npy", "--seqlen", "256", "--eval-windows", "24"};
+    // The previous round's err.txt already holds the phrase: remove it before the child starts.
+    fs::remove(Path("err.txt"));
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int out = ::open(Path("out.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = ::open(Path("err.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0 || ::chdir(dir_.c_str()) != 0) ::_exit(126);
+      std::vector<char*> argv;
+      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      ::_exit(127);
+    }
+    for (int i = 0; i < 1200 && Slurp(Path("err.txt")).find("quantized perplexity") == std::string::npos; ++i)
+      ::usleep(50000);
+    ASSERT_EQ(::kill(pid, sig), 0);
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n"
+                                   << Slurp(Path("err.txt"));
+    EXPECT_EQ(WEXITSTATUS(status), 1) << Slurp(Path("err.txt"));
     EXPECT_NE(Slurp(Path("err.txt")).find("interrupted"), std::string::npos) << Slurp(Path("err.txt"));
     for (const auto& entry : fs::directory_iterator(dir_)) {
       const std::string name = entry.path().filename().string();

@@ -34,8 +34,11 @@ Status RunConvert(const ConvertOptions& options) {
   }
   std::printf("wrote %s\n", report.output_path.c_str());
   for (const auto& [scheme, count] : schemes)
-    std::printf("  %lld linear layers quantized with %s\n", static_cast<long long>(count), scheme.c_str());
-  if (skipped > 0) std::printf("  %lld linear layers left in float (see the report's notes)\n", static_cast<long long>(skipped));
+    std::printf("  %lld linear layer%s quantized with %s\n", static_cast<long long>(count), count == 1 ? "" : "s",
+                scheme.c_str());
+  if (skipped > 0)
+    std::printf("  %lld linear layer%s left in float (see the report's notes)\n", static_cast<long long>(skipped),
+                skipped == 1 ? "" : "s");
   std::printf("  size %.2f MB -> %.2f MB (%.1f%%) in %.2f s\n", report.input_bytes / 1e6, report.output_bytes / 1e6,
               report.input_bytes > 0 ? 100.0 * report.output_bytes / report.input_bytes : 0.0, report.seconds);
   if (report.ppl_before >= 0 && report.ppl_after >= 0)

@@ -146,6 +146,7 @@ std::string OptionsJson(const ConvertOptions& o) {
   j["alpha"] = o.quant.alpha;
   j["threshold"] = o.quant.threshold;
   j["exclude"] = o.quant.exclude_regex;
+  j["head_bits"] = o.quant.head_bits;
   j["calib"] = o.calib;
   j["tokenizer"] = o.tokenizer;
   j["nsamples"] = o.nsamples;

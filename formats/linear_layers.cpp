@@ -2,9 +2,51 @@
 #include "formats/linear_layers.h"
 
 #include <map>
+#include <set>
 #include <unordered_map>
 
 namespace qc {
+namespace {
+
+// Index of the node computing the logits, walking back from the logits output through ops that
+// keep each logit a function of one head output (see FindLinearLayers); -1 if there is none.
+int LogitsProducer(const Graph& graph, const std::unordered_map<std::string, int>& producer) {
+  if (graph.outputs.empty()) return -1;
+  std::string value = graph.outputs.front().name;
+  for (const auto& o : graph.outputs)
+    if (o.name == "logits") value = o.name;
+  static const std::set<std::string> kShapeOps = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast"};
+  static const std::set<std::string> kElementwise = {"Div", "Mul", "Add", "Sub", "Tanh"};
+  auto is_constant = [&](const std::string& v) {
+    if (v.empty() || graph.FindInitializer(v) != nullptr) return true;
+    auto it = producer.find(v);
+    return it != producer.end() && graph.nodes[it->second].op_type == "Constant";
+  };
+  for (size_t hops = 0; hops <= graph.nodes.size(); ++hops) {
+    auto it = producer.find(value);
+    if (it == producer.end()) return -1;
+    const Node& n = graph.nodes[it->second];
+    if (!n.domain.empty() || n.inputs.empty()) return -1;
+    if (n.op_type == "MatMul" || n.op_type == "Gemm") return it->second;
+    if (kShapeOps.count(n.op_type)) {
+      value = n.inputs[0];
+      continue;
+    }
+    if (!kElementwise.count(n.op_type)) return -1;
+    // Exactly one non-constant operand carries the logits on.
+    std::string next;
+    for (const std::string& in : n.inputs) {
+      if (is_constant(in)) continue;
+      if (!next.empty()) return -1;
+      next = in;
+    }
+    if (next.empty()) return -1;
+    value = next;
+  }
+  return -1;
+}
+
+}  // namespace
 
 std::vector<LinearLayer> FindLinearLayers(const Graph& graph) {
   std::unordered_map<std::string, int> producer;
@@ -57,6 +99,8 @@ std::vector<LinearLayer> FindLinearLayers(const Graph& graph) {
     l.n = stored_t ? w->dim(0) : w->dim(1);
     layers.push_back(l);
   }
+  const int head = LogitsProducer(graph, producer);
+  for (auto& l : layers) l.output_head = l.node_index == head;
   // Shared and tied weights.
   std::map<std::string, int> uses;
   for (const auto& l : layers) uses[l.weight]++;

@@ -24,9 +24,13 @@ struct LinearLayer {
   int64_t n = 0;                // out features
   bool tied = false;            // the weight is also read by a Gather (tied embedding)
   int consumers = 1;            // number of linear layers sharing this weight
+  bool output_head = false;     // computes the logits (see FindLinearLayers)
 };
 
-/// Every linear layer of the main graph, in node order.
+/// Every linear layer of the main graph, in node order. The output head is the layer whose output
+/// becomes the logits (the graph output named "logits", else the first output) through at most
+/// shape ops (Reshape, Squeeze, Unsqueeze, Flatten, Identity, Cast) and constant-operand
+/// elementwise ops (a softcap's Div/Tanh/Mul, a bias Add).
 std::vector<LinearLayer> FindLinearLayers(const Graph& graph);
 
 }  // namespace qc

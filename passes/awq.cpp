@@ -248,8 +248,7 @@ Status AwqPass::Run(Model& model, PassContext& context) {
   WeightQuantSpec spec = SpecFromOptions(context.options, context.options.sym);
   spec.scale_search = false;  // AWQ's clip search takes the place of the per-group range search
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec));
-  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(context.options.exclude_regex));
-  const std::string scheme = SchemeName(spec);
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(context.options.exclude_regex, context.options.head_bits));
 
   const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
   const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
@@ -303,7 +302,7 @@ Status AwqPass::Run(Model& model, PassContext& context) {
         std::vector<float> ws(w[t]);
         for (int64_t r = 0; r < k; ++r)
           for (int64_t j = 0; j < n; ++j) ws[r * n + j] *= s[r];
-        QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(ws, k, n, spec));
+        QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(ws, k, n, filter.SpecFor(*targets[t], spec)));
         const std::vector<float> q = qw.Dequantize();
         std::vector<float> delta(k * n);
         for (int64_t r = 0; r < k; ++r)
@@ -362,6 +361,8 @@ Status AwqPass::Run(Model& model, PassContext& context) {
     if (it == group_of_output.end()) return Internal("awq: layer '" + l.node_name + "' appeared while scaling");
     const GroupState& state = states[it->second];
     const auto start = std::chrono::steady_clock::now();
+    const WeightQuantSpec layer_spec = filter.SpecFor(l, spec);
+    const std::string scheme = SchemeName(layer_spec);
     LayerReport r;
     r.name = l.node_name;
     r.weight = l.weight;
@@ -369,8 +370,8 @@ Status AwqPass::Run(Model& model, PassContext& context) {
     r.n = l.n;
     r.pass = Name();
     r.scheme = scheme;
-    r.bits = spec.bits;
-    r.group_size = spec.group_size;
+    r.bits = layer_spec.bits;
+    r.group_size = layer_spec.group_size;
     if (auto reason = MatMulNBitsUnsupportedReason(model.graph, l)) {
       r.scheme = "float";
       r.bits = 0;
@@ -383,10 +384,10 @@ Status AwqPass::Run(Model& model, PassContext& context) {
     std::string clip_note = "no clipping (query/key projection, as in the reference)";
     if (!query_key.count(l.node_index)) {
       double mean_shrink = 1;
-      max_val = SearchClip(w_s, l.k, l.n, spec, state.h_s, &mean_shrink);
+      max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s, &mean_shrink);
       clip_note = "clip search: mean max|w| kept " + Format("%.3f", mean_shrink);
     }
-    const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, spec, max_val);
+    const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, layer_spec, max_val);
     const std::vector<float> w_hat = qw.Dequantize();
     r.weight_rel_error = RelativeError(w_s, w_hat);
     // ||X W - X W~|| with X W = (X / s)(diag(s) W): the scaled weight against H_s.
@@ -400,10 +401,7 @@ Status AwqPass::Run(Model& model, PassContext& context) {
     r.notes.push_back(state.note);
     r.notes.push_back(clip_note);
     QC_RETURN_IF_ERROR(rewriter.Replace(l, qw, "qconvert awq " + scheme).WithContext("quantizing " + l.node_name));
-    if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
-    if (StorageBits(spec.bits) != spec.bits)
-      r.notes.push_back(std::to_string(spec.bits) + "-bit codes stored in " + std::to_string(StorageBits(spec.bits)) +
-                        "-bit fields (ONNX Runtime's MatMulNBits runs 2, 4 and 8 bits)");
+    AddWeightNotes(l, layer_spec, r);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     context.layers->push_back(std::move(r));
   }

@@ -38,8 +38,15 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   if (spec.block_size < 1)
     return InvalidArgument("GPTQ block size must be at least 1, got " + std::to_string(spec.block_size));
   if (!(spec.percdamp >= 0)) return InvalidArgument("--damp must be >= 0");
-  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(options.exclude_regex));
-  const std::string scheme = SchemeName(spec.quant) + (spec.act_order ? "+act-order" : "");
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(options.exclude_regex, options.head_bits));
+  // The layer's spec: the output head may have its own bits (--head-bits).
+  auto spec_for = [&](const LinearLayer& layer) {
+    GptqSpec s = spec;
+    s.quant = filter.SpecFor(layer, spec.quant);
+    s.static_groups = spec.static_groups || StorageBits(s.quant.bits) != 4;
+    return s;
+  };
+  auto scheme_of = [&](const GptqSpec& s) { return SchemeName(s.quant) + (s.act_order ? "+act-order" : ""); };
 
   // One report per layer not excluded, in layer order; unsupported layers are reported as float
   // and left out of the calibration run.
@@ -50,7 +57,8 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
-    LayerReport r = WeightOnlyLayerReport(model.graph, layer, Name(), scheme, spec.quant);
+    const GptqSpec layer_spec = spec_for(layer);
+    LayerReport r = WeightOnlyLayerReport(model.graph, layer, Name(), scheme_of(layer_spec), layer_spec.quant);
     if (r.bits > 0) {
       slot_of_node[layer.node_index] = reports.size();
       todo.push_back(layer);
@@ -73,8 +81,9 @@ Status GptqPass::Run(Model& model, PassContext& context) {
         const auto start = std::chrono::steady_clock::now();
         LayerReport& r = reports[slot_of_node.at(layer.node_index)];
         const std::string where = "GPTQ of layer " + layer.node_name + " (weight " + layer.weight + ")";
+        const GptqSpec layer_spec = spec_for(layer);
         QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(graph, layer));
-        StatusOr<GptqResult> solved = GptqQuantize(w, layer.k, layer.n, stats.hessian, spec);
+        StatusOr<GptqResult> solved = GptqQuantize(w, layer.k, layer.n, stats.hessian, layer_spec);
         if (!solved.ok()) return solved.status().WithContext(where);
         GptqResult& result = *solved;
         r.weight_rel_error = RelativeError(w, result.w_hat);
@@ -85,10 +94,10 @@ Status GptqPass::Run(Model& model, PassContext& context) {
         for (std::string& note : result.notes) r.notes.push_back(std::move(note));
         if (spec.act_order && spec.quant.group_size != -1)
           r.notes.push_back(result.reordered_groups ? "act-order groups reordered (g_idx)"
-                            : spec.static_groups ? "act-order with static groups (input order, no g_idx)"
+                            : layer_spec.static_groups ? "act-order with static groups (input order, no g_idx)"
                                                  : "act-order kept every row in its input-order group (no g_idx needed)");
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        QC_RETURN_IF_ERROR(rewriter.Replace(layer, result.weight, "qconvert gptq " + scheme)
+        QC_RETURN_IF_ERROR(rewriter.Replace(layer, result.weight, "qconvert gptq " + scheme_of(layer_spec))
                                .WithContext("quantizing " + layer.node_name));
         placed[slot_of_node.at(layer.node_index)] = true;
         dequantized.push_back(std::move(result.w_hat));
@@ -102,11 +111,7 @@ Status GptqPass::Run(Model& model, PassContext& context) {
     const size_t slot = slot_of_node.at(layer.node_index);
     LayerReport& r = reports[slot];
     if (!placed[slot]) return Internal("calibration never reached layer " + layer.node_name);
-    if (layer.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
-    if (StorageBits(spec.quant.bits) != spec.quant.bits)
-      r.notes.push_back(std::to_string(spec.quant.bits) + "-bit codes stored in " +
-                        std::to_string(StorageBits(spec.quant.bits)) +
-                        "-bit fields (ONNX Runtime's MatMulNBits runs 2, 4 and 8 bits)");
+    AddWeightNotes(layer, spec_for(layer).quant, r);
   }
   rewriter.Finish();
   for (LayerReport& r : reports) context.layers->push_back(std::move(r));

@@ -5,6 +5,8 @@
 #include <set>
 #include <unordered_map>
 
+#include "passes/tied_embedding.h"
+
 namespace qc {
 namespace {
 
@@ -271,6 +273,26 @@ Status CarryWeightQuantization(const Model& quantized_view, const std::map<std::
       QC_RETURN_IF_ERROR(rewrite(**branch));
     }
   }
+  // A tied table whose linear readers all became MatMulNBits: its row Gathers, in any graph, read
+  // the head's codes as the view's did (passes/tied_embedding.h).
+  auto unique_name = [&](const std::string& base) {
+    std::string name = base;
+    for (int i = 1; main_names.count(name); ++i) name = base + "_" + std::to_string(i);
+    main_names.insert(name);
+    return name;
+  };
+  for (const auto& [weight, entry] : by_weight) {
+    const auto& [q, view_layer] = entry;
+    const bool g_idx = q->inputs.size() > 4 && !q->inputs[4].empty();
+    const int64_t bits = q->GetInt("bits", 4);
+    if (!carried.count(weight) || g_idx || TiedTableStaysFloat(view_layer, static_cast<int>(bits)) ||
+        !OnlyRowGathersRead(main, weight))
+      continue;
+    const PackedTable p{weight, q->inputs[1], q->inputs[2], q->inputs.size() > 3 ? q->inputs[3] : "",
+                        q->GetInt("N", 0), q->GetInt("K", 0), bits, q->GetInt("block_size", 0)};
+    QuantizeEmbeddingGathers(main, p, model.DefaultOpset(), unique_name);
+  }
+
   std::set<std::string> reads;
   CollectReads(main, &reads);
   for (const std::string& w : carried)

@@ -40,7 +40,9 @@ std::map<std::string, LinearLayer> LinearLayersByOutput(const Model& view);
 /// output was a linear layer reading weight W (per `view_layers`) replaces every MatMul/Gemm
 /// in every graph of `model` that reads W the same way (same op, orientation and bias); its packed
 /// tensors are added to the main graph, and W is removed once nothing reads it. Consumers that
-/// read W differently stay float and get a note in `notes`.
+/// read W differently stay float and get a note in `notes`. When W is a tied embedding table and
+/// every linear reader was carried, its row Gathers in every graph read the head's codes
+/// (passes/tied_embedding.h), as the view's did.
 Status CarryWeightQuantization(const Model& quantized_view, const std::map<std::string, LinearLayer>& view_layers,
                                Model& model, std::vector<std::string>* notes);
 

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "formats/model_builder.h"
+#include "passes/tied_embedding.h"
 
 namespace qc {
 namespace {
@@ -248,6 +249,12 @@ StatusOr<std::vector<float>> ReadLinearWeight(const Graph& graph, const LinearLa
     return InvalidArgument("weight '" + layer.weight + "' is " + DTypeName(t->dtype()) + ", not a float tensor");
   std::vector<float> stored = t->ToFloats();
   t->ReleasePages();  // the copy is what the caller works on
+  // A NaN or inf would poison a whole group's scale (and GPTQ's updates) without any error.
+  for (size_t i = 0; i < stored.size(); ++i)
+    if (!std::isfinite(stored[i]))
+      return InvalidArgument("weight '" + layer.weight + "' of node '" + layer.node_name + "' holds a non-finite value (" +
+                             std::to_string(stored[i]) + " at flat index " + std::to_string(i) +
+                             "): the model is corrupt; nothing was quantized");
   if (!layer.transposed) return stored;
   std::vector<float> w(stored.size());  // stored [N, K] -> logical [K, N]
   for (int64_t j = 0; j < layer.n; ++j)
@@ -366,6 +373,7 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   const bool gemm = layer.op_type == "Gemm";
   const float alpha = gemm ? old.GetFloat("alpha", 1.0f) : 1.0f;
   const float beta = gemm ? old.GetFloat("beta", 1.0f) : 1.0f;
+  const Tensor unscaled = t.scales;  // what a tied embedding's rows need (alpha scales the head only)
   if (alpha != 1.0f) {  // alpha * A (W~) = A ((q - zp) * (alpha * scale))
     Tensor scaled = t.scales.Clone();
     for (int64_t i = 0; i < scaled.numel(); ++i) scaled.mutable_data<float>()[i] *= alpha;
@@ -377,6 +385,13 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
                                      AddOrReuseInitializer(base + "_scales", t.scales), "", "", ""};
   if (t.zero_points.defined()) inputs[3] = AddOrReuseInitializer(base + "_zero_points", t.zero_points);
   if (t.g_idx.defined()) inputs[4] = AddOrReuseInitializer(base + "_g_idx", t.g_idx);
+  // A tied table's Gathers can read these codes unless act-order reordered the groups (g_idx):
+  // GatherBlockQuantized has no g_idx. They are rewritten in Finish(), once no layer runs any more.
+  if (!TiedTableStaysFloat(layer, qw.bits) && !t.g_idx.defined() && !tied_tables_.count(layer.weight)) {
+    PackedTable p{layer.weight, inputs[1], inputs[2], inputs[3], layer.n, layer.k, t.storage_bits, t.block_size};
+    if (alpha != 1.0f) p.scales = AddOrReuseInitializer(base + "_scales", unscaled);
+    tied_tables_[layer.weight] = p;
+  }
 
   // Gemm's C: the bias input when it is a constant [N] (or [1, N]); otherwise an Add after the
   // MatMulNBits, since C may broadcast from any shape to [M, N] and may be computed at run time.
@@ -501,12 +516,17 @@ void MatMulNBitsRewriter::Finish() {
   // Back to front, so the indices recorded by Replace stay valid while inserting.
   for (auto it = insert_after_.rbegin(); it != insert_after_.rend(); ++it)
     g.nodes.insert(g.nodes.begin() + it->first + 1, it->second.begin(), it->second.end());
+  for (const auto& [table, p] : tied_tables_)
+    QuantizeEmbeddingGathers(g, p, model_.DefaultOpset(), [this](const std::string& base) { return UniqueName(base); });
 
   RemoveDroppedWeights(g, dropped_transposes_, dropped_weights_);
 }
 
-StatusOr<LayerFilter> LayerFilter::Create(const std::string& pattern) {
+StatusOr<LayerFilter> LayerFilter::Create(const std::string& pattern, int head_bits) {
   LayerFilter f;
+  if (head_bits != kHeadFloat && head_bits != kHeadLikeOthers && (head_bits < 2 || head_bits > 8))
+    return InvalidArgument("--head-bits must be 2..8 or 'float', got " + std::to_string(head_bits));
+  f.head_bits_ = head_bits;
   if (pattern.empty()) return f;
   // std::regex reports a bad pattern only by throwing; turn it into the user-facing error here.
   try {
@@ -518,17 +538,38 @@ StatusOr<LayerFilter> LayerFilter::Create(const std::string& pattern) {
 }
 
 bool LayerFilter::Excluded(const LinearLayer& layer) const {
+  if (layer.output_head && head_bits_ == kHeadFloat) return true;
   if (!regex_) return false;
   return std::regex_search(layer.node_name, *regex_) || std::regex_search(layer.weight, *regex_);
 }
 
+WeightQuantSpec LayerFilter::SpecFor(const LinearLayer& layer, const WeightQuantSpec& base) const {
+  WeightQuantSpec spec = base;
+  if (layer.output_head && head_bits_ > 0) spec.bits = head_bits_;
+  return spec;
+}
+
+void AddWeightNotes(const LinearLayer& layer, const WeightQuantSpec& spec, LayerReport& report) {
+  if (layer.tied) {
+    if (auto why = TiedTableStaysFloat(layer, spec.bits))
+      report.notes.push_back("tied to an embedding Gather, which keeps reading the float table: " + *why);
+    else
+      report.notes.push_back("tied to an embedding Gather, which now reads this layer's packed codes "
+                             "(com.microsoft.GatherBlockQuantized) instead of the float table, unless act-order "
+                             "g_idx reordered the groups");
+  }
+  if (layer.output_head) report.notes.push_back("output head: " + std::to_string(spec.bits) + " bits (--head-bits)");
+  if (StorageBits(spec.bits) != spec.bits)
+    report.notes.push_back(std::to_string(spec.bits) + "-bit codes stored in " + std::to_string(StorageBits(spec.bits)) +
+                           "-bit fields (ONNX Runtime's MatMulNBits runs 2, 4 and 8 bits)");
+}
+
 Status RunRoundToNearest(Model& model, const std::string& pass_name, const WeightQuantSpec& spec,
                          const std::string& exclude_regex, std::vector<LayerReport>* reports,
-                         const Calibrator* calibrator) {
+                         const Calibrator* calibrator, int head_bits) {
   QC_CHECK(reports != nullptr);
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec));
-  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(exclude_regex));
-  const std::string scheme = SchemeName(spec);
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(exclude_regex, head_bits));
   const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
   // One report per layer not excluded, in layer order; unsupported layers stay in float.
   std::vector<LayerReport> out;
@@ -536,7 +577,8 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
   std::vector<LinearLayer> todo;
   for (const LinearLayer& layer : layers) {
     if (filter.Excluded(layer)) continue;
-    LayerReport r = WeightOnlyLayerReport(model.graph, layer, pass_name, scheme, spec);
+    const WeightQuantSpec layer_spec = filter.SpecFor(layer, spec);
+    LayerReport r = WeightOnlyLayerReport(model.graph, layer, pass_name, SchemeName(layer_spec), layer_spec);
     if (r.bits > 0) {
       slot_of_node[layer.node_index] = out.size();
       todo.push_back(layer);
@@ -550,20 +592,18 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
   auto quantize = [&](const LinearLayer& layer, const std::vector<double>* hessian) -> Status {
     const auto start = std::chrono::steady_clock::now();
     LayerReport& r = out[slot_of_node.at(layer.node_index)];
+    const WeightQuantSpec layer_spec = filter.SpecFor(layer, spec);
     QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model.graph, layer));
-    QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(w, layer.k, layer.n, spec));
+    QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(w, layer.k, layer.n, layer_spec));
     r.weight_rel_error = RelativeError(w, qw);
     if (hessian != nullptr) {
       const OutputError e = OutputErrorFromHessian(*hessian, layer.k, w, qw.Dequantize(), layer.n);
       r.output_rel_error = e.rel_error;
       r.sqnr_db = e.sqnr_db;
     }
-    QC_RETURN_IF_ERROR(rewriter.Replace(layer, qw, "qconvert " + pass_name + " " + scheme)
+    QC_RETURN_IF_ERROR(rewriter.Replace(layer, qw, "qconvert " + pass_name + " " + SchemeName(layer_spec))
                            .WithContext("quantizing " + layer.node_name));
-    if (layer.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
-    if (StorageBits(spec.bits) != spec.bits)
-      r.notes.push_back(std::to_string(spec.bits) + "-bit codes stored in " + std::to_string(StorageBits(spec.bits)) +
-                        "-bit fields (ONNX Runtime's MatMulNBits runs 2, 4 and 8 bits)");
+    AddWeightNotes(layer, layer_spec, r);
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return Status::Ok();
   };

@@ -18,6 +18,7 @@
 #include "formats/status.h"
 #include "formats/tensor.h"
 #include "passes/quant_options.h"
+#include "passes/tied_embedding.h"
 
 namespace qc {
 
@@ -159,9 +160,9 @@ std::optional<std::string> MatMulNBitsUnsupportedReason(const Graph& graph, cons
 ///            (a Gemm's C becomes the bias when it is a constant [N]; otherwise Y = MatMulNBits + beta * C)
 ///
 /// Replace() keeps the node's name, position and output, so node indices of other layers stay
-/// valid; Finish() then removes the Transposes and float weights that nothing reads any more (a
-/// tied embedding's Gather still reads its float table, so it stays). Graph inputs and outputs
-/// are unchanged. The {"com.microsoft", 1} opset import is added.
+/// valid; Finish() then points the row Gathers of a tied head's table at the head's codes
+/// (passes/tied_embedding.h) and removes the Transposes and float weights that nothing reads any
+/// more. Graph inputs and outputs are unchanged. The {"com.microsoft", 1} opset import is added.
 class MatMulNBitsRewriter {
  public:
   explicit MatMulNBitsRewriter(Model& model);
@@ -182,6 +183,7 @@ class MatMulNBitsRewriter {
   std::set<std::string> dropped_transposes_;  // Transpose output values
   std::map<int, std::vector<Node>> insert_after_;  // node index -> nodes to insert after it
   std::set<std::string> created_;                  // initializers added here (only these are shared)
+  std::map<std::string, PackedTable> tied_tables_;  // tied table -> the head's codes its Gathers read
   bool finished_ = false;
 };
 
@@ -198,20 +200,30 @@ void RemoveDroppedWeights(Graph& g, const std::set<std::string>& transposes, con
 /// Layers left in float by --exclude: a std::regex searched in the node name and the weight name.
 class LayerFilter {
  public:
-  /// An empty pattern excludes nothing; an invalid one is an InvalidArgument naming it.
-  static StatusOr<LayerFilter> Create(const std::string& pattern);
+  /// `pattern` is --exclude: an empty one excludes nothing; an invalid one is an InvalidArgument
+  /// naming it. `head_bits` is --head-bits (QuantOptions::head_bits): kHeadFloat excludes the
+  /// output head too.
+  static StatusOr<LayerFilter> Create(const std::string& pattern, int head_bits = kHeadLikeOthers);
   bool Excluded(const LinearLayer& layer) const;
+  /// `base` with the head's bits for the output head; `base` for every other layer.
+  WeightQuantSpec SpecFor(const LinearLayer& layer, const WeightQuantSpec& base) const;
 
  private:
   std::optional<std::regex> regex_;
+  int head_bits_ = kHeadLikeOthers;
 };
+
+/// Notes every weight-only pass adds to a quantized layer's report: what a tied embedding's
+/// Gather reads, the output head's own bits, codes stored in wider fields.
+void AddWeightNotes(const LinearLayer& layer, const WeightQuantSpec& spec, LayerReport& report);
 
 /// The round-to-nearest driver of `absmax` and `zeropoint`: quantizes every linear layer not
 /// excluded, rewrites it to MatMulNBits and appends one LayerReport per layer (skipped layers
 /// get a report with bits 0 and a note saying why). With a calibrator (optional for these
 /// passes) the reports also carry each layer's output error on the calibration inputs.
+/// `head_bits` is QuantOptions::head_bits.
 Status RunRoundToNearest(Model& model, const std::string& pass_name, const WeightQuantSpec& spec,
                          const std::string& exclude_regex, std::vector<LayerReport>* reports,
-                         const Calibrator* calibrator = nullptr);
+                         const Calibrator* calibrator = nullptr, int head_bits = kHeadLikeOthers);
 
 }  // namespace qc

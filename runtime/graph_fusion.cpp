@@ -1,59 +1,213 @@
-// SiLU fusion: torch.onnx exports silu(x) as Mul(x, Sigmoid(x)); one fused pass over the
-// activation saves a full write and read of an [S, intermediate] tensor per MLP.
+// Execution-only fusions (see graph_fusion.h). Each one rewrites the last node of a chain into
+// the fused op and marks the chain's other nodes for removal; a chain is fused only when every
+// intermediate value has exactly one reader and is not a graph output.
 #include "runtime/graph_fusion.h"
 
 #include <set>
 #include <unordered_map>
 
 namespace qc {
+namespace {
+
+class Fuser {
+ public:
+  explicit Fuser(Graph& graph) : graph_(graph) {
+    for (size_t i = 0; i < graph.nodes.size(); ++i) {
+      for (const auto& in : graph.nodes[i].inputs) readers_[in]++;
+      for (const auto& out : graph.nodes[i].outputs) producer_[out] = static_cast<int>(i);
+    }
+    for (const auto& o : graph.outputs) outputs_.insert(o.name);
+  }
+
+  // silu(x) = Mul(x, Sigmoid(x)) => com.microsoft.QuickGelu(x, alpha=1): one pass over the
+  // [S, intermediate] activation of every MLP instead of two.
+  int FuseSilu() {
+    int fused = 0;
+    for (Node& mul : graph_.nodes) {
+      if (!IsDefault(mul, "Mul") || mul.inputs.size() != 2) continue;
+      for (int side = 0; side < 2; ++side) {
+        const int s = Producer(mul.inputs[side], "Sigmoid");
+        if (s < 0 || !Private(mul.inputs[side])) continue;
+        const Node& sig = graph_.nodes[s];
+        if (sig.inputs.size() != 1 || mul.inputs[1 - side] != sig.inputs[0]) continue;
+        Node q = Fused(mul, "com.microsoft", "QuickGelu", {sig.inputs[0]});
+        q.attributes["alpha"] = FloatAttribute(1.0f);
+        erase_.insert(s);
+        mul = std::move(q);
+        ++fused;
+        break;
+      }
+    }
+    return fused;
+  }
+
+  // Softmax(Add(Mul(x, c), mask), axis=-1), c a scalar constant => qconvert.fused.
+  // ScaledMaskedSoftmax(x, mask; scale=c): the attention scores [B, H, S, S] are the largest
+  // tensors of a prefill, and the chain reads and writes them three times.
+  int FuseScaledMaskedSoftmax() {
+    int fused = 0;
+    for (Node& softmax : graph_.nodes) {
+      if (!IsDefault(softmax, "Softmax") || softmax.inputs.size() != 1) continue;
+      // Only an explicit last axis: the default axis differs before and after opset 13.
+      auto axis = softmax.attributes.find("axis");
+      if (axis == softmax.attributes.end() || axis->second.i != -1) continue;
+      const int add = Producer(softmax.inputs[0], "Add");
+      if (add < 0 || !Private(softmax.inputs[0]) || graph_.nodes[add].inputs.size() != 2) continue;
+      const Node& add_node = graph_.nodes[add];
+      for (int side = 0; side < 2; ++side) {
+        const int mul = Producer(add_node.inputs[side], "Mul");
+        if (mul < 0 || !Private(add_node.inputs[side]) || graph_.nodes[mul].inputs.size() != 2) continue;
+        const Node& mul_node = graph_.nodes[mul];
+        const int c_side = ScalarConstant(mul_node.inputs[1]) ? 1 : ScalarConstant(mul_node.inputs[0]) ? 0 : -1;
+        if (c_side < 0) continue;
+        const float scale = graph_.FindInitializer(mul_node.inputs[c_side])->ToFloats()[0];
+        Node f = Fused(softmax, "qconvert.fused", "ScaledMaskedSoftmax",
+                       {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
+        f.attributes["scale"] = FloatAttribute(scale);
+        erase_.insert(add);
+        erase_.insert(mul);
+        softmax = std::move(f);
+        ++fused;
+        break;
+      }
+    }
+    return fused;
+  }
+
+  // RMSNorm as exported from Llama-style models,
+  //   Mul(w, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2), axes=[-1]), eps)))))
+  // => SimplifiedLayerNormalization(x, w; axis=-1, epsilon=eps): one pass over x instead of four
+  // full-size ones, as ONNX Runtime's own optimizer rewrites it.
+  int FuseRmsNorm() {
+    int fused = 0;
+    for (Node& scale_mul : graph_.nodes) {
+      if (!IsDefault(scale_mul, "Mul") || scale_mul.inputs.size() != 2) continue;
+      for (int side = 0; side < 2; ++side) {
+        const Tensor* w = graph_.FindInitializer(scale_mul.inputs[side]);
+        if (w == nullptr || w->rank() != 1 || w->dtype() != DType::kFloat32) continue;
+        const std::vector<int> chain = RmsChain(scale_mul.inputs[1 - side]);
+        if (chain.empty()) continue;
+        const Node& pow = graph_.nodes[chain.back()];
+        const Node& add = graph_.nodes[chain[3]];
+        const std::string& eps = ScalarConstant(add.inputs[0]) ? add.inputs[0] : add.inputs[1];
+        Node f = Fused(scale_mul, "", "SimplifiedLayerNormalization", {pow.inputs[0], scale_mul.inputs[side]});
+        Attribute axis;
+        axis.type = Attribute::Type::kInt;
+        axis.i = -1;
+        f.attributes["axis"] = axis;
+        f.attributes["epsilon"] = FloatAttribute(graph_.FindInitializer(eps)->ToFloats()[0]);
+        for (int node : chain) erase_.insert(node);
+        scale_mul = std::move(f);
+        ++fused;
+        break;
+      }
+    }
+    return fused;
+  }
+
+  void EraseFusedNodes() {
+    if (erase_.empty()) return;
+    std::vector<Node> kept;
+    for (size_t i = 0; i < graph_.nodes.size(); ++i)
+      if (!erase_.count(static_cast<int>(i))) kept.push_back(std::move(graph_.nodes[i]));
+    graph_.nodes = std::move(kept);
+  }
+
+ private:
+  static bool IsDefault(const Node& n, const char* op) { return n.domain.empty() && n.op_type == op; }
+
+  // The index of the default-domain `op` node producing `value`, not already fused away; else -1.
+  int Producer(const std::string& value, const char* op) const {
+    auto it = producer_.find(value);
+    if (it == producer_.end() || erase_.count(it->second) || !IsDefault(graph_.nodes[it->second], op)) return -1;
+    return graph_.nodes[it->second].outputs.size() == 1 ? it->second : -1;
+  }
+  // Read by one node only and not a graph output: the chain may swallow it.
+  bool Private(const std::string& value) const {
+    auto it = readers_.find(value);
+    return it != readers_.end() && it->second == 1 && !outputs_.count(value);
+  }
+  bool ScalarConstant(const std::string& value) const {
+    const Tensor* t = graph_.FindInitializer(value);
+    return t != nullptr && t->dtype() == DType::kFloat32 && t->numel() == 1;
+  }
+  // The nodes [Mul(x, r), Reciprocal, Sqrt, Add(eps), ReduceMean, Pow(x, 2)] computing the
+  // normalised `value`, each output private to the chain; empty if `value` is not that.
+  std::vector<int> RmsChain(const std::string& value) const {
+    const int mul = Producer(value, "Mul");
+    if (mul < 0 || !Private(value) || graph_.nodes[mul].inputs.size() != 2) return {};
+    for (int side = 0; side < 2; ++side) {
+      const Node& m = graph_.nodes[mul];
+      const std::string& x = m.inputs[1 - side];
+      std::vector<int> chain = {mul};
+      std::string v = m.inputs[side];
+      for (const char* op : {"Reciprocal", "Sqrt", "Add", "ReduceMean", "Pow"}) {
+        const int n = Producer(v, op);
+        if (n < 0 || !Private(v)) break;
+        chain.push_back(n);
+        const Node& node = graph_.nodes[n];
+        if (std::string(op) == "Add") {
+          if (node.inputs.size() != 2) break;
+          const int c = ScalarConstant(node.inputs[1]) ? 1 : ScalarConstant(node.inputs[0]) ? 0 : -1;
+          if (c < 0) break;
+          v = node.inputs[1 - c];
+        } else if (std::string(op) == "ReduceMean") {
+          if (node.GetInt("keepdims", 1) != 1 || !LastAxisOnly(node)) break;
+          v = node.inputs[0];
+        } else if (std::string(op) == "Pow") {
+          if (node.inputs.size() != 2 || node.inputs[0] != x || !ScalarConstant(node.inputs[1]) ||
+              graph_.FindInitializer(node.inputs[1])->ToFloats()[0] != 2.0f)
+            break;
+          return chain;
+        } else {
+          if (node.inputs.size() != 1) break;
+          v = node.inputs[0];
+        }
+      }
+    }
+    return {};
+  }
+  // ReduceMean over axes [-1] only, given as the opset-18 input or the older attribute.
+  bool LastAxisOnly(const Node& reduce) const {
+    if (reduce.inputs.size() >= 2 && !reduce.inputs[1].empty()) {
+      const Tensor* axes = graph_.FindInitializer(reduce.inputs[1]);
+      return axes != nullptr && axes->dtype() == DType::kInt64 && axes->numel() == 1 && axes->data<int64_t>()[0] == -1;
+    }
+    return reduce.GetInts("axes", {}) == std::vector<int64_t>{-1};
+  }
+  // A node replacing `last` (same name and outputs) with the given op and inputs.
+  static Node Fused(const Node& last, const char* domain, const char* op, std::vector<std::string> inputs) {
+    Node n;
+    n.name = last.name;
+    n.domain = domain;
+    n.op_type = op;
+    n.inputs = std::move(inputs);
+    n.outputs = last.outputs;
+    return n;
+  }
+  static Attribute FloatAttribute(float v) {
+    Attribute a;
+    a.type = Attribute::Type::kFloat;
+    a.f = v;
+    return a;
+  }
+
+  Graph& graph_;
+  std::unordered_map<std::string, int> readers_;
+  std::unordered_map<std::string, int> producer_;
+  std::set<std::string> outputs_;
+  std::set<int> erase_;
+};
+
+}  // namespace
 
 int FuseForExecution(Graph& graph) {
-  std::unordered_map<std::string, int> readers;
-  for (const Node& n : graph.nodes)
-    for (const auto& in : n.inputs) readers[in]++;
   for (const Node& n : graph.nodes)
     for (const auto& [key, a] : n.attributes)
       if (a.g || !a.graphs.empty()) return 0;  // subgraphs may read values implicitly: stay out
-  std::set<std::string> outputs;
-  for (const auto& o : graph.outputs) outputs.insert(o.name);
-  std::unordered_map<std::string, int> sigmoid_of;  // sigmoid output -> node index
-  for (size_t i = 0; i < graph.nodes.size(); ++i) {
-    const Node& n = graph.nodes[i];
-    if (n.domain.empty() && n.op_type == "Sigmoid" && n.inputs.size() == 1 && n.outputs.size() == 1)
-      sigmoid_of[n.outputs[0]] = static_cast<int>(i);
-  }
-  std::set<int> erase;
-  int fused = 0;
-  for (Node& mul : graph.nodes) {
-    if (!mul.domain.empty() || mul.op_type != "Mul" || mul.inputs.size() != 2) continue;
-    for (int side = 0; side < 2; ++side) {
-      auto it = sigmoid_of.find(mul.inputs[side]);
-      if (it == sigmoid_of.end() || erase.count(it->second)) continue;
-      const Node& sig = graph.nodes[it->second];
-      const std::string& s = sig.outputs[0];
-      if (mul.inputs[1 - side] != sig.inputs[0] || readers[s] != 1 || outputs.count(s)) continue;
-      Node fusedNode;
-      fusedNode.name = mul.name;
-      fusedNode.op_type = "QuickGelu";
-      fusedNode.domain = "com.microsoft";
-      fusedNode.inputs = {sig.inputs[0]};
-      fusedNode.outputs = mul.outputs;
-      Attribute alpha;
-      alpha.type = Attribute::Type::kFloat;
-      alpha.f = 1.0f;
-      fusedNode.attributes["alpha"] = alpha;
-      erase.insert(it->second);
-      mul = std::move(fusedNode);
-      ++fused;
-      break;
-    }
-  }
-  if (!erase.empty()) {
-    std::vector<Node> kept;
-    for (size_t i = 0; i < graph.nodes.size(); ++i)
-      if (!erase.count(static_cast<int>(i))) kept.push_back(std::move(graph.nodes[i]));
-    graph.nodes = std::move(kept);
-  }
+  Fuser fuser(graph);
+  const int fused = fuser.FuseSilu() + fuser.FuseScaledMaskedSoftmax() + fuser.FuseRmsNorm();
+  fuser.EraseFusedNodes();
   return fused;
 }
 

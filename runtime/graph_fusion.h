@@ -8,6 +8,10 @@ namespace qc {
 
 /// Rewrites `graph` in place (main graph only; subgraphs are left alone). Fusions:
 ///   x -> Sigmoid -> s;  Mul(x, s)        =>  com.microsoft.QuickGelu(x, alpha=1)   (SiLU)
+///   Softmax(Add(Mul(x, c), mask), axis=-1), c a float scalar initializer
+///                                        =>  qconvert.fused.ScaledMaskedSoftmax(x, mask; scale=c)
+///   Mul(w, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2), axes=[-1]), eps)))))
+///                                        =>  SimplifiedLayerNormalization(x, w; axis=-1, epsilon=eps)
 /// A chain is fused only when its intermediate value has no other reader and is not a graph
 /// output. Returns the number of fusions applied.
 int FuseForExecution(Graph& graph);

@@ -403,9 +403,13 @@ static Status SigmoidLikeFast(KernelContext& ctx, float alpha, bool times_x) {
   auto range = [alpha, times_x](const float* px, float* py, int64_t len) {
     Eigen::Map<const Eigen::ArrayXf> xs(px, len);
     Eigen::Map<Eigen::ArrayXf> ys(py, len);
-    ys = (-(alpha * xs).abs()).exp();
-    ys = (alpha * xs >= 0.0f).select(1.0f / (1.0f + ys), ys / (1.0f + ys));
-    if (times_x) ys *= xs;
+    // sigmoid(a x) = 1 / (1 + e^(-a x)) and x * sigmoid(a x) = x / (1 + e^(-a x)): one division
+    // and no select (a select of two quotients ran 8x slower). Where e^(-a x) overflows to inf
+    // (a x < -88.7) the result is 0, against a true value below 1e-38.
+    if (times_x)
+      ys = xs / (1.0f + (-alpha * xs).exp());
+    else
+      ys = 1.0f / (1.0f + (-alpha * xs).exp());
   };
   const int64_t tasks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) if (n > kParallelThreshold)

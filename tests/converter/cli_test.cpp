@@ -8,16 +8,22 @@
 #include <fstream>
 #include <random>
 #include <string>
+#include <limits>
+#include <set>
 #include <vector>
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
+#include "formats/linear_layers.h"
 #include "formats/npy.h"
+#include "formats/onnx_reader.h"
+#include "formats/onnx_writer.h"
 
 namespace qc {
 namespace {
@@ -56,6 +62,40 @@ class CliTest : public ::testing::Test {
     r.out = Slurp(out);
     r.err = Slurp(err);
     return r;
+  }
+  /// Starts qconvert with `args` in dir_, without a shell (a shell's background job would start
+  /// with SIGINT ignored), stdout and stderr into out.txt and err.txt; `max_file_bytes` limits
+  /// the size of any file it writes (RLIMIT_FSIZE), like a disk that fills up.
+  pid_t Spawn(const std::vector<std::string>& args, rlim_t max_file_bytes = RLIM_INFINITY) {
+    // A previous run's err.txt could be read before the child truncates it.
+    fs::remove(Path("err.txt"));
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    const int out = ::open(Path("out.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const int err = ::open(Path("err.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    const rlimit limit{max_file_bytes, max_file_bytes};
+    if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0 || ::chdir(dir_.c_str()) != 0 ||
+        ::setrlimit(RLIMIT_FSIZE, &limit) != 0)
+      ::_exit(126);
+    std::vector<char*> argv{const_cast<char*>(kQconvert.c_str())};
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  /// The exit code of `pid`, or 128 + the signal that killed it.
+  static int Wait(pid_t pid) {
+    int status = 0;
+    if (::waitpid(pid, &status, 0) != pid) return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+  /// Fails on any file in dir_ but `keep` and the captured output.
+  void ExpectOnlyFiles(const std::set<std::string>& keep) {
+    for (const auto& entry : fs::directory_iterator(dir_)) {
+      const std::string name = entry.path().filename().string();
+      EXPECT_TRUE(keep.count(name) || name.ends_with(".txt") || name == "stdout" || name == "stderr")
+          << "left behind: " << name;
+    }
   }
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
   static std::string Model(const std::string& name) { return kShared + "/models/" + name; }
@@ -257,40 +297,66 @@ TEST_F(CliTest, InterruptedConversionLeavesNoOutput) {
   const std::string before = Slurp(Path("in.onnx"));
   for (int sig : {SIGTERM, SIGINT}) {
     SCOPED_TRACE(strsignal(sig));
-    // Start the conversion directly (no shell: a shell's background job would start with SIGINT
-    // ignored), wait until it reports that the written artifact is being measured, then signal it.
-    const std::vector<std::string> args = {kQconvert, "in.onnx", "--pass", "absmax", "-o", "q.onnx", "--report",
-                                           "q.json", "--eval", "ids.npy", "--seqlen", "256", "--eval-windows", "24"};
-    // The previous round's err.txt already holds the phrase: remove it before the child starts.
-    fs::remove(Path("err.txt"));
-    const pid_t pid = ::fork();
-    ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      const int out = ::open(Path("out.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      const int err = ::open(Path("err.txt").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      if (out < 0 || err < 0 || ::dup2(out, 1) < 0 || ::dup2(err, 2) < 0 || ::chdir(dir_.c_str()) != 0) ::_exit(126);
-      std::vector<char*> argv;
-      for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      ::_exit(127);
-    }
+    // Wait until the conversion reports that the written artifact is being measured, then signal it.
+    const pid_t pid = Spawn({"in.onnx", "--pass", "absmax", "-o", "q.onnx", "--report", "q.json", "--eval", "ids.npy",
+                             "--seqlen", "256", "--eval-windows", "24"});
+    ASSERT_GT(pid, 0);
     for (int i = 0; i < 1200 && Slurp(Path("err.txt")).find("quantized perplexity") == std::string::npos; ++i)
       ::usleep(50000);
     ASSERT_EQ(::kill(pid, sig), 0);
-    int status = 0;
-    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0) << "\n"
-                                   << Slurp(Path("err.txt"));
-    EXPECT_EQ(WEXITSTATUS(status), 1) << Slurp(Path("err.txt"));
+    EXPECT_EQ(Wait(pid), 1) << Slurp(Path("err.txt"));
     EXPECT_NE(Slurp(Path("err.txt")).find("interrupted"), std::string::npos) << Slurp(Path("err.txt"));
-    for (const auto& entry : fs::directory_iterator(dir_)) {
-      const std::string name = entry.path().filename().string();
-      EXPECT_TRUE(name == "in.onnx" || name == "ids.npy" || name.ends_with(".txt") || name == "stdout" ||
-                  name == "stderr")
-          << "left behind: " << name;
-    }
+    ExpectOnlyFiles({"in.onnx", "ids.npy"});
     EXPECT_EQ(Slurp(Path("in.onnx")), before);
+  }
+}
+
+// A disk that fills up (here: a file size limit, so every write past 64 KB fails): exit code 1,
+// a message that says so, no artifact or scratch file left, the input untouched.
+TEST_F(CliTest, Negative_FullDiskLeavesNoOutput) {
+  ASSERT_EQ(Run("generate --arch llama --vocab 512 --hidden 64 --layers 2 --heads 4 -o " + Path("in.onnx")).exit_code, 0);
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>(std::vector<int64_t>(256, 7), {256}), Path("ids.npy")).ok());
+  const std::string before = Slurp(Path("in.onnx"));
+  for (const char* pass : {"absmax", "smoothquant"}) {
+    SCOPED_TRACE(pass);
+    const pid_t pid = Spawn({"in.onnx", "--pass", pass, "--calib", "ids.npy", "--nsamples", "2", "--seqlen", "64", "-o",
+                             "q.onnx", "--report", "q.json"},
+                            64 << 10);
+    ASSERT_GT(pid, 0);
+    EXPECT_EQ(Wait(pid), 1) << Slurp(Path("err.txt"));
+    const std::string err = Slurp(Path("err.txt"));
+    EXPECT_NE(err.find("disk full"), std::string::npos) << err;
+    ExpectOnlyFiles({"in.onnx", "ids.npy"});
+    EXPECT_EQ(Slurp(Path("in.onnx")), before);
+  }
+}
+
+// A NaN or inf weight is a corrupt model: exit code 1 naming the weight (or the activation it
+// poisons), nothing written.
+TEST_F(CliTest, Negative_NonFiniteWeightLeavesNoOutput) {
+  ASSERT_EQ(Run("generate --arch llama --vocab 512 --hidden 64 --layers 2 --heads 4 -o " + Path("in.onnx")).exit_code, 0);
+  StatusOr<qc::Model> model = ReadOnnxModel(Path("in.onnx"));
+  ASSERT_TRUE(model.ok());
+  const LinearLayer layer = FindLinearLayers(model->graph)[3];
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>(std::vector<int64_t>(256, 7), {256}), Path("ids.npy")).ok());
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity()}) {
+    Tensor w = model->graph.FindInitializer(layer.weight)->Clone();
+    w.mutable_data<float>()[17] = bad;
+    model->graph.SetInitializer(layer.weight, std::move(w));
+    ASSERT_TRUE(WriteOnnxModel(*model, Path("bad.onnx")).ok());
+    const std::string before = Slurp(Path("bad.onnx"));
+    for (const char* pass : {"absmax", "gptq", "smoothquant"}) {
+      SCOPED_TRACE(pass);
+      // gptq and smoothquant calibrate first: the weight check must still come before any output.
+      const std::string calib = std::string(pass) == "absmax" ? "" : " --calib " + Path("ids.npy") + " --nsamples 2 --seqlen 64";
+      const CommandResult r =
+          Run(Path("bad.onnx") + " --pass " + pass + calib + " -o " + Path("q.onnx") + " --no-progress");
+      ExpectInputError(r, "non-finite");
+      // smoothquant's calibration meets the NaN first, as an activation it names.
+      if (std::string(pass) != "smoothquant") EXPECT_NE(r.err.find(layer.weight), std::string::npos) << r.err;
+      ExpectOnlyFiles({"in.onnx", "bad.onnx", "ids.npy"});
+      EXPECT_EQ(Slurp(Path("bad.onnx")), before);
+    }
   }
 }
 

@@ -120,13 +120,18 @@ void QuantizeAndEvaluate(ConvertTest* t, const std::string& name, double max_ppl
   EXPECT_EQ(report["schema"], "qconvert-report/1");
   EXPECT_EQ(static_cast<int64_t>(report["layers"].size()), linear);
   EXPECT_EQ(report["totals"]["layers_quantized"].get<int64_t>(), linear);
+  int heads = 0;
   for (const auto& l : report["layers"]) {
-    EXPECT_EQ(l["bits"], 4) << l["name"];
+    // The output head gets --head-bits (8 by default), every other layer --bits.
+    const bool head = l["notes"].dump().find("output head") != std::string::npos;
+    heads += head;
+    EXPECT_EQ(l["bits"], head ? 8 : 4) << l["name"];
     EXPECT_EQ(l["pass"], "absmax");
     EXPECT_GT(l["weight_rel_error"].get<double>(), 0.0);
     EXPECT_LT(l["weight_rel_error"].get<double>(), 0.2) << l["name"];
     EXPECT_TRUE(l["output_rel_error"].is_null());
   }
+  EXPECT_EQ(heads, 1);
   EXPECT_EQ(report["input"]["sha256"], before->sha256);
   StatusOr<FileDigest> artifact = Sha256File(t->Path("q.onnx"));
   ASSERT_TRUE(artifact.ok());

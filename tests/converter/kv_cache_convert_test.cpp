@@ -35,13 +35,14 @@ struct KvModel {
   std::string arch;
   std::string file;  // model.onnx (with past) or model_merged.onnx (If on use_cache_branch)
   int linear_layers;  // per decoder graph: 7 per Llama layer, 4 per GPT-2 layer, + lm_head
+  bool tied;          // lm_head reads the embedding table (vocab 256 x hidden 64)
 };
 
 const KvModel kModels[] = {
-    {"llama", "model.onnx", 15},
-    {"llama", "model_merged.onnx", 15},
-    {"gpt2", "model.onnx", 9},
-    {"gpt2", "model_merged.onnx", 9},
+    {"llama", "model.onnx", 15, false},
+    {"llama", "model_merged.onnx", 15, false},
+    {"gpt2", "model.onnx", 9, true},
+    {"gpt2", "model_merged.onnx", 9, true},
 };
 
 std::string ReadAll(const std::string& path) {
@@ -155,6 +156,15 @@ void KvCacheConvertTest::ConvertAndCheck(const std::string& pass_name) {
     EXPECT_EQ(CountOps(after->graph, "MatMul") + CountOps(after->graph, "Gemm"),
               CountOps(before->graph, "MatMul") + CountOps(before->graph, "Gemm") -
                   (IsMerged(m) ? 2 : 1) * m.linear_layers);
+    // A tied table is stored once, as the head's codes, which the embedding Gathers read (in
+    // both branches of a merged decoder); an untied one stays float.
+    EXPECT_EQ(CountOps(after->graph, "GatherBlockQuantized"), m.tied ? (IsMerged(m) ? 2 : 1) : 0);
+    int float_tables = 0;
+    for (const std::string& name : after->graph.initializer_names()) {
+      const Tensor* t = after->graph.FindInitializer(name);
+      float_tables += t->dtype() == DType::kFloat32 && t->shape() == Shape{256, 64};
+    }
+    EXPECT_EQ(float_tables, m.tied ? 0 : 1);
 
     // Our executor runs the artifact on an empty past, close to the float model's logits.
     StatusOr<std::unique_ptr<Session>> session = Session::Create(*after);

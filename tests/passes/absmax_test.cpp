@@ -23,6 +23,7 @@
 #include "formats/onnx_writer.h"
 #include "formats/synthetic_models.h"
 #include "passes/registry.h"
+#include "passes/tied_embedding.h"
 #include "passes/weight_quant.h"
 #include "passes/zeropoint.h"
 #include "runtime/executor.h"
@@ -61,8 +62,8 @@ QuantOptions Options(int bits, int64_t group_size, bool scale_search = false) {
   return o;
 }
 
-// The float model the artifact must equal: every quantized layer reads Dequant(Q(W)) (a copy,
-// so a tied embedding's Gather keeps the float table, as in the artifact).
+// The float model the artifact must equal: every quantized layer reads Dequant(Q(W)) (a copy),
+// and so does a tied embedding's Gather where the artifact's reads the head's codes.
 Model DequantizedReference(const Model& original, const std::string& pass, const QuantOptions& o,
                            const std::vector<LayerReport>& reports) {
   Model ref = original;
@@ -87,6 +88,9 @@ Model DequantizedReference(const Model& original, const std::string& pass, const
       for (Node& n : ref.graph.nodes)
         if (n.outputs.size() == 1 && n.outputs[0] == consumer.inputs[l.weight_input]) n.inputs[0] = name;
     }
+    if (l.tied && !TiedTableStaysFloat(l, spec.bits))
+      for (Node& n : ref.graph.nodes)
+        if (n.op_type == "Gather" && n.inputs[0] == l.weight) n.inputs[0] = name;
   }
   return ref;
 }
@@ -156,7 +160,12 @@ TEST_P(RoundToNearestTest, StructureBeforeAndAfter) {
   const auto outputs = model.graph.outputs;
   PassRun run = RunPass(GetParam(), model, Options(4, 16));
   ASSERT_TRUE(run.status.ok()) << run.status.message();
-  EXPECT_EQ(OpCounts(model), (std::map<std::string, int>{{"Add", 1}, {"Gather", 1}, {"Relu", 1}, {"Reshape", 2},
+  // The embedding Gather reads the head's codes: Reshapes of its data and scales (and zero points).
+  const int reshapes = GetParam() == "zeropoint" ? 3 : 2;
+  EXPECT_EQ(OpCounts(model), (std::map<std::string, int>{{"Add", 1},
+                                                          {"Relu", 1},
+                                                          {"Reshape", 2 + reshapes},
+                                                          {"com.microsoft.GatherBlockQuantized", 1},
                                                           {"com.microsoft.MatMulNBits", 4}}));
   ASSERT_EQ(run.layers.size(), 4u);
   for (const LayerReport& r : run.layers) {
@@ -167,14 +176,16 @@ TEST_P(RoundToNearestTest, StructureBeforeAndAfter) {
     EXPECT_LT(r.weight_rel_error, 0.2);
     EXPECT_EQ(r.output_rel_error, -1) << "no calibration, no output error";
   }
-  // Float weights are gone except the embedding table, which the Gather still reads.
+  // Every float weight is gone, the embedding table too: its Gather reads the head's codes.
   const Graph& g = model.graph;
   EXPECT_EQ(g.FindInitializer("w1"), nullptr);
   EXPECT_EQ(g.FindInitializer("w2"), nullptr);
   EXPECT_EQ(g.FindInitializer("w3"), nullptr);
   EXPECT_EQ(g.FindInitializer("c3"), nullptr) << "beta folded into a new bias: the old one is dead";
-  EXPECT_NE(g.FindInitializer("emb"), nullptr);
-  EXPECT_FALSE(run.layers.back().notes.empty()) << "the tied head says why the table stays";
+  EXPECT_EQ(g.FindInitializer("emb"), nullptr);
+  ASSERT_FALSE(run.layers.back().notes.empty());
+  EXPECT_NE(run.layers.back().notes[0].find("now reads this layer's packed codes"), std::string::npos)
+      << run.layers.back().notes[0];
   // Same interface.
   ASSERT_EQ(g.inputs.size(), inputs.size());
   for (size_t i = 0; i < inputs.size(); ++i) EXPECT_EQ(g.inputs[i].name, inputs[i].name);

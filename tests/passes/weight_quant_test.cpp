@@ -364,6 +364,27 @@ TEST(LayerFilter, MatchesNodeOrWeightName) {
   EXPECT_FALSE(f->Excluded(l));
 }
 
+TEST(LayerFilter, HeadBitsApplyToTheOutputHeadOnly) {
+  LinearLayer body, head;
+  head.output_head = true;
+  WeightQuantSpec base;
+  base.bits = 3;
+  StatusOr<LayerFilter> f = LayerFilter::Create("", 8);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->SpecFor(head, base).bits, 8);
+  EXPECT_EQ(f->SpecFor(body, base).bits, 3);
+  EXPECT_FALSE(f->Excluded(head));
+  f = LayerFilter::Create("", kHeadFloat);
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(f->Excluded(head));
+  EXPECT_FALSE(f->Excluded(body));
+  f = LayerFilter::Create("", kHeadLikeOthers);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->SpecFor(head, base).bits, 3);
+  EXPECT_FALSE(LayerFilter::Create("", 9).ok());
+  EXPECT_FALSE(LayerFilter::Create("", 1).ok());
+}
+
 TEST(LayerFilter, Negative_InvalidRegex) {
   StatusOr<LayerFilter> f = LayerFilter::Create("lm_head(");
   ASSERT_FALSE(f.ok());

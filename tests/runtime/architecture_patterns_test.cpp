@@ -271,6 +271,10 @@ TEST_P(ArchitecturePatternsTest, LinearLayersAreDiscoverable) {
   }
   const std::vector<LinearLayer> layers = FindLinearLayers(model->graph);
   EXPECT_EQ(static_cast<int64_t>(layers.size()), per_layer * config.layers + 1);
+  // lm_head, the last linear layer, is the one output head (--head-bits applies to it alone).
+  ASSERT_FALSE(layers.empty());
+  EXPECT_TRUE(layers.back().output_head);
+  EXPECT_EQ(std::count_if(layers.begin(), layers.end(), [](const LinearLayer& l) { return l.output_head; }), 1);
 }
 
 INSTANTIATE_TEST_SUITE_P(ArchitecturePatterns, ArchitecturePatternsTest, ::testing::ValuesIn(AllCases()),

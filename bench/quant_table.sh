@@ -28,7 +28,7 @@ rows=(
   "gptq w4 g128 act-order|--pass gptq --bits 4 --group-size 128 --act-order|14.95"
   "awq w4 g128|--pass awq --bits 4 --group-size 128|15.20"
   "gptq w3 g128|--pass gptq --bits 3 --group-size 128|16.10"
-  "gptq w3 g128, lm_head in float|--pass gptq --bits 3 --group-size 128 --exclude lm_head|16.10"
+  "gptq w3 g128, head at 3 bits too|--pass gptq --bits 3 --group-size 128 --head-bits 3|"
   "smoothquant W8A8|--pass smoothquant|14.78"
   "outlier-split int8|--pass outlier-split|14.71"
 )
@@ -38,12 +38,12 @@ json_field() { sed -n "s/.*\"$1\": *\([0-9.e+-]*\).*/\1/p" "$2" | head -1; }
 # Our perplexity of MODEL (the 48-window protocol).
 ppl_ours() {
   "$q" eval "$1" --data "$2" --tokenizer "$3" --seqlen 512 --max-windows "$windows" --json --no-progress >"$tmp/eval.json"
-  json_field ppl "$tmp/eval.json"
+  json_field ppl "$tmp/eval.json" | awk '{ printf "%.4f", $1 }'
 }
 ppl_ort() {
   [ "$have_ort" = 1 ] || { echo "-"; return; }
   node "$root/tools/ort_eval.js" "$1" "$2" 512 "$windows" "$(nproc)" >"$tmp/ort.json"
-  json_field ppl "$tmp/ort.json"
+  json_field ppl "$tmp/ort.json" | awk '{ printf "%.4f", $1 }'
 }
 
 echo "qconvert $("$q" --version 2>/dev/null || true); $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p'))"

@@ -34,6 +34,9 @@ struct PackedTable {
   int64_t rows = 0, cols = 0, bits = 4, block_size = 0;
 };
 
+/// The narrowest head whose codes the embedding lookups share (see TiedTableStaysFloat).
+inline constexpr int kMinSharedTableBits = 8;
+
 /// Why the embedding Gathers of tied `layer` keep the float table when the head is quantized
 /// to `bits` (before widening to storage bits), or nullopt when they can read the head's codes.
 /// (The rewrite itself also needs the head's codes in input order, i.e. no act-order g_idx.)

@@ -127,12 +127,12 @@ struct Case {
   }
 };
 
+// Embedding lookups share the head's codes at 8 bits only (TiedTableStaysFloat).
 const std::vector<Case> kCases = {
-    {"absmax", 4, 16, 32, false, 1.0f},     // whole blocks: the head's bytes as they are
-    {"absmax", 4, 16, 40, false, 1.0f},     // 3 blocks of 16 for 40 columns: Slice off the padding
-    {"zeropoint", 8, 32, 40, false, 1.0f},  // 8-bit codes and zero points, padded
-    {"zeropoint", 4, 16, 40, true, 0.5f},   // Gemm head: alpha scales the head's scales only
-    {"absmax", 2, 16, 32, true, 1.0f},      // 2-bit codes
+    {"absmax", 8, 16, 32, false, 1.0f},     // whole blocks: the head's bytes as they are
+    {"absmax", 8, 16, 40, false, 1.0f},     // 3 blocks of 16 for 40 columns: Slice off the padding
+    {"zeropoint", 8, 32, 40, false, 1.0f},  // codes and zero points, padded
+    {"zeropoint", 8, 16, 40, true, 0.5f},   // Gemm head: alpha scales the head's scales only
 };
 
 TEST(TiedEmbedding, GatherReadsTheHeadsCodesAndTheTableGoes) {
@@ -197,7 +197,7 @@ TEST(TiedEmbedding, Negative_UntransposedTableStaysFloat) {
   StatusOr<Model> model = b.Build({{"", 17}});
   ASSERT_TRUE(model.ok());
   std::vector<LayerReport> layers;
-  ASSERT_TRUE(RunPass("absmax", *model, Options(4, 16), &layers).ok());
+  ASSERT_TRUE(RunPass("absmax", *model, Options(8, 16), &layers).ok());
   EXPECT_EQ(OpCounts(*model), (std::map<std::string, int>{{"Gather", 1}, {"com.microsoft.MatMulNBits", 1}}));
   EXPECT_NE(model->graph.FindInitializer("emb"), nullptr);
   ASSERT_EQ(layers.size(), 1u);
@@ -242,7 +242,7 @@ TEST(TiedEmbedding, Negative_ColumnGatherKeepsTheTable) {
   model.graph.outputs.push_back(out);
   EXPECT_FALSE(OnlyRowGathersRead(model.graph, "emb"));
   std::vector<LayerReport> layers;
-  ASSERT_TRUE(RunPass("absmax", model, Options(4, 16), &layers).ok());
+  ASSERT_TRUE(RunPass("absmax", model, Options(8, 16), &layers).ok());
   EXPECT_EQ(OpCounts(model)["Gather"], 1);
   EXPECT_EQ(OpCounts(model)["com.microsoft.GatherBlockQuantized"], 1);
   EXPECT_NE(model.graph.FindInitializer("emb"), nullptr);
@@ -255,13 +255,15 @@ TEST(TiedEmbedding, NotesSayWhyTheTableStays) {
   LinearLayer l;
   l.tied = true;
   l.transposed = true;
-  l.k = 40;
-  EXPECT_FALSE(TiedTableStaysFloat(l, 4));
-  EXPECT_FALSE(TiedTableStaysFloat(l, 3)) << "3-bit codes are stored in 4 bits";
   l.k = 41;
-  EXPECT_NE(TiedTableStaysFloat(l, 4).value_or("").find("not whole bytes"), std::string::npos);
   EXPECT_FALSE(TiedTableStaysFloat(l, 8));
+  // Narrower heads keep the lookups in float: sharing 4-bit codes cost +0.75% perplexity.
+  EXPECT_NE(TiedTableStaysFloat(l, 4).value_or("").find("only at 8 bits"), std::string::npos);
+  EXPECT_TRUE(TiedTableStaysFloat(l, 3));
   l.transposed = false;
+  EXPECT_TRUE(TiedTableStaysFloat(l, 8));
+  l.transposed = true;
+  l.tied = false;
   EXPECT_TRUE(TiedTableStaysFloat(l, 8));
 }
 

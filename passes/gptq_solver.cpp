@@ -104,21 +104,26 @@ void SolveChunk(const Plan& plan, const std::vector<float>& w, const GptqSpec& s
 
 }  // namespace
 
-bool UpperCholeskyOfInverse(const std::vector<double>& h, int64_t k, std::vector<double>* u) {
+bool UpperCholeskyOfInverse(std::vector<double> h, int64_t k, std::vector<double>* u) {
   QC_CHECK(static_cast<int64_t>(h.size()) == k * k && u != nullptr);
   // Algorithm 1, line 3. With J the reversal permutation and J H J = L Lᵀ,
   // H^-1 = (J L^-1 J)ᵀ (J L^-1 J), and J L^-1 J is upper triangular with a positive diagonal: the
   // upper Cholesky factor of H^-1, from one factorisation and one triangular inverse (the
   // reference factors twice and inverts once).
-  const Eigen::Map<const MatrixD> hm(h.data(), k, k);
-  const Eigen::MatrixXd reversed = hm.reverse();
-  const Eigen::LLT<Eigen::MatrixXd> llt(reversed);
+  // Everything happens in `h` and `u` (two K x K buffers: for K = 5632 each is 254 MB): H is
+  // symmetric, so its row-major buffer read column-major is H itself; it is reversed and factored
+  // in place, and L^-1 is formed, reversed and transposed to row-major U in place.
+  Eigen::Map<Eigen::MatrixXd> m(h.data(), k, k);
+  m.reverseInPlace();
+  const Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> llt(m);
   if (llt.info() != Eigen::Success) return false;
-  Eigen::MatrixXd l_inv = Eigen::MatrixXd::Identity(k, k);
+  u->assign(k * k, 0.0);
+  Eigen::Map<Eigen::MatrixXd> l_inv(u->data(), k, k);
+  l_inv.setIdentity();
   llt.matrixL().solveInPlace(l_inv);
-  u->resize(k * k);
-  Eigen::Map<MatrixD> um(u->data(), k, k);
-  um = l_inv.reverse();
+  l_inv.reverseInPlace();
+  l_inv.transposeInPlace();  // column-major Uᵀ is row-major U
+  const Eigen::Map<const MatrixD> um(u->data(), k, k);
   for (int64_t i = 0; i < k; ++i)
     if (!(um(i, i) > 0) || !std::isfinite(um(i, i))) return false;
   return um.allFinite();
@@ -168,20 +173,23 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
 
   // H in processing order (P H Pᵀ), damped: H + percdamp * mean(diag H) I, raised tenfold while
   // the factorisation fails (the reference stops with an error there).
-  std::vector<double> hp(k * k);
+  // Built afresh from `hessian` for every attempt, so at most three K x K matrices exist at once
+  // (the caller's H, the one being factored, U).
   double mean_diag = 0;
-  for (int64_t a = 0; a < k; ++a) {
-    for (int64_t b = 0; b < k; ++b) hp[a * k + b] = hessian[plan.perm[a] * k + plan.perm[b]];
-    hp[a * k + a] = diag[plan.perm[a]];
-    mean_diag += hp[a * k + a];
-  }
+  for (int64_t a = 0; a < k; ++a) mean_diag += diag[plan.perm[a]];
   mean_diag /= static_cast<double>(k);
+  auto damped_h = [&](double damp) {
+    std::vector<double> d(k * k);
+    for (int64_t a = 0; a < k; ++a) {
+      for (int64_t b = 0; b < k; ++b) d[a * k + b] = hessian[plan.perm[a] * k + plan.perm[b]];
+      d[a * k + a] = diag[plan.perm[a]] + damp * mean_diag;
+    }
+    return d;
+  };
   std::vector<double> u;
   double percdamp = spec.percdamp;
   for (;;) {
-    std::vector<double> damped = hp;
-    for (int64_t a = 0; a < k; ++a) damped[a * k + a] += percdamp * mean_diag;
-    if (UpperCholeskyOfInverse(damped, k, &u)) break;
+    if (UpperCholeskyOfInverse(damped_h(percdamp), k, &u)) break;
     const double next = percdamp > 0 ? percdamp * 10 : 0.01;
     if (next > kMaxPercdamp * (1 + 1e-9))
       return InvalidArgument("the Hessian of the layer input is not positive definite even with dampening " +
@@ -195,6 +203,7 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
   result.percdamp = percdamp;
   // The updates run in float32, as in the reference; U itself is computed in float64.
   plan.hinv = Eigen::Map<const MatrixD>(u.data(), k, k).cast<float>();
+  std::vector<double>().swap(u);
 
   // Groups. Without act-order, and with static groups, group g is input rows [g*G, (g+1)*G);
   // with reordered groups it is positions [g*G, (g+1)*G) of the act-order.

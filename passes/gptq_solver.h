@@ -48,8 +48,9 @@ struct GptqResult {
 
 /// The upper-triangular U with Uᵀ U = H^-1 (the reference code's
 /// cholesky(cholesky_inverse(cholesky(H)), upper=True)), for a symmetric positive definite
-/// row-major [k, k] H; false when H is not numerically positive definite.
-bool UpperCholeskyOfInverse(const std::vector<double>& h, int64_t k, std::vector<double>* u);
+/// row-major [k, k] H; false when H is not numerically positive definite. Takes `h` by value and
+/// works in it (move a temporary in to avoid a copy).
+bool UpperCholeskyOfInverse(std::vector<double> h, int64_t k, std::vector<double>* u);
 
 /// GPTQ of the row-major logical [k, n] weight `w` (k input rows, n output columns) with the
 /// row-major [k, k] Hessian `hessian` of its input. Group scales and zero points follow

@@ -247,7 +247,12 @@ __global__ void __launch_bounds__(256) PrepareActivationsKernel(const TA* __rest
 // "activation columns": 4 rows x {hi, lo} for fp32, 8 rows for fp16). Lane (g, t) dequantises
 // columns g and g + 8 of the tile (A rows g, g + 8), so one mma consumes 256 codes and the B
 // fragment, one 8-byte load, serves all 16 columns.
-template <int kBits, int kLoadBytes, typename TA, int kRowGroups, bool kHasZp>
+//
+// kDeep (GEMV tiles of one row group with 16-byte loads): 64 instead of 32 bytes of weights per
+// lane in flight, 4 iterations ahead instead of 2. At batch 1 the kernel is bound by memory latency
+// (Nsight: 57% of stalls on global loads); the deeper slots fit in 128 registers, so occupancy
+// stays at 2 blocks per SM.
+template <int kBits, int kLoadBytes, typename TA, int kRowGroups, bool kHasZp, bool kDeep>
 __global__ void __launch_bounds__(kThreads) NBitsMmaKernel(NBitsParams p, const __half* __restrict__ xq,
                                                           const float* __restrict__ xs, int kg, TA* __restrict__ y,
                                                           int m, int iters_per_split, float* __restrict__ partials,
@@ -261,7 +266,7 @@ __global__ void __launch_bounds__(kThreads) NBitsMmaKernel(NBitsParams p, const 
   constexpr int kCodesPerLane = kLoadBytes * 8 / kBits;
   constexpr int kIterCodes = 4 * kCodesPerLane;                // codes of one column per warp iteration
   constexpr int kStepsPerWord = kCodesPerWord / 4;             // an mma takes 4 codes per lane and column
-  constexpr int kUnroll = 32 / kLoadBytes;                     // iterations in flight: 64 B of weights per lane
+  constexpr int kUnroll = (kDeep ? 64 : 32) / kLoadBytes;      // iterations in flight: 2 x kUnroll loads per lane
   using Deq = Dequant<kBits>;
 
   __shared__ float red[kWarps][kRowGroups][kAccs][32];
@@ -555,6 +560,17 @@ Status LaunchGeneric(const NBitsParams& p, const TA* x, TA* y, int64_t m, cudaSt
   return Status::Ok();
 }
 
+// Blocks resident per SM of one kernel instantiation (4 when the query fails).
+template <typename Kernel>
+int MmaBlocksPerSm(Kernel kernel) {
+  int nb = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kernel, kThreads, 0) != cudaSuccess) {
+    (void)cudaGetLastError();
+    nb = 0;
+  }
+  return nb > 0 ? nb : 4;
+}
+
 template <int kBits, int kLoadBytes, typename TA, int kRowGroups>
 Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBitsWorkspace& ws, cudaStream_t stream,
                       int split_k) {
@@ -568,15 +584,7 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
   if (splits <= 0) {
     // Split K across blocks only when the tiles cannot fill the GPU with warps of >= 2 iterations.
     QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
-    static const int blocks_per_sm = [] {
-      int nb = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false>,
-                                                        kThreads, 0) != cudaSuccess) {
-        (void)cudaGetLastError();
-        nb = 0;
-      }
-      return nb > 0 ? nb : 4;
-    }();
+    static const int blocks_per_sm = MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>);
     const int64_t target = static_cast<int64_t>(info.sm_count) * blocks_per_sm;
     const int64_t base = static_cast<int64_t>(col_tiles) * row_tiles;
     splits = static_cast<int>(std::clamp<int64_t>(target / base, 1,
@@ -606,8 +614,20 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
   attr[0].val.programmaticStreamSerializationAllowed = 1;
   config.attrs = attr;
   config.numAttrs = 1;
-  auto kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true>
-                                : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false>;
+  auto kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, false>
+                                : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>;
+  if constexpr (kRowGroups == 1 && kLoadBytes == 16) {
+    // The deep slots when the grid is at most 2 waves: measured on the H200 at batch 1, they gain
+    // 1-15% at 256 and 512 tiles (4096 or 8192 columns; most with fp16 activations and W8) and
+    // lose up to 10% at 688 (11008 columns, 2.6 waves), where the shallow slots do better.
+    QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
+    static const int deep_blocks_per_sm =
+        MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>);
+    const int64_t blocks = static_cast<int64_t>(col_tiles) * splits * row_tiles;
+    if (blocks <= 2 * static_cast<int64_t>(info.sm_count) * deep_blocks_per_sm)
+      kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, true>
+                               : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>;
+  }
   QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p,
                                              static_cast<const __half*>(ws.activations()),
                                              static_cast<const float*>(ws.activation_scales()), kg, y,

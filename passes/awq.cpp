@@ -368,19 +368,8 @@ Status AwqPass::Run(Model& model, PassContext& context) {
     const auto start = std::chrono::steady_clock::now();
     const WeightQuantSpec layer_spec = filter.SpecFor(l, spec);
     const std::string scheme = SchemeName(layer_spec);
-    LayerReport r;
-    r.name = l.node_name;
-    r.weight = l.weight;
-    r.k = l.k;
-    r.n = l.n;
-    r.pass = Name();
-    r.scheme = scheme;
-    r.bits = layer_spec.bits;
-    r.group_size = layer_spec.group_size;
-    if (auto reason = MatMulNBitsUnsupportedReason(model.graph, l)) {
-      r.scheme = "float";
-      r.bits = 0;
-      r.notes.push_back("left in float: " + *reason);
+    LayerReport r = WeightOnlyLayerReport(model.graph, l, Name(), scheme, layer_spec);
+    if (r.bits == 0) {  // MatMulNBits cannot encode it; the report says why
       context.layers->push_back(std::move(r));
       continue;
     }

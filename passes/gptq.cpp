@@ -11,6 +11,12 @@
 #include "passes/weight_quant.h"
 
 namespace qc {
+namespace {
+
+// ONNX Runtime's g_idx path runs 4-bit storage only, so other widths keep static groups.
+bool StaticGroups(bool requested, int bits) { return requested || StorageBits(bits) != 4; }
+
+}  // namespace
 
 GptqSpec GptqSpecFromOptions(const QuantOptions& options) {
   GptqSpec spec;
@@ -19,9 +25,8 @@ GptqSpec GptqSpecFromOptions(const QuantOptions& options) {
   // Act-order keeps its groups in input order by default ("static groups"): on docs-llama-12m
   // (128 x 512 calibration, 48 windows, asymmetric w4 g128) 14.92 against 15.00 with groups formed
   // in act-order, and no g_idx is needed, so the artifact has the same format and kernels as
-  // round-to-nearest. --g-idx forms the groups in act-order and records them in g_idx; ONNX
-  // Runtime's g_idx path runs 4-bit storage only, so other widths keep static groups.
-  spec.static_groups = options.static_groups || StorageBits(options.bits) != 4;
+  // round-to-nearest. --g-idx forms the groups in act-order and records them in g_idx.
+  spec.static_groups = StaticGroups(options.static_groups, options.bits);
   spec.percdamp = options.damp;
   spec.block_size = options.block_size;
   return spec;
@@ -43,7 +48,7 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   auto spec_for = [&](const LinearLayer& layer) {
     GptqSpec s = spec;
     s.quant = filter.SpecFor(layer, spec.quant);
-    s.static_groups = spec.static_groups || StorageBits(s.quant.bits) != 4;
+    s.static_groups = StaticGroups(options.static_groups, s.quant.bits);
     return s;
   };
   auto scheme_of = [&](const GptqSpec& s) { return SchemeName(s.quant) + (s.act_order ? "+act-order" : ""); };

@@ -106,6 +106,11 @@ std::vector<float> W8A8Reference(const std::vector<float>& x, int64_t rows, cons
   return y;
 }
 
+StatusOr<LayerFilter> W8A8LayerFilter(const QuantOptions& options) {
+  return LayerFilter::Create(options.exclude_regex,
+                             options.head_bits == kHeadFloat ? kHeadFloat : kHeadLikeOthers);
+}
+
 StatusOr<std::vector<OutputError>> MeasureW8A8Error(const Model& model, const std::vector<Tensor>& windows,
                                                     const std::vector<W8A8Probe>& probes) {
   // Per probe: the int8 codes as float (exact), the row split, and the accumulated energies.

@@ -31,6 +31,8 @@
 #include "formats/linear_layers.h"
 #include "formats/status.h"
 #include "formats/tensor.h"
+#include "passes/quant_options.h"
+#include "passes/weight_quant.h"
 
 namespace qc {
 
@@ -76,6 +78,10 @@ struct W8A8Probe {
   const Int8Weight* q = nullptr;  // the int8 weight of the non-outlier rows ([K - |O|, N])
   std::vector<int64_t> outliers;  // input channels kept float (sorted); empty: plain W8A8
 };
+
+/// The --exclude / --head-bits filter of a W8A8 pass: every layer, the output head included, is
+/// int8; `--head-bits float` still leaves the head in float, other widths do not apply.
+StatusOr<LayerFilter> W8A8LayerFilter(const QuantOptions& options);
 
 /// Calibration windows MeasureW8A8Error runs for the passes' reports (the first ones; 8 x 512
 /// tokens cost about one tenth of the calibration pass on docs-llama-12m).

@@ -43,7 +43,7 @@ Status OutlierSplitPass::Run(Model& model, PassContext& context) {
   if (!(o.threshold > 0.0 && std::isfinite(o.threshold)))
     return InvalidArgument("--threshold (outlier-split activation magnitude) must be > 0, got " +
                            std::to_string(o.threshold));
-  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(o.exclude_regex, o.head_bits == kHeadFloat ? kHeadFloat : kHeadLikeOthers));
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, W8A8LayerFilter(o));
   QC_ASSIGN_OR_RETURN(W8A8Rewriter rewriter, W8A8Rewriter::Create(model));
 
   std::vector<LinearLayer> targets;

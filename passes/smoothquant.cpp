@@ -70,7 +70,7 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
                            "activation ranges can be measured");
   if (!(o.alpha >= 0.0 && o.alpha <= 1.0))
     return InvalidArgument("--alpha (SmoothQuant migration strength) must be in [0, 1], got " + std::to_string(o.alpha));
-  QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(o.exclude_regex, o.head_bits == kHeadFloat ? kHeadFloat : kHeadLikeOthers));
+  QC_ASSIGN_OR_RETURN(LayerFilter filter, W8A8LayerFilter(o));
   if (context.quantize_weights) QC_RETURN_IF_ERROR(W8A8Rewriter::Create(model).status());
 
   // Layers that can be touched: float32 constant weights. The others are reported and left alone.

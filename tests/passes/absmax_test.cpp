@@ -27,6 +27,7 @@
 #include "passes/weight_quant.h"
 #include "passes/zeropoint.h"
 #include "runtime/executor.h"
+#include "tests/ort_batch.h"
 
 namespace qc {
 namespace {
@@ -505,31 +506,17 @@ TEST(RoundToNearestOrt, OnnxRuntimeAgrees) {
       jobs.push_back({std::string("g_idx_") + (sym ? "sym" : "asym"), m, {{"x", RandomNormalTensor({3, 64}, 0.0f, 1.0f, rng)}}});
     }
   }
-  std::string list;
-  for (const Job& job : jobs) {
-    const std::string model_path = (dir / (job.name + ".onnx")).string();
-    ASSERT_TRUE(WriteOnnxModel(job.model, model_path).ok());
-    list += model_path + "\t" + (dir / (job.name + "_ort")).string();
-    for (const auto& [input, tensor] : job.feeds) {
-      const std::string npy = (dir / (job.name + "_" + input + ".npy")).string();
-      ASSERT_TRUE(WriteNpy(tensor, npy).ok());
-      list += "\t" + input + "=" + npy;
-    }
-    list += "\n";
-  }
-  std::ofstream(dir / "jobs.txt") << list;
-  const std::string command = "node '" + std::string(QC_SOURCE_DIR) + "/tools/ort_run.js' --batch '" +
-                              (dir / "jobs.txt").string() + "' 2> '" + (dir / "stderr.txt").string() + "'";
-  const int rc = std::system(command.c_str());
-  const int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  if (code == 3) {
+  std::vector<OrtJob> ort_jobs;
+  for (const Job& job : jobs) ort_jobs.push_back({job.name, &job.model, job.feeds});
+  StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  if (*ran == OrtBatch::kUnavailable) {
     fs::remove_all(dir);
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   }
-  ASSERT_TRUE(code == 0 || code == 1) << Slurp((dir / "stderr.txt").string());
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
-    const std::string out_dir = (dir / (job.name + "_ort")).string();
+    const std::string out_dir = OrtOutputDir(dir.string(), job.name);
     const std::string error = Slurp(out_dir + "/error.txt");
     EXPECT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
     if (!error.empty()) continue;

@@ -26,6 +26,7 @@
 #include "passes/registry.h"
 #include "passes/weight_quant.h"
 #include "runtime/executor.h"
+#include "tests/ort_batch.h"
 
 namespace qc {
 namespace {
@@ -281,36 +282,24 @@ TEST(TiedEmbedding, OnnxRuntimeAgrees) {
   std::string pattern = (fs::temp_directory_path() / "qc_tied_ort_XXXXXX").string();
   ASSERT_NE(mkdtemp(pattern.data()), nullptr);
   const fs::path dir = pattern;
-  std::string list;
   std::vector<std::pair<Case, Model>> jobs;
   for (const Case& c : kCases) {
     Model model = TiedModel(c.hidden, c.gemm_head, c.alpha);
     std::vector<LayerReport> layers;
     ASSERT_TRUE(RunPass(c.pass, model, Options(c.bits, c.group_size), &layers).ok());
-    const std::string path = (dir / (c.Name() + ".onnx")).string();
-    ASSERT_TRUE(WriteOnnxModel(model, path).ok());
-    list += path + "\t" + (dir / (c.Name() + "_ort")).string();
-    for (const auto& [input, tensor] : Feeds(c.hidden)) {
-      const std::string npy = (dir / (c.Name() + "_" + input + ".npy")).string();
-      ASSERT_TRUE(WriteNpy(tensor, npy).ok());
-      list += "\t" + input + "=" + npy;
-    }
-    list += "\n";
     jobs.emplace_back(c, std::move(model));
   }
-  std::ofstream(dir / "jobs.txt") << list;
-  const std::string command = "node '" + std::string(QC_SOURCE_DIR) + "/tools/ort_run.js' --batch '" +
-                              (dir / "jobs.txt").string() + "' 2> '" + (dir / "stderr.txt").string() + "'";
-  const int rc = std::system(command.c_str());
-  const int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  if (code == 3) {
+  std::vector<OrtJob> ort_jobs;
+  for (const auto& [c, model] : jobs) ort_jobs.push_back({c.Name(), &model, Feeds(c.hidden)});
+  StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  if (*ran == OrtBatch::kUnavailable) {
     fs::remove_all(dir);
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   }
-  ASSERT_TRUE(code == 0 || code == 1) << Slurp((dir / "stderr.txt").string());
   for (const auto& [c, model] : jobs) {
     SCOPED_TRACE(c.Name());
-    const std::string out_dir = (dir / (c.Name() + "_ort")).string();
+    const std::string out_dir = OrtOutputDir(dir.string(), c.Name());
     const std::string error = Slurp(out_dir + "/error.txt");
     ASSERT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
     const std::vector<Tensor> ours = RunModel(model, Feeds(c.hidden));

@@ -20,6 +20,7 @@
 #include "formats/tensor.h"
 #include "runtime/cpu/kernel.h"
 #include "runtime/executor.h"
+#include "tests/ort_batch.h"
 
 namespace qc {
 namespace {
@@ -246,6 +247,7 @@ class TempDir {
     fs::remove_all(path_, ec);
   }
   std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
+  const std::string& path() const { return path_; }
 
  private:
   std::string path_;
@@ -324,28 +326,15 @@ TEST(GatherBlockQuantized, MatchesOnnxRuntime) {
     ASSERT_TRUE(m.ok()) << m.status().message();
     jobs.push_back({"out_of_range", std::move(*m), Tensor::FromVector<int64_t>({1, 8}, {2})});
   }
-  std::string list;
-  for (const Job& job : jobs) {
-    const std::string model_path = dir / (job.name + ".onnx"), npy = dir / (job.name + "_indices.npy");
-    ASSERT_TRUE(WriteOnnxModel(job.model, model_path).ok());
-    ASSERT_TRUE(WriteNpy(job.indices, npy).ok());
-    list += model_path + "\t" + (dir / (job.name + "_ort")) + "\tindices=" + npy + "\n";
-  }
-  {
-    FILE* f = std::fopen((dir / "jobs.txt").c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fwrite(list.data(), 1, list.size(), f);
-    std::fclose(f);
-  }
-  const std::string command = "node '" + std::string(QC_SOURCE_DIR) + "/tools/ort_run.js' --batch '" +
-                              (dir / "jobs.txt") + "' 2> '" + (dir / "stderr.txt") + "'";
-  const int rc = std::system(command.c_str());
-  const int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  if (code == 3) GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
-  ASSERT_TRUE(code == 0 || code == 1) << "ort_run.js exited with " << code << ": " << ReadText(dir / "stderr.txt");
+  std::vector<OrtJob> ort_jobs;
+  for (const Job& job : jobs) ort_jobs.push_back({job.name, &job.model, {{"indices", job.indices}}});
+  StatusOr<OrtBatch> ran = RunOrtBatch(dir.path(), ort_jobs);
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  if (*ran == OrtBatch::kUnavailable)
+    GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
-    const std::string error = ReadText(dir / (job.name + "_ort") + "/error.txt");
+    const std::string error = ReadText(OrtOutputDir(dir.path(), job.name) + "/error.txt");
     if (job.name == "out_of_range") {
       EXPECT_NE(error.find("out of data bounds"), std::string::npos) << error;
       StatusOr<std::unique_ptr<Session>> session = Session::Create(job.model);
@@ -354,7 +343,7 @@ TEST(GatherBlockQuantized, MatchesOnnxRuntime) {
       continue;
     }
     ASSERT_TRUE(error.empty()) << "ONNX Runtime rejected the model: " << error;
-    StatusOr<Tensor> ort = ReadNpy(dir / (job.name + "_ort") + "/" + job.model.graph.outputs[0].name + ".npy");
+    StatusOr<Tensor> ort = ReadNpy(OrtOutputDir(dir.path(), job.name) + "/" + job.model.graph.outputs[0].name + ".npy");
     ASSERT_TRUE(ort.ok()) << ort.status().message();
     StatusOr<std::unique_ptr<Session>> session = Session::Create(job.model);
     ASSERT_TRUE(session.ok()) << session.status().message();

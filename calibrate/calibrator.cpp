@@ -148,6 +148,12 @@ OutputError OutputErrorFromHessian(const std::vector<double>& hessian, int64_t k
   return e;
 }
 
+Calibrator Calibrator::FirstWindows(size_t count) const {
+  Calibrator c(std::vector<Tensor>(windows_.begin(), windows_.begin() + std::min(count, windows_.size())));
+  c.log_ = log_;
+  return c;
+}
+
 StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, const std::vector<LinearLayer>& layers,
                                                            const StatsRequest& request) const {
   if (windows_.empty()) return InvalidArgument("no calibration windows");
@@ -226,14 +232,16 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       log_("calibrating " + group.layers.front().node_name + " (" + std::to_string(i + 1) + "/" +
            std::to_string(order.size()) + ")");
     StatsAccumulator accumulator(group.input, group.layers.front().k, request);
+    std::vector<const Tensor*> inputs;
     for (auto& run : runs) {
       QC_RETURN_IF_ERROR(run->RunUntil(step));
       const Tensor* x = run->Value(group.input);
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
       QC_RETURN_IF_ERROR(accumulator.Add(*x, &scratch));
+      inputs.push_back(x);
     }
     std::vector<float>().swap(scratch);  // K x K floats the visitor's solver can use instead
-    QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish()));
+    QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish(), inputs));
 #ifdef __GLIBC__
     // The group's statistics and the visitor's work buffers are freed now. glibc keeps freed heap
     // pages that long-lived small allocations made since (a layer's scales, graph nodes) pin below

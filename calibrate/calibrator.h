@@ -50,8 +50,11 @@ std::vector<LayerGroup> GroupLayersByInput(const std::vector<LinearLayer>& layer
 using GroupWeights = std::vector<std::vector<float>>;
 
 /// Called once per group by RunSequential with the statistics of the group's input as produced by
-/// the model with every earlier group already replaced.
-using SequentialVisitor = std::function<StatusOr<GroupWeights>(const LayerGroup& group, const InputStats& stats)>;
+/// the model with every earlier group already replaced, and that input itself: one tensor per
+/// calibration window, in window order, valid only during the call (the W8A8 passes measure the
+/// error activation rounding adds, which statistics cannot give).
+using SequentialVisitor = std::function<StatusOr<GroupWeights>(const LayerGroup& group, const InputStats& stats,
+                                                               const std::vector<const Tensor*>& inputs)>;
 
 /// ||X W - X W~||_F relative to ||X W||_F, and the SQNR in dB, from the Hessian of X alone:
 /// ||X D||_F^2 = rows/2 * tr(Dᵀ H D). W and W~ are row-major [k, n]. When X W is zero the
@@ -71,6 +74,9 @@ class Calibrator {
   explicit Calibrator(std::vector<Tensor> windows) : windows_(std::move(windows)) {}
 
   const std::vector<Tensor>& windows() const { return windows_; }
+  /// A calibrator over the first `count` windows (all of them when there are fewer), logging to the
+  /// same place.
+  Calibrator FirstWindows(size_t count) const;
   /// Receives one-line progress messages (may be empty).
   void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
 

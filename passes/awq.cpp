@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -219,12 +220,13 @@ std::vector<float> SearchClip(const std::vector<float>& w, int64_t k, int64_t n,
   return max_val;
 }
 
-// What phase 1 decided for one layer group.
+// What the scale search decided for one layer group; kept until its last layer is quantized.
 struct GroupState {
   std::vector<double> hessian;  // H of the unscaled X, [k * k]
   std::vector<float> s;         // the applied scale (all ones when not scaled)
   std::vector<float> h_s;       // diag(1/s) H diag(1/s), float32
   std::string note;             // alpha, error ratio, where 1/s went
+  size_t layers_left = 0;       // layers of the group not quantized yet
 };
 
 // The layers of the current graph whose outputs are `outputs`, in node order, as one group.
@@ -238,6 +240,237 @@ StatusOr<LayerGroup> CurrentGroup(const Model& model, const std::vector<std::str
   return group;
 }
 
+// One run of the pass: the scale search per group (paper Sec. 3.2), then, once no later group
+// folds its 1/s into a layer, that layer's clip search and rounding (reference auto_clip +
+// pseudo-quantize).
+class AwqRun {
+ public:
+  AwqRun(Model& model, PassContext& context, const WeightQuantSpec& spec, const LayerFilter& filter, const char* name)
+      : model_(model), context_(context), spec_(spec), filter_(filter), name_(name) {}
+
+  Status Run() {
+    const std::vector<LinearLayer> layers = FindLinearLayers(model_.graph);
+    const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
+    // Layers are tracked by their output value: node indices move when a Mul is inserted, outputs
+    // never change.
+    states_.resize(groups.size());
+    group_outputs_.resize(groups.size());
+    for (size_t gi = 0; gi < groups.size(); ++gi) {
+      group_index_[groups[gi].input] = gi;
+      for (const LinearLayer& l : groups[gi].layers) {
+        const std::string& out = model_.graph.nodes[l.node_index].outputs[0];
+        group_outputs_[gi].push_back(out);
+        layer_order_.push_back(out);
+      }
+    }
+    // A layer is quantized once its own group and every group that folds 1/s into its output
+    // columns (v_proj waits for o_proj, up_proj for down_proj) have been scaled. Predicted on
+    // the float model; if the numeric probe later rejects a fold, the wait was merely early.
+    for (size_t gi = 0; gi < groups.size(); ++gi)
+      if (std::optional<std::string> target = PlannedLinearFoldTarget(model_, groups[gi])) {
+        ++folds_pending_[*target];
+        fold_target_[gi] = *target;
+      }
+    for (int node : QueryKeyLayers(model_.graph, layers)) query_key_.insert(model_.graph.nodes[node].outputs[0]);
+
+    // One float pass, group by group in execution order (the weights are kept float: AWQ searches
+    // on the float model), so only the statistics of the groups in flight exist at a time.
+    if (context_.quantize_weights) rewriter_.emplace(model_);
+    StatsRequest request;
+    request.hessian = true;
+    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats,
+                                  const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
+      const size_t gi = group_index_.at(group.input);
+      QC_RETURN_IF_ERROR(ScaleGroup(gi, stats));
+      if (auto it = fold_target_.find(gi); it != fold_target_.end()) --folds_pending_[it->second];
+      for (const std::string& out : group_outputs_[gi]) pending_.push_back(out);
+      QC_RETURN_IF_ERROR(QuantizeReadyLayers());
+      return GroupWeights(group.layers.size());  // empty: later groups see the float model's inputs
+    };
+    QC_RETURN_IF_ERROR(context_.calibrator->RunSequential(model_, layers, request, visit));
+    folds_pending_.clear();  // every group has been visited
+    QC_RETURN_IF_ERROR(QuantizeReadyLayers());
+    if (rewriter_) rewriter_->Finish();
+    for (const std::string& out : layer_order_)
+      if (auto it = reports_.find(out); it != reports_.end()) context_.layers->push_back(std::move(it->second));
+    return Status::Ok();
+  }
+
+ private:
+  // Searches the group's scale on the grid and folds it into the model (in float: the function is
+  // unchanged).
+  Status ScaleGroup(size_t gi, const InputStats& st) {
+    GroupState& state = states_[gi];
+    const int64_t k = st.k;
+    state.hessian = st.hessian;
+    state.s.assign(k, 1.0f);
+    state.layers_left = group_outputs_[gi].size();
+    QC_ASSIGN_OR_RETURN(LayerGroup group, CurrentGroup(model_, group_outputs_[gi]));
+    std::vector<const LinearLayer*> targets;
+    std::string skip;
+    for (const LinearLayer& l : group.layers) {
+      const std::optional<std::string> reason = MatMulNBitsUnsupportedReason(model_.graph, l);
+      if (reason) skip = "not scaled: " + *reason;
+      else if (!filter_.Excluded(l)) targets.push_back(&l);
+    }
+    if (targets.empty()) skip = "not scaled: no layer of the group is quantized";
+    // Scaling a weight the embedding Gather also reads needs a second, scaled copy of the table,
+    // and then the table can no longer be stored once with the head's codes (GatherBlockQuantized):
+    // on docs-llama-12m that is 12.6 MB back in float for a head that --head-bits keeps at 8 bits.
+    for (const LinearLayer* l : targets)
+      if (l->tied) skip = "not scaled: the weight is the tied embedding table";
+    if (skip.empty()) {
+      std::vector<std::vector<float>> w(targets.size());
+      for (size_t t = 0; t < targets.size(); ++t) {
+        QC_ASSIGN_OR_RETURN(w[t], ReadLinearWeight(model_.graph, *targets[t]));
+      }
+      std::vector<float> h(k * k);
+      for (int64_t i = 0; i < k * k; ++i) h[i] = static_cast<float>(state.hessian[i]);
+      // Output error of the group for one candidate s: Σ_layers tr(Δᵀ H Δ) with
+      // Δ = W - diag(1/s) Q(diag(s) W).
+      auto loss = [&](const std::vector<float>& s) -> StatusOr<double> {
+        double total = 0;
+        for (size_t t = 0; t < targets.size(); ++t) {
+          const int64_t n = targets[t]->n;
+          std::vector<float> ws(w[t]);
+          for (int64_t r = 0; r < k; ++r)
+            for (int64_t j = 0; j < n; ++j) ws[r * n + j] *= s[r];
+          QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(ws, k, n, filter_.SpecFor(*targets[t], spec_)));
+          const std::vector<float> q = qw.Dequantize();
+          std::vector<float> delta(k * n);
+          for (int64_t r = 0; r < k; ++r)
+            for (int64_t j = 0; j < n; ++j) delta[r * n + j] = w[t][r * n + j] - q[r * n + j] / s[r];
+          total += Quadratic(h, delta, k, n);
+        }
+        return total;
+      };
+      double best_alpha = 0, best_loss = std::numeric_limits<double>::infinity(), rtn_loss = 0;
+      std::vector<float> best_s;
+      for (int i = 0; i < kAwqScaleGrid; ++i) {
+        const double alpha = static_cast<double>(i) / kAwqScaleGrid;
+        std::vector<float> s = ScalesForAlpha(st.abs_mean, alpha);
+        QC_ASSIGN_OR_RETURN(double l, loss(s));
+        if (i == 0) rtn_loss = l;
+        if (l < best_loss) {  // strict: ties keep the smaller alpha (alpha 0 is plain RTN)
+          best_loss = l;
+          best_alpha = alpha;
+          best_s = std::move(s);
+        }
+      }
+      state.note = "alpha " + Format("%.2f", best_alpha) + " (group output error " +
+                   Format("%.3f", rtn_loss > 0 ? best_loss / rtn_loss : 1.0) + "x RTN's)";
+      if (best_alpha > 0) {
+        StatusOr<ChannelScaleResult> r = ApplyInputChannelScale(model_, group, best_s);
+        if (!r.ok()) return r.status().WithContext("awq: scaling the input '" + group.input + "'");
+        if (rewriter_) rewriter_->NoteGraphNames();
+        state.s = std::move(best_s);
+        state.note += "; 1/s folded into " + r->folded_into;
+      }
+    } else {
+      state.note = skip;
+    }
+    if (!context_.quantize_weights) {
+      // `--pass awq,gptq`: scaled only; the next pass quantizes.
+      QC_ASSIGN_OR_RETURN(LayerGroup scaled, CurrentGroup(model_, group_outputs_[gi]));
+      for (const LinearLayer& l : scaled.layers) {
+        if (filter_.Excluded(l)) continue;
+        LayerReport r;
+        r.name = l.node_name;
+        r.weight = l.weight;
+        r.k = l.k;
+        r.n = l.n;
+        r.pass = name_;
+        r.scheme = "float";
+        r.notes.push_back("scaled only (a later pass quantizes): " + state.note);
+        reports_[model_.graph.nodes[l.node_index].outputs[0]] = std::move(r);
+      }
+      state = GroupState{};
+      return Status::Ok();
+    }
+    state.h_s = ScaledHessian(state.hessian, state.s);
+    return Status::Ok();
+  }
+
+  // Quantizes every pending layer that no group still to come folds into, in order.
+  Status QuantizeReadyLayers() {
+    if (!context_.quantize_weights) {
+      pending_.clear();
+      return Status::Ok();
+    }
+    std::vector<std::string> waiting;
+    for (const std::string& out : pending_) {
+      if (auto it = folds_pending_.find(out); it != folds_pending_.end() && it->second > 0) {
+        waiting.push_back(out);
+        continue;
+      }
+      QC_RETURN_IF_ERROR(QuantizeLayer(out));
+    }
+    pending_ = std::move(waiting);
+    return Status::Ok();
+  }
+
+  // Clip search and rounding of the layer whose node writes `out`, then the MatMulNBits in place.
+  Status QuantizeLayer(const std::string& out) {
+    size_t gi = 0;
+    while (std::find(group_outputs_[gi].begin(), group_outputs_[gi].end(), out) == group_outputs_[gi].end()) ++gi;
+    GroupState& state = states_[gi];
+    QC_ASSIGN_OR_RETURN(LayerGroup current, CurrentGroup(model_, {out}));
+    const LinearLayer& l = current.layers.front();
+    const bool last_of_group = --state.layers_left == 0;
+    if (!filter_.Excluded(l)) {
+      const auto start = std::chrono::steady_clock::now();
+      const WeightQuantSpec layer_spec = filter_.SpecFor(l, spec_);
+      const std::string scheme = SchemeName(layer_spec);
+      LayerReport r = WeightOnlyLayerReport(model_.graph, l, name_, scheme, layer_spec);
+      if (r.bits > 0) {
+        QC_ASSIGN_OR_RETURN(std::vector<float> w_s, ReadLinearWeight(model_.graph, l));
+        std::vector<float> max_val;
+        std::string clip_note = "no clipping (query/key projection, as in the reference)";
+        if (!query_key_.count(out)) {
+          double mean_shrink = 1;
+          max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s, &mean_shrink);
+          clip_note = "clip search: mean max|w| kept " + Format("%.3f", mean_shrink);
+        }
+        const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, layer_spec, max_val);
+        const std::vector<float> w_hat = qw.Dequantize();
+        r.weight_rel_error = RelativeError(w_s, w_hat);
+        // ||X W - X W~|| with X W = (X / s)(diag(s) W): the scaled weight against H_s, in float64.
+        std::vector<double> h_s(state.hessian.size());
+        for (int64_t a = 0; a < l.k; ++a)
+          for (int64_t b = 0; b < l.k; ++b)
+            h_s[a * l.k + b] = state.hessian[a * l.k + b] / (static_cast<double>(state.s[a]) * state.s[b]);
+        const OutputError e = OutputErrorFromHessian(h_s, l.k, w_s, w_hat, l.n);
+        r.output_rel_error = e.rel_error;
+        r.sqnr_db = e.sqnr_db;
+        r.notes.push_back(state.note);
+        r.notes.push_back(clip_note);
+        QC_RETURN_IF_ERROR(rewriter_->Replace(l, qw, "qconvert awq " + scheme).WithContext("quantizing " + l.node_name));
+        AddWeightNotes(l, layer_spec, r);
+        r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+      reports_[out] = std::move(r);
+    }
+    if (last_of_group) state = GroupState{};  // its Hessians are no longer needed
+    return Status::Ok();
+  }
+
+  Model& model_;
+  PassContext& context_;
+  const WeightQuantSpec spec_;
+  const LayerFilter& filter_;
+  const char* name_;
+  std::vector<GroupState> states_;
+  std::vector<std::vector<std::string>> group_outputs_;  // per group: its layers' output values
+  std::map<std::string, size_t> group_index_;            // group input (as calibrated) -> group
+  std::vector<std::string> layer_order_;                 // every layer's output, in node order
+  std::map<size_t, std::string> fold_target_;            // group -> the layer it folds 1/s into
+  std::map<std::string, int> folds_pending_;             // layer -> groups still to fold into it
+  std::set<std::string> query_key_;                      // query/key projections: not clipped
+  std::vector<std::string> pending_;                     // scaled layers not quantized yet
+  std::optional<MatMulNBitsRewriter> rewriter_;
+  std::map<std::string, LayerReport> reports_;           // by layer output
+};
+
 }  // namespace
 
 Status AwqPass::Run(Model& model, PassContext& context) {
@@ -249,158 +482,8 @@ Status AwqPass::Run(Model& model, PassContext& context) {
   spec.scale_search = false;  // AWQ's clip search takes the place of the per-group range search
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec));
   QC_ASSIGN_OR_RETURN(LayerFilter filter, LayerFilter::Create(context.options.exclude_regex, context.options.head_bits));
-
-  const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
-  const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
-  StatsRequest request;
-  request.hessian = true;
-  QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, context.calibrator->CollectStats(model, layers, request));
-  QC_CHECK(stats.size() == groups.size());
-
-  // Layers are tracked by their output value: node indices move when a Mul is inserted, outputs
-  // never change.
-  std::vector<std::vector<std::string>> group_outputs(groups.size());
-  for (size_t gi = 0; gi < groups.size(); ++gi)
-    for (const LinearLayer& l : groups[gi].layers) group_outputs[gi].push_back(model.graph.nodes[l.node_index].outputs[0]);
-
-  // Phase 1 (paper Sec. 3.2): per group, the scale of least quantized output error, applied in float.
-  std::vector<GroupState> states(groups.size());
-  std::map<std::string, size_t> group_of_output;
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    for (const std::string& o : group_outputs[gi]) group_of_output[o] = gi;
-    GroupState& state = states[gi];
-    const InputStats& st = stats[gi];
-    const int64_t k = st.k;
-    state.hessian = std::move(stats[gi].hessian);
-    state.s.assign(k, 1.0f);
-    QC_ASSIGN_OR_RETURN(LayerGroup group, CurrentGroup(model, group_outputs[gi]));
-    std::vector<const LinearLayer*> targets;
-    std::string skip;
-    for (const LinearLayer& l : group.layers) {
-      const std::optional<std::string> reason = MatMulNBitsUnsupportedReason(model.graph, l);
-      if (reason) skip = "not scaled: " + *reason;
-      else if (!filter.Excluded(l)) targets.push_back(&l);
-    }
-    if (targets.empty()) skip = "not scaled: no layer of the group is quantized";
-    // Scaling a weight the embedding Gather also reads needs a second, scaled copy of the table,
-    // and then the table can no longer be stored once with the head's codes (GatherBlockQuantized):
-    // on docs-llama-12m that is 12.6 MB back in float for a head that --head-bits keeps at 8 bits.
-    for (const LinearLayer* l : targets)
-      if (l->tied) skip = "not scaled: the weight is the tied embedding table";
-    if (!skip.empty()) {
-      state.note = skip;
-      state.h_s = ScaledHessian(state.hessian, state.s);
-      continue;
-    }
-    std::vector<std::vector<float>> w(targets.size());
-    for (size_t t = 0; t < targets.size(); ++t) {
-      QC_ASSIGN_OR_RETURN(w[t], ReadLinearWeight(model.graph, *targets[t]));
-    }
-    std::vector<float> h(k * k);
-    for (int64_t i = 0; i < k * k; ++i) h[i] = static_cast<float>(state.hessian[i]);
-    // Output error of the group for one candidate s: Σ_layers tr(Δᵀ H Δ) with
-    // Δ = W - diag(1/s) Q(diag(s) W).
-    auto loss = [&](const std::vector<float>& s) -> StatusOr<double> {
-      double total = 0;
-      for (size_t t = 0; t < targets.size(); ++t) {
-        const int64_t n = targets[t]->n;
-        std::vector<float> ws(w[t]);
-        for (int64_t r = 0; r < k; ++r)
-          for (int64_t j = 0; j < n; ++j) ws[r * n + j] *= s[r];
-        QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(ws, k, n, filter.SpecFor(*targets[t], spec)));
-        const std::vector<float> q = qw.Dequantize();
-        std::vector<float> delta(k * n);
-        for (int64_t r = 0; r < k; ++r)
-          for (int64_t j = 0; j < n; ++j) delta[r * n + j] = w[t][r * n + j] - q[r * n + j] / s[r];
-        total += Quadratic(h, delta, k, n);
-      }
-      return total;
-    };
-    double best_alpha = 0, best_loss = std::numeric_limits<double>::infinity(), rtn_loss = 0;
-    std::vector<float> best_s;
-    for (int i = 0; i < kAwqScaleGrid; ++i) {
-      const double alpha = static_cast<double>(i) / kAwqScaleGrid;
-      std::vector<float> s = ScalesForAlpha(st.abs_mean, alpha);
-      QC_ASSIGN_OR_RETURN(double l, loss(s));
-      if (i == 0) rtn_loss = l;
-      if (l < best_loss) {  // strict: ties keep the smaller alpha (alpha 0 is plain RTN)
-        best_loss = l;
-        best_alpha = alpha;
-        best_s = std::move(s);
-      }
-    }
-    state.note = "alpha " + Format("%.2f", best_alpha) + " (group output error " +
-                 Format("%.3f", rtn_loss > 0 ? best_loss / rtn_loss : 1.0) + "x RTN's)";
-    if (best_alpha > 0) {
-      StatusOr<ChannelScaleResult> r = ApplyInputChannelScale(model, group, best_s);
-      if (!r.ok()) return r.status().WithContext("awq: scaling the input '" + group.input + "'");
-      state.s = std::move(best_s);
-      state.note += "; 1/s folded into " + r->folded_into;
-    }
-    state.h_s = ScaledHessian(state.hessian, state.s);
-  }
-
-  // Phase 2 (reference auto_clip + pseudo-quantize): clip search and rounding per layer.
-  const std::vector<LinearLayer> scaled_layers = FindLinearLayers(model.graph);
-  if (!context.quantize_weights) {
-    for (const LinearLayer& l : scaled_layers) {
-      auto it = group_of_output.find(model.graph.nodes[l.node_index].outputs[0]);
-      if (it == group_of_output.end() || filter.Excluded(l)) continue;
-      LayerReport r;
-      r.name = l.node_name;
-      r.weight = l.weight;
-      r.k = l.k;
-      r.n = l.n;
-      r.pass = Name();
-      r.scheme = "float";
-      r.notes.push_back("scaled only (a later pass quantizes): " + states[it->second].note);
-      context.layers->push_back(std::move(r));
-    }
-    return Status::Ok();
-  }
-  const std::set<int> query_key = QueryKeyLayers(model.graph, scaled_layers);
-  MatMulNBitsRewriter rewriter(model);
-  for (const LinearLayer& l : scaled_layers) {
-    if (filter.Excluded(l)) continue;
-    auto it = group_of_output.find(model.graph.nodes[l.node_index].outputs[0]);
-    if (it == group_of_output.end()) return Internal("awq: layer '" + l.node_name + "' appeared while scaling");
-    const GroupState& state = states[it->second];
-    const auto start = std::chrono::steady_clock::now();
-    const WeightQuantSpec layer_spec = filter.SpecFor(l, spec);
-    const std::string scheme = SchemeName(layer_spec);
-    LayerReport r = WeightOnlyLayerReport(model.graph, l, Name(), scheme, layer_spec);
-    if (r.bits == 0) {  // MatMulNBits cannot encode it; the report says why
-      context.layers->push_back(std::move(r));
-      continue;
-    }
-    QC_ASSIGN_OR_RETURN(std::vector<float> w_s, ReadLinearWeight(model.graph, l));
-    std::vector<float> max_val;
-    std::string clip_note = "no clipping (query/key projection, as in the reference)";
-    if (!query_key.count(l.node_index)) {
-      double mean_shrink = 1;
-      max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s, &mean_shrink);
-      clip_note = "clip search: mean max|w| kept " + Format("%.3f", mean_shrink);
-    }
-    const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, layer_spec, max_val);
-    const std::vector<float> w_hat = qw.Dequantize();
-    r.weight_rel_error = RelativeError(w_s, w_hat);
-    // ||X W - X W~|| with X W = (X / s)(diag(s) W): the scaled weight against H_s.
-    std::vector<double> h_s(state.hessian.size());
-    for (int64_t a = 0; a < l.k; ++a)
-      for (int64_t b = 0; b < l.k; ++b)
-        h_s[a * l.k + b] = state.hessian[a * l.k + b] / (static_cast<double>(state.s[a]) * state.s[b]);
-    const OutputError e = OutputErrorFromHessian(h_s, l.k, w_s, w_hat, l.n);
-    r.output_rel_error = e.rel_error;
-    r.sqnr_db = e.sqnr_db;
-    r.notes.push_back(state.note);
-    r.notes.push_back(clip_note);
-    QC_RETURN_IF_ERROR(rewriter.Replace(l, qw, "qconvert awq " + scheme).WithContext("quantizing " + l.node_name));
-    AddWeightNotes(l, layer_spec, r);
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    context.layers->push_back(std::move(r));
-  }
-  rewriter.Finish();
-  return Status::Ok();
+  AwqRun run(model, context, spec, filter, Name());
+  return run.Run();
 }
 
 std::unique_ptr<Pass> CreateAwqPass() { return std::make_unique<AwqPass>(); }

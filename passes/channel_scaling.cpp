@@ -302,6 +302,15 @@ class ChannelScaler {
     return result;
   }
 
+  // The linear layer PlanFold would fold into (its node's output value), without the probe.
+  std::optional<std::string> PlannedLinearTarget() {
+    if (!Validate().ok()) return std::nullopt;
+    std::string why_not;
+    const std::optional<FoldPlan> plan = PlanFold(&why_not);
+    if (!plan || !plan->producer) return std::nullopt;
+    return g_.nodes[plan->producer->node_index].outputs[0];
+  }
+
  private:
   Status Validate() {
     if (group_.layers.empty()) return InvalidArgument("channel scaling: the layer group of '" + group_.input + "' is empty");
@@ -839,6 +848,13 @@ class ChannelScaler {
 StatusOr<ChannelScaleResult> ApplyInputChannelScale(Model& model, const LayerGroup& group, const std::vector<float>& s) {
   ChannelScaler scaler(model, group, s);
   return scaler.Run();
+}
+
+std::optional<std::string> PlannedLinearFoldTarget(Model& model, const LayerGroup& group) {
+  if (group.layers.empty()) return std::nullopt;
+  const std::vector<float> ones(group.layers.front().k, 1.0f);
+  ChannelScaler scaler(model, group, ones);
+  return scaler.PlannedLinearTarget();
 }
 
 }  // namespace qc

@@ -28,6 +28,7 @@
 // (an inserted node goes right before the group's first layer).
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,5 +51,12 @@ struct ChannelScaleResult {
 /// FindLinearLayers afterwards. Errors (InvalidArgument: a zero, negative or NaN s, a wrong
 /// length; Internal: a stale group) leave the model unchanged.
 StatusOr<ChannelScaleResult> ApplyInputChannelScale(Model& model, const LayerGroup& group, const std::vector<float>& s);
+
+/// The linear layer ApplyInputChannelScale would fold 1/s into for `group` (the output value of its
+/// MatMul/Gemm node), before the numeric probe has its say; nullopt when 1/s would go into a
+/// normalisation, a constant Mul or an inserted Mul. A pass that quantizes layer by layer while it
+/// scales holds such a layer back until the group folding into it has been scaled (passes/awq.cpp).
+/// Reads the model only.
+std::optional<std::string> PlannedLinearFoldTarget(Model& model, const LayerGroup& group);
 
 }  // namespace qc

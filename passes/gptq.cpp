@@ -80,7 +80,7 @@ Status GptqPass::Run(Model& model, PassContext& context) {
     StatsRequest request;
     request.hessian = true;
     const Graph& graph = model.graph;
-    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats) -> StatusOr<GroupWeights> {
+    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats, const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
       GroupWeights dequantized;
       for (const LinearLayer& layer : group.layers) {
         const auto start = std::chrono::steady_clock::now();

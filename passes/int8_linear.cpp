@@ -11,8 +11,6 @@
 #include "formats/model_builder.h"
 #include "passes/weight_quant.h"
 #include "runtime/cpu/gemm_core.h"
-#include "runtime/executor.h"
-#include "runtime/input_binding.h"
 
 namespace qc {
 namespace {
@@ -111,100 +109,72 @@ StatusOr<LayerFilter> W8A8LayerFilter(const QuantOptions& options) {
                              options.head_bits == kHeadFloat ? kHeadFloat : kHeadLikeOthers);
 }
 
-StatusOr<std::vector<OutputError>> MeasureW8A8Error(const Model& model, const std::vector<Tensor>& windows,
-                                                    const std::vector<W8A8Probe>& probes) {
-  // Per probe: the int8 codes as float (exact), the row split, and the accumulated energies.
-  struct State {
-    std::vector<float> q;         // [|R|, N] codes
-    std::vector<float> w_o;       // [|O|, N] float outlier rows
-    std::vector<int64_t> rest;    // the non-outlier channels
-    double signal = 0, noise = 0;
-  };
-  std::vector<State> states(probes.size());
-  std::map<std::string, size_t> probe_of_output;
-  for (size_t i = 0; i < probes.size(); ++i) {
-    const W8A8Probe& p = probes[i];
-    QC_CHECK(p.w != nullptr && p.q != nullptr);
-    const int64_t n = p.q->n, k = p.q->k + static_cast<int64_t>(p.outliers.size());
-    QC_CHECK(static_cast<int64_t>(p.w->size()) == k * n);
-    State& st = states[i];
-    st.q.assign(p.q->q.begin(), p.q->q.end());
-    for (int64_t c = 0, o = 0; c < k; ++c) {
-      if (o < static_cast<int64_t>(p.outliers.size()) && p.outliers[o] == c) {
-        st.w_o.insert(st.w_o.end(), p.w->begin() + c * n, p.w->begin() + (c + 1) * n);
-        ++o;
-      } else {
-        st.rest.push_back(c);
-      }
+StatusOr<OutputError> MeasureW8A8Error(const std::vector<const Tensor*>& inputs, const W8A8Probe& probe) {
+  const W8A8Probe& p = probe;
+  QC_CHECK(p.w != nullptr && p.q != nullptr);
+  const int64_t n = p.q->n, kr = p.q->k, ko = static_cast<int64_t>(p.outliers.size()), k = kr + ko;
+  QC_CHECK(static_cast<int64_t>(p.w->size()) == k * n);
+  // The int8 codes as float (exact), the float outlier rows, the non-outlier channels.
+  const std::vector<float> q(p.q->q.begin(), p.q->q.end());
+  std::vector<float> w_o;
+  std::vector<int64_t> rest;
+  for (int64_t c = 0, o = 0; c < k; ++c) {
+    if (o < ko && p.outliers[o] == c) {
+      w_o.insert(w_o.end(), p.w->begin() + c * n, p.w->begin() + (c + 1) * n);
+      ++o;
+    } else {
+      rest.push_back(c);
     }
-    probe_of_output[p.output] = i;
   }
-  QC_ASSIGN_OR_RETURN(std::unique_ptr<Session> session, Session::Create(model));
+  double signal = 0, noise = 0;
   std::vector<float> x_r, x_o, q_x, s_x, y, y_q, y_o;
-  std::vector<int8_t> codes;
-  NodeObserver observer = [&](const Node& node, const std::vector<const Tensor*>& inputs,
-                              const std::vector<Tensor>&) -> Status {
-    if (node.outputs.empty()) return Status::Ok();
-    auto it = probe_of_output.find(node.outputs[0]);
-    if (it == probe_of_output.end()) return Status::Ok();
-    const W8A8Probe& p = probes[it->second];
-    State& st = states[it->second];
-    const int64_t n = p.q->n, kr = p.q->k, ko = static_cast<int64_t>(p.outliers.size()), k = kr + ko;
-    if (inputs.empty() || inputs[0] == nullptr || inputs[0]->dtype() != DType::kFloat32 || inputs[0]->rank() < 1 ||
-        inputs[0]->dim(-1) != k)
-      return Internal(node.Describe() + ": unexpected input while measuring the W8A8 error");
-    const float* x = inputs[0]->data<float>();
-    const int64_t rows = inputs[0]->numel() / k;
+  std::vector<int8_t> codes(kr);
+  for (const Tensor* input : inputs) {
+    if (input == nullptr || input->dtype() != DType::kFloat32 || input->rank() < 1 || input->dim(-1) != k)
+      return Internal("measuring the W8A8 error: the layer input is not a float32 [.., " + std::to_string(k) +
+                      "] tensor");
+    const float* x = input->data<float>();
+    const int64_t rows = input->numel() / k;
     y.resize(rows * n);
     GemmF32(false, false, rows, n, k, 1.0f, x, k, p.w->data(), n, 0.0f, y.data(), n, /*threaded=*/true);
     x_r.resize(rows * kr);
     x_o.resize(rows * ko);
     for (int64_t t = 0; t < rows; ++t) {
-      for (int64_t j = 0; j < kr; ++j) x_r[t * kr + j] = x[t * k + st.rest[j]];
+      for (int64_t j = 0; j < kr; ++j) x_r[t * kr + j] = x[t * k + rest[j]];
       for (int64_t j = 0; j < ko; ++j) x_o[t * ko + j] = x[t * k + p.outliers[j]];
     }
     q_x.resize(rows * kr);
     s_x.resize(rows);
-    codes.resize(kr);
     for (int64_t t = 0; t < rows; ++t) {
       s_x[t] = QuantizeTokenInt8(x_r.data() + t * kr, kr, codes.data());
       for (int64_t j = 0; j < kr; ++j) q_x[t * kr + j] = codes[j];
     }
     // Codes times codes in float32 (exact below 2^24 per partial sum; an error metric needs no more).
     y_q.resize(rows * n);
-    GemmF32(false, false, rows, n, kr, 1.0f, q_x.data(), kr, st.q.data(), n, 0.0f, y_q.data(), n, /*threaded=*/true);
+    GemmF32(false, false, rows, n, kr, 1.0f, q_x.data(), kr, q.data(), n, 0.0f, y_q.data(), n, /*threaded=*/true);
     if (ko > 0) {
       y_o.resize(rows * n);
-      GemmF32(false, false, rows, n, ko, 1.0f, x_o.data(), ko, st.w_o.data(), n, 0.0f, y_o.data(), n, true);
+      GemmF32(false, false, rows, n, ko, 1.0f, x_o.data(), ko, w_o.data(), n, 0.0f, y_o.data(), n, true);
     }
     for (int64_t t = 0; t < rows; ++t)
       for (int64_t j = 0; j < n; ++j) {
         double v = static_cast<double>(y_q[t * n + j]) * p.q->scale[j] * s_x[t];
         if (ko > 0) v += y_o[t * n + j];
         const double ref = y[t * n + j];
-        st.signal += ref * ref;
-        st.noise += (ref - v) * (ref - v);
+        signal += ref * ref;
+        noise += (ref - v) * (ref - v);
       }
-    return Status::Ok();
-  };
-  for (const Tensor& window : windows) {
-    QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(*session, window));
-    QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, session->Run(feeds, {}, &observer));
   }
-  std::vector<OutputError> errors(probes.size());
+  OutputError e;
   const double inf = std::numeric_limits<double>::infinity();
-  for (size_t i = 0; i < probes.size(); ++i) {
-    const State& st = states[i];
-    OutputError& e = errors[i];
-    if (st.signal == 0) {
-      e.rel_error = st.noise == 0 ? 0 : inf;
-      e.sqnr_db = inf;
-      continue;
-    }
-    e.rel_error = std::sqrt(st.noise / st.signal);
-    e.sqnr_db = st.noise == 0 ? inf : 10.0 * std::log10(st.signal / st.noise);
+  if (signal == 0) {
+    e.rel_error = noise == 0 ? 0 : inf;
+    e.sqnr_db = inf;
+    return e;
   }
-  return errors;
+  e.rel_error = std::sqrt(noise / signal);
+  e.sqnr_db = noise == 0 ? inf : 10.0 * std::log10(signal / noise);
+  return e;
 }
 
 StatusOr<W8A8Rewriter> W8A8Rewriter::Create(Model& model) {

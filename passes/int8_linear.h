@@ -70,10 +70,8 @@ float QuantizeTokenInt8(const float* x, int64_t k, int8_t* q);
 /// by tests and by the passes to measure the output error including the activation rounding.
 std::vector<float> W8A8Reference(const std::vector<float>& x, int64_t rows, const Int8Weight& w);
 
-/// One layer whose W8A8 output error MeasureW8A8Error measures: the float layer `output` (its node
-/// output value in the float model) against what the rewrite computes from the same input.
+/// One layer whose W8A8 output error MeasureW8A8Error measures.
 struct W8A8Probe {
-  std::string output;             // the MatMul/Gemm node's output value
   const std::vector<float>* w = nullptr;  // the float weight, row-major [K, N]
   const Int8Weight* q = nullptr;  // the int8 weight of the non-outlier rows ([K - |O|, N])
   std::vector<int64_t> outliers;  // input channels kept float (sorted); empty: plain W8A8
@@ -83,17 +81,16 @@ struct W8A8Probe {
 /// int8; `--head-bits float` still leaves the head in float, other widths do not apply.
 StatusOr<LayerFilter> W8A8LayerFilter(const QuantOptions& options);
 
-/// Calibration windows MeasureW8A8Error runs for the passes' reports (the first ones; 8 x 512
-/// tokens cost about one tenth of the calibration pass on docs-llama-12m).
+/// Calibration windows whose activations MeasureW8A8Error sees in the passes' reports (the first
+/// ones; 8 x 512 tokens cost about one tenth of the calibration pass on docs-llama-12m).
 inline constexpr size_t kW8A8ErrorWindows = 8;
 
-/// Runs `windows` (int64 [1, seq] token ids) through the float `model` and measures per probe
-/// ||X W - Y~||_F / ||X W||_F and the SQNR over every token, where Y~ is the W8A8 output of the
-/// same X: per-token int8 activations (of the non-outlier channels) times the int8 weight, plus
-/// the float outlier channels. Both sides leave out a Gemm's alpha and bias. This is the error
-/// the artifact makes, activation rounding included, which the Hessian cannot give.
-StatusOr<std::vector<OutputError>> MeasureW8A8Error(const Model& model, const std::vector<Tensor>& windows,
-                                                    const std::vector<W8A8Probe>& probes);
+/// ||X W - Y~||_F / ||X W||_F and the SQNR of one layer over every token of `inputs` (the layer's
+/// float32 input X, [.., K] per tensor), where Y~ is the W8A8 output of the same X: per-token int8
+/// activations (of the non-outlier channels) times the int8 weight, plus the float outlier
+/// channels. Both sides leave out a Gemm's alpha and bias. This is the error the artifact makes,
+/// activation rounding included, which the Hessian cannot give.
+StatusOr<OutputError> MeasureW8A8Error(const std::vector<const Tensor*>& inputs, const W8A8Probe& probe);
 
 /// Rewrites linear layers into W8A8 (and outlier-split) subgraphs in place. Layers are replaced
 /// in any order; Finish() then inserts the shared activation quantization of each input in front

@@ -65,97 +65,82 @@ Status OutlierSplitPass::Run(Model& model, PassContext& context) {
   }
   if (targets.empty()) return Status::Ok();
 
+  // One float pass, one group at a time: the group's outliers are chosen from its statistics, its
+  // layers split, quantized, measured on its input and put in place, before the next group.
   StatsRequest request;
   request.hessian = true;
   request.outlier_threshold = o.threshold;
-  QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, context.calibrator->CollectStats(model, targets, request));
-  const std::vector<LayerGroup> groups = GroupLayersByInput(targets);
-  QC_CHECK(stats.size() == groups.size());
-
   char threshold_text[32];
   std::snprintf(threshold_text, sizeof(threshold_text), "%g", o.threshold);
-  // Split and quantize every layer first, so the error of the whole layer (activation rounding
-  // included) can be measured on the float model before it is rewritten.
-  struct Todo {
-    LinearLayer layer;
-    size_t group = 0;
-    std::vector<int64_t> outliers;
-    std::vector<float> w, w_o, w_hat;  // w_hat: W with the rows R dequantized, the rows O exact
-    Int8Weight q;                      // the rows R
-  };
-  std::vector<Todo> todo;
-  std::vector<int64_t> exceeding(groups.size(), 0);
-  for (size_t gi = 0; gi < groups.size(); ++gi) {
-    const InputStats& st = stats[gi];
+  std::map<int, LayerReport> reports;  // by node index: emitted in layer order
+  SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& st,
+                                const std::vector<const Tensor*>& inputs) -> StatusOr<GroupWeights> {
     const std::vector<int64_t> outliers = SelectOutlierChannels(st);
     std::vector<bool> is_outlier(st.k, false);
     for (int64_t c : outliers) is_outlier[c] = true;
-    for (int64_t c : st.outlier_count) exceeding[gi] += c > 0;
-    for (const LinearLayer& l : groups[gi].layers) {
-      Todo t{l, gi, outliers, {}, {}, {}, {}};
-      QC_ASSIGN_OR_RETURN(t.w, ReadLinearWeight(model.graph, l));
+    int64_t exceeding = 0;
+    for (int64_t c : st.outlier_count) exceeding += c > 0;
+    const std::vector<const Tensor*> measured_on(inputs.begin(),
+                                                 inputs.begin() + std::min(inputs.size(), kW8A8ErrorWindows));
+    for (const LinearLayer& l : group.layers) {
+      const auto start = std::chrono::steady_clock::now();
+      QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model.graph, l));
       // Split W by rows: W_O float, W_R int8 per output channel over the rows R only.
-      std::vector<float> w_r;
+      std::vector<float> w_o, w_r;
       w_r.reserve((l.k - outliers.size()) * l.n);
       for (int64_t row = 0; row < l.k; ++row) {
-        std::vector<float>& to = is_outlier[row] ? t.w_o : w_r;
-        to.insert(to.end(), t.w.begin() + row * l.n, t.w.begin() + (row + 1) * l.n);
+        std::vector<float>& to = is_outlier[row] ? w_o : w_r;
+        to.insert(to.end(), w.begin() + row * l.n, w.begin() + (row + 1) * l.n);
       }
-      t.q = QuantizeWeightInt8(w_r, l.k - static_cast<int64_t>(outliers.size()), l.n);
-      const std::vector<float> w_r_hat = t.q.Dequantize();
-      t.w_hat = t.w;
+      const Int8Weight q = QuantizeWeightInt8(w_r, l.k - static_cast<int64_t>(outliers.size()), l.n);
+      std::vector<float>().swap(w_r);
+      // W~: the rows R dequantized, the rows O exact.
+      const std::vector<float> w_r_hat = q.Dequantize();
+      std::vector<float> w_hat = w;
       for (int64_t row = 0, ri = 0; row < l.k; ++row)
         if (!is_outlier[row]) {
-          std::copy(w_r_hat.begin() + ri * l.n, w_r_hat.begin() + (ri + 1) * l.n, t.w_hat.begin() + row * l.n);
+          std::copy(w_r_hat.begin() + ri * l.n, w_r_hat.begin() + (ri + 1) * l.n, w_hat.begin() + row * l.n);
           ++ri;
         }
-      todo.push_back(std::move(t));
+      QC_ASSIGN_OR_RETURN(const OutputError measured, MeasureW8A8Error(measured_on, {&w, &q, outliers}));
+      const OutputError weight_only = OutputErrorFromHessian(st.hessian, l.k, w, w_hat, l.n);
+      LayerReport r;
+      r.name = l.node_name;
+      r.weight = l.weight;
+      r.k = l.k;
+      r.n = l.n;
+      r.pass = Name();
+      r.scheme = "int8+outliers";
+      r.bits = 8;
+      r.group_size = -1;
+      r.outliers_kept = static_cast<int64_t>(outliers.size());
+      r.weight_rel_error = RelativeError(w, w_hat);
+      r.output_rel_error = measured.rel_error;
+      r.sqnr_db = measured.sqnr_db;
+      char weight_only_text[32];
+      std::snprintf(weight_only_text, sizeof(weight_only_text), "%.3g", weight_only.rel_error);
+      r.notes.push_back(std::to_string(outliers.size()) + " of " + std::to_string(l.k) +
+                        " input channels kept in float (" + std::to_string(exceeding) + " exceed |x| > " +
+                        threshold_text + " at least once in calibration)");
+      r.notes.push_back("output error measured on " + std::to_string(measured_on.size()) +
+                        " calibration windows with int8 weights and per-token int8 activations; the weight rounding "
+                        "alone gives " + std::string(weight_only_text) + " (from the Hessian)");
+      if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
+      QC_RETURN_IF_ERROR(rewriter
+                             .ReplaceWithOutliers(l, outliers, w_o, q,
+                                                  "qconvert outlier-split int8+outliers threshold=" +
+                                                      std::string(threshold_text))
+                             .WithContext("quantizing " + l.node_name));
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      reports[l.node_index] = std::move(r);
     }
-  }
-  std::vector<W8A8Probe> probes;
-  for (const Todo& t : todo)
-    probes.push_back({model.graph.nodes[t.layer.node_index].outputs[0], &t.w, &t.q, t.outliers});
-  const std::vector<Tensor>& all_windows = context.calibrator->windows();
-  const std::vector<Tensor> windows(all_windows.begin(),
-                                    all_windows.begin() + std::min(all_windows.size(), kW8A8ErrorWindows));
-  QC_ASSIGN_OR_RETURN(std::vector<OutputError> measured, MeasureW8A8Error(model, windows, probes));
-
-  for (size_t i = 0; i < todo.size(); ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    const Todo& t = todo[i];
-    const LinearLayer& l = t.layer;
-    LayerReport r;
-    r.name = l.node_name;
-    r.weight = l.weight;
-    r.k = l.k;
-    r.n = l.n;
-    r.pass = Name();
-    r.scheme = "int8+outliers";
-    r.bits = 8;
-    r.group_size = -1;
-    r.outliers_kept = static_cast<int64_t>(t.outliers.size());
-    r.weight_rel_error = RelativeError(t.w, t.w_hat);
-    r.output_rel_error = measured[i].rel_error;
-    r.sqnr_db = measured[i].sqnr_db;
-    const OutputError weight_only = OutputErrorFromHessian(stats[t.group].hessian, l.k, t.w, t.w_hat, l.n);
-    char weight_only_text[32];
-    std::snprintf(weight_only_text, sizeof(weight_only_text), "%.3g", weight_only.rel_error);
-    r.notes.push_back(std::to_string(t.outliers.size()) + " of " + std::to_string(l.k) +
-                      " input channels kept in float (" + std::to_string(exceeding[t.group]) + " exceed |x| > " +
-                      threshold_text + " at least once in calibration)");
-    r.notes.push_back("output error measured on " + std::to_string(windows.size()) +
-                      " calibration windows with int8 weights and per-token int8 activations; the weight rounding "
-                      "alone gives " + std::string(weight_only_text) + " (from the Hessian)");
-    if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
-    QC_RETURN_IF_ERROR(rewriter
-                           .ReplaceWithOutliers(l, t.outliers, t.w_o, t.q,
-                                                "qconvert outlier-split int8+outliers threshold=" +
-                                                    std::string(threshold_text))
-                           .WithContext("quantizing " + l.node_name));
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    context.layers->push_back(std::move(r));
-  }
+    return GroupWeights(group.layers.size());  // empty: later groups see the float model's inputs
+  };
+  QC_RETURN_IF_ERROR(context.calibrator->RunSequential(model, targets, request, visit));
+  for (const LinearLayer& l : targets)
+    if (!reports.count(l.node_index)) return Internal("calibration never reached layer " + l.node_name);
   rewriter.Finish();
+  for (auto& [index, r] : reports) context.layers->push_back(std::move(r));
   return Status::Ok();
 }
 

@@ -28,9 +28,12 @@
 // at least once), 130 in the last, and 96 of the 384 lm_head inputs (all 384 exceed 6 at least
 // once: the final norm's output is large everywhere, and the cap binds).
 //
-// Needs calibration data: one float pass (per-channel counts of |x| > threshold, max |x|, and the
-// Hessian for the report's weight-only error), then the first kW8A8ErrorWindows windows again to
-// measure each layer's output error with int8 weights and activations (output_rel_error).
+// Needs calibration data: one float pass, group by group in execution order
+// (Calibrator::RunSequential with the float weights kept), collecting per-channel counts of
+// |x| > threshold, max |x| and the Hessian (for the report's weight-only error) of one group's
+// input at a time; each group is split and quantized while its input is at hand, and its output
+// error with int8 weights and activations (output_rel_error) measured on the input of the first
+// kW8A8ErrorWindows windows. Nothing is held for more than one group (docs/MEMORY.md).
 // Preserves the graph interface; layers excluded with --exclude, or whose weight is not float32,
 // stay float.
 #pragma once

@@ -93,9 +93,8 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
   }
   if (usable.empty()) return Status::Ok();
 
-  StatsRequest request;
-  request.hessian = context.quantize_weights;  // only the report's output error needs it
-  QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, context.calibrator->CollectStats(model, usable, request));
+  // The smoothing factors need max |x| per channel only: K floats per group, no Hessians.
+  QC_ASSIGN_OR_RETURN(std::vector<InputStats> stats, context.calibrator->CollectStats(model, usable, StatsRequest{}));
   const std::vector<LayerGroup> groups = GroupLayersByInput(usable);
   QC_CHECK(stats.size() == groups.size());
 
@@ -163,61 +162,54 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
     return Status::Ok();
   }
 
-  // Quantize every layer first, so the error of the whole W8A8 layer (activation rounding
-  // included) can be measured on the smoothed float model before it is rewritten.
-  struct Todo {
-    LinearLayer layer;
-    size_t group = 0;
-    std::vector<float> w;
-    Int8Weight q;
-  };
-  std::vector<Todo> todo;
-  for (const LinearLayer& l : layers) {
-    auto it = group_of_output.find(model.graph.nodes[l.node_index].outputs[0]);
-    if (it == group_of_output.end() || filter.Excluded(l)) continue;
-    Todo t{l, it->second, {}, {}};
-    QC_ASSIGN_OR_RETURN(t.w, ReadLinearWeight(model.graph, l));
-    t.q = QuantizeWeightInt8(t.w, l.k, l.n);
-    todo.push_back(std::move(t));
-  }
-  std::vector<W8A8Probe> probes;
-  for (const Todo& t : todo) probes.push_back({model.graph.nodes[t.layer.node_index].outputs[0], &t.w, &t.q, {}});
-  const std::vector<Tensor>& all_windows = context.calibrator->windows();
-  const std::vector<Tensor> windows(all_windows.begin(),
-                                    all_windows.begin() + std::min(all_windows.size(), kW8A8ErrorWindows));
-  QC_ASSIGN_OR_RETURN(std::vector<OutputError> measured, MeasureW8A8Error(model, windows, probes));
-
+  // Quantize group by group on the smoothed float model (Calibrator::RunSequential over the first
+  // kW8A8ErrorWindows windows, float weights kept): each layer's error as a whole W8A8 layer,
+  // activation rounding included, is measured on its input while that is at hand, the weight
+  // rounding alone from the Hessian of the same tokens, and the layer put in place. Only one
+  // group's input statistics exist at a time (docs/MEMORY.md).
+  std::vector<LinearLayer> targets;
+  for (const LinearLayer& l : layers)
+    if (group_of_output.count(model.graph.nodes[l.node_index].outputs[0]) && !filter.Excluded(l)) targets.push_back(l);
+  if (targets.empty()) return Status::Ok();
+  const Calibrator measuring = context.calibrator->FirstWindows(kW8A8ErrorWindows);
   QC_ASSIGN_OR_RETURN(W8A8Rewriter rewriter, W8A8Rewriter::Create(model));
-  for (size_t i = 0; i < todo.size(); ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    const Todo& t = todo[i];
-    const LinearLayer& l = t.layer;
-    const GroupPlan& plan = plans[t.group];
-    const InputStats& st = stats[t.group];
-    LayerReport r = base_report(l, plan);
-    r.scheme = "w8a8";
-    r.bits = 8;
-    r.group_size = -1;
-    const std::vector<float> w_hat = t.q.Dequantize();
-    r.weight_rel_error = RelativeError(t.w, w_hat);
-    r.output_rel_error = measured[i].rel_error;
-    r.sqnr_db = measured[i].sqnr_db;
-    // The weight rounding alone, from the Hessian of the smoothed input diag(1/s) H diag(1/s).
-    std::vector<double> h = st.hessian;
-    if (!plan.s.empty())
-      for (int64_t a = 0; a < l.k; ++a)
-        for (int64_t b = 0; b < l.k; ++b) h[a * l.k + b] /= static_cast<double>(plan.s[a]) * plan.s[b];
-    const OutputError weight_only = OutputErrorFromHessian(h, l.k, t.w, w_hat, l.n);
-    r.notes.push_back("output error measured on " + std::to_string(windows.size()) +
-                      " calibration windows with int8 weights and per-token int8 activations; the weight rounding "
-                      "alone gives " + FormatDouble("%.3g", weight_only.rel_error) + " (from the Hessian)");
-    if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
-    QC_RETURN_IF_ERROR(rewriter.Replace(l, t.q, "qconvert smoothquant w8a8 alpha=" + FormatDouble("%g", o.alpha))
-                           .WithContext("quantizing " + l.node_name));
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    context.layers->push_back(std::move(r));
-  }
+  std::map<int, LayerReport> reports;  // by node index: emitted in layer order
+  StatsRequest request;
+  request.hessian = true;
+  SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& st,
+                                const std::vector<const Tensor*>& inputs) -> StatusOr<GroupWeights> {
+    for (const LinearLayer& l : group.layers) {
+      const auto start = std::chrono::steady_clock::now();
+      const GroupPlan& plan = plans[group_of_output.at(model.graph.nodes[l.node_index].outputs[0])];
+      QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model.graph, l));
+      const Int8Weight q = QuantizeWeightInt8(w, l.k, l.n);
+      const std::vector<float> w_hat = q.Dequantize();
+      QC_ASSIGN_OR_RETURN(const OutputError measured, MeasureW8A8Error(inputs, {&w, &q, {}}));
+      // The weight rounding alone; X is the smoothed input here, so H is that of X / s.
+      const OutputError weight_only = OutputErrorFromHessian(st.hessian, l.k, w, w_hat, l.n);
+      LayerReport r = base_report(l, plan);
+      r.scheme = "w8a8";
+      r.bits = 8;
+      r.group_size = -1;
+      r.weight_rel_error = RelativeError(w, w_hat);
+      r.output_rel_error = measured.rel_error;
+      r.sqnr_db = measured.sqnr_db;
+      r.notes.push_back("output error measured on " + std::to_string(inputs.size()) +
+                        " calibration windows with int8 weights and per-token int8 activations; the weight rounding "
+                        "alone gives " + FormatDouble("%.3g", weight_only.rel_error) + " (from the Hessian)");
+      if (l.tied) r.notes.push_back("tied to an embedding Gather, which keeps reading the float table");
+      QC_RETURN_IF_ERROR(rewriter.Replace(l, q, "qconvert smoothquant w8a8 alpha=" + FormatDouble("%g", o.alpha))
+                             .WithContext("quantizing " + l.node_name));
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      reports[l.node_index] = std::move(r);
+    }
+    return GroupWeights(group.layers.size());  // empty: later groups see the smoothed float model
+  };
+  QC_RETURN_IF_ERROR(measuring.RunSequential(model, targets, request, visit));
+  for (const LinearLayer& l : targets)
+    if (!reports.count(l.node_index)) return Internal("calibration never reached layer " + l.node_name);
   rewriter.Finish();
+  for (auto& [index, r] : reports) context.layers->push_back(std::move(r));
   return Status::Ok();
 }
 

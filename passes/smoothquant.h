@@ -15,9 +15,11 @@
 // output channel, int8 activations per token (the paper's "O3" granularity, computed in the graph
 // at run time).
 //
-// Needs calibration data: one float pass for the per-channel max |x| (and the Hessian, for the
-// report's weight-only error), then the first kW8A8ErrorWindows windows again to measure each
-// layer's output error with int8 weights and activations (the report's output_rel_error). With
+// Needs calibration data: one float pass for the per-channel max |x| (K floats per group), then
+// the first kW8A8ErrorWindows windows again through the smoothed model, group by group
+// (Calibrator::RunSequential), to quantize each layer and measure its output error with int8
+// weights and activations (the report's output_rel_error) and its weight-only error (from the
+// Hessian of those tokens) while its input is at hand; nothing is held for more than one group. With
 // `--pass smoothquant,gptq` only the smoothing is applied (in float, the function unchanged) and
 // the next pass quantizes. Preserves the graph interface; layers excluded with --exclude, or whose
 // weight is not float32, stay float (their group is still smoothed when another layer of it is

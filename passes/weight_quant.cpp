@@ -320,7 +320,14 @@ std::optional<std::string> MatMulNBitsUnsupportedReason(const Graph& graph, cons
 }
 
 MatMulNBitsRewriter::MatMulNBitsRewriter(Model& model) : model_(model) {
-  const Graph& g = model.graph;
+  NoteGraphNames();
+  bool has_ms = false;
+  for (const auto& o : model.opset_imports) has_ms |= o.domain == "com.microsoft";
+  if (!has_ms) model.opset_imports.push_back({"com.microsoft", 1});
+}
+
+void MatMulNBitsRewriter::NoteGraphNames() {
+  const Graph& g = model_.graph;
   for (const auto& v : g.inputs) names_.insert(v.name);
   for (const auto& v : g.outputs) names_.insert(v.name);
   for (const auto& v : g.value_infos) names_.insert(v.name);
@@ -329,9 +336,6 @@ MatMulNBitsRewriter::MatMulNBitsRewriter(Model& model) : model_(model) {
     names_.insert(node.name);
     for (const auto& o : node.outputs) names_.insert(o);
   }
-  bool has_ms = false;
-  for (const auto& o : model.opset_imports) has_ms |= o.domain == "com.microsoft";
-  if (!has_ms) model.opset_imports.push_back({"com.microsoft", 1});
 }
 
 std::string MatMulNBitsRewriter::UniqueName(const std::string& base) {
@@ -456,7 +460,7 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   if (!layer.transpose_node.empty() || old.inputs[layer.weight_input] != layer.weight)
     dropped_transposes_.insert(old.inputs[layer.weight_input]);
   if (!after.empty()) {
-    auto& slot = insert_after_[layer.node_index];
+    auto& slot = insert_after_[output];
     for (Node& n : after) slot.push_back(std::move(n));
   }
   return Status::Ok();
@@ -513,9 +517,17 @@ void MatMulNBitsRewriter::Finish() {
   QC_CHECK(!finished_);
   finished_ = true;
   Graph& g = model_.graph;
-  // Back to front, so the indices recorded by Replace stay valid while inserting.
-  for (auto it = insert_after_.rbegin(); it != insert_after_.rend(); ++it)
-    g.nodes.insert(g.nodes.begin() + it->first + 1, it->second.begin(), it->second.end());
+  if (!insert_after_.empty()) {
+    std::vector<Node> nodes;
+    nodes.reserve(g.nodes.size() + insert_after_.size());
+    for (Node& node : g.nodes) {
+      auto it = node.outputs.empty() ? insert_after_.end() : insert_after_.find(node.outputs[0]);
+      nodes.push_back(std::move(node));
+      if (it != insert_after_.end())
+        for (Node& n : it->second) nodes.push_back(std::move(n));
+    }
+    g.nodes = std::move(nodes);
+  }
   for (const auto& [table, p] : tied_tables_)
     QuantizeEmbeddingGathers(g, p, model_.DefaultOpset(), [this](const std::string& base) { return UniqueName(base); });
 
@@ -613,7 +625,7 @@ Status RunRoundToNearest(Model& model, const std::string& pass_name, const Weigh
     // execution order with the float weights kept, so only one group's Hessian exists at a time.
     StatsRequest request;
     request.hessian = true;
-    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats) -> StatusOr<GroupWeights> {
+    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats, const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
       for (const LinearLayer& layer : group.layers) QC_RETURN_IF_ERROR(quantize(layer, &stats.hessian));
       return GroupWeights(group.layers.size());  // empty: later groups see float inputs
     };

@@ -171,6 +171,9 @@ class MatMulNBitsRewriter {
   Status Replace(const LinearLayer& layer, const QuantizedWeight& qw, const std::string& doc);
   /// Applies deferred insertions and removes dead Transposes and weights. Call once, last.
   void Finish();
+  /// Takes note of the names other code added to the graph since this rewriter was created (a pass
+  /// that inserts nodes between Replace calls), so the names it creates stay unique.
+  void NoteGraphNames();
 
  private:
   std::string UniqueName(const std::string& base);
@@ -181,7 +184,9 @@ class MatMulNBitsRewriter {
   std::set<std::string> names_;  // every value and node name in the graph
   std::set<std::string> dropped_weights_;
   std::set<std::string> dropped_transposes_;  // Transpose output values
-  std::map<int, std::vector<Node>> insert_after_;  // node index -> nodes to insert after it
+  // The output value of a replaced node -> nodes to insert after it (a Gemm's bias Add). Keyed by
+  // value, not node index: other code may insert nodes before Finish().
+  std::map<std::string, std::vector<Node>> insert_after_;
   std::set<std::string> created_;                  // initializers added here (only these are shared)
   std::map<std::string, PackedTable> tied_tables_;  // tied table -> the head's codes its Gathers read
   bool finished_ = false;

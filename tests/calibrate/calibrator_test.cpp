@@ -100,12 +100,22 @@ TEST(CalibratorTest, SequentialSeesReplacedWeights) {
   // Doubling W_a doubles the input of W_c (the second group); the first group is unaffected.
   int visits = 0;
   Status status = calibrator.RunSequential(
-      model, layers, request, [&](const LayerGroup& group, const InputStats& stats) -> StatusOr<GroupWeights> {
+      model, layers, request, [&](const LayerGroup& group, const InputStats& stats,
+                                         const std::vector<const Tensor*>& inputs) -> StatusOr<GroupWeights> {
         const InputStats& expected = (*float_stats)[visits];
         const double factor = visits == 0 ? 1.0 : 2.0;
         for (int64_t i = 0; i < stats.k; ++i) EXPECT_NEAR(stats.abs_max[i], factor * expected.abs_max[i], 1e-5);
         for (size_t i = 0; i < stats.hessian.size(); ++i)
           EXPECT_NEAR(stats.hessian[i], factor * factor * expected.hessian[i], 1e-4);
+        // The visitor also sees X itself, one tensor per window, which the statistics summarise.
+        EXPECT_EQ(inputs.size(), 2u);
+        std::vector<float> abs_max(stats.k, 0.0f);
+        for (const Tensor* x : inputs) {
+          if (x == nullptr || x->dim(-1) != stats.k) return Internal("unexpected input tensor");
+          for (int64_t i = 0; i < x->numel(); ++i)
+            abs_max[i % stats.k] = std::max(abs_max[i % stats.k], std::fabs(x->data<float>()[i]));
+        }
+        for (int64_t i = 0; i < stats.k; ++i) EXPECT_EQ(abs_max[i], stats.abs_max[i]);
         GroupWeights weights(group.layers.size());
         if (visits == 0) {
           EXPECT_EQ(group.layers[0].weight, "w_a");
@@ -133,7 +143,8 @@ TEST(CalibratorTest, SequentialVisitorMayRewriteTheModel) {
   const std::vector<float> wa = model.graph.FindInitializer("w_a")->ToFloats();
   int visits = 0;
   Status status = calibrator.RunSequential(
-      model, layers, request, [&](const LayerGroup& group, const InputStats& stats) -> StatusOr<GroupWeights> {
+      model, layers, request, [&](const LayerGroup& group, const InputStats& stats,
+                                         const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
         const double factor = visits == 0 ? 1.0 : 2.0;
         for (int64_t i = 0; i < stats.k; ++i)
           EXPECT_NEAR(stats.abs_max[i], factor * (*float_stats)[visits].abs_max[i], 1e-5);

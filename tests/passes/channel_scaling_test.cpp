@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -92,8 +93,20 @@ TEST(ChannelScaling, PreservesEveryArchitectureGroupByGroup) {
         Model model = *base;
         const LayerGroup& group = groups[gi];
         const std::vector<float> s = RandomScales(group.layers[0].k, 100 + gi);
+        const std::optional<std::string> planned = PlannedLinearFoldTarget(model, group);
         StatusOr<ChannelScaleResult> r = ApplyInputChannelScale(model, group, s);
         ASSERT_TRUE(r.ok()) << tag << " group " << group.input << ": " << r.status().message();
+        // The prediction awq holds layers back by names the layer a linear fold went into, and
+        // nothing when the fold went into a norm or a constant Mul.
+        if (r->folded_into.rfind("linear '", 0) == 0) {
+          ASSERT_TRUE(planned.has_value()) << tag << ": " << r->folded_into;
+          std::string producer;
+          for (const Node& node : base->graph.nodes)
+            if (!node.outputs.empty() && node.outputs[0] == *planned) producer = node.name;
+          EXPECT_EQ(r->folded_into.rfind("linear '" + producer + "'", 0), 0u) << tag << ": " << r->folded_into;
+        } else if (!r->inserted_mul) {
+          EXPECT_FALSE(planned.has_value()) << tag << ": " << r->folded_into;
+        }
         const double diff = MaxRelDiff(Logits(model, ids), want);
         EXPECT_LT(diff, 2e-5) << tag << " group '" << group.input << "' folded into " << r->folded_into;
         EXPECT_EQ(FindLinearLayers(model.graph).size(), FindLinearLayers(base->graph).size()) << tag;

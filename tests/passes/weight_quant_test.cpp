@@ -334,6 +334,57 @@ TEST(MatMulNBitsRewriter, AddsTheMicrosoftOpsetOnce) {
   EXPECT_EQ(count, 1);
 }
 
+// A Gemm whose C is a full [M, N] matrix gets its Add after the MatMulNBits in Finish(). Passes
+// that scale and quantize group by group (awq) insert nodes between Replace and Finish: the Add
+// must still land right after its MatMulNBits.
+TEST(MatMulNBitsRewriter, GemmAddFollowsItsNodeWhenNodesAreInsertedBeforeFinish) {
+  const int64_t m = 3, k = 32, n = 8;
+  GraphBuilder b(5);
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{m}, Dim{k}});
+  const std::string wn = b.AddRandomNormal("w", {k, n});
+  const std::string cn = b.AddRandomNormal("c", {m, n});
+  const std::vector<float> w = b.graph().FindInitializer(wn)->ToFloats(), c = b.graph().FindInitializer(cn)->ToFloats();
+  b.AddNodeWithOutputs("Gemm", {x, wn, cn}, {"y"});
+  b.AddOutput("y", DType::kFloat32, {Dim{m}, Dim{n}});
+  StatusOr<Model> built = b.Build({{"", 17}});
+  ASSERT_TRUE(built.ok());
+  Model model = std::move(built).value();
+  const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
+  ASSERT_EQ(layers.size(), 1u);
+  StatusOr<QuantizedWeight> qw = QuantizeRtn(w, k, n, Spec(4, 32, true));
+  ASSERT_TRUE(qw.ok());
+  const std::vector<float> w_hat = qw->Dequantize();
+  MatMulNBitsRewriter rewriter(model);
+  ASSERT_TRUE(rewriter.Replace(layers[0], *qw, "test").ok());
+  Node scale;  // what channel scaling inserts in front of a later group
+  scale.name = "x_scaled";
+  scale.op_type = "Identity";
+  scale.inputs = {x};
+  scale.outputs = {"x_id"};
+  model.graph.nodes.insert(model.graph.nodes.begin(), scale);
+  rewriter.NoteGraphNames();
+  rewriter.Finish();
+  ASSERT_EQ(model.graph.nodes.size(), 3u);
+  EXPECT_EQ(model.graph.nodes[0].op_type, "Identity");
+  EXPECT_EQ(model.graph.nodes[1].op_type, "MatMulNBits");
+  EXPECT_EQ(model.graph.nodes[2].op_type, "Add");
+  EXPECT_EQ(model.graph.nodes[2].inputs[0], model.graph.nodes[1].outputs[0]);
+
+  std::mt19937 rng(3);
+  Tensor xt = RandomNormalTensor({m, k}, 0.0f, 1.0f, rng);
+  StatusOr<std::unique_ptr<Session>> session = Session::Create(model);
+  ASSERT_TRUE(session.ok()) << session.status().message();
+  StatusOr<std::vector<Tensor>> y = (*session)->Run({{"x", xt}});
+  ASSERT_TRUE(y.ok()) << y.status().message();
+  const std::vector<float> got = (*y)[0].ToFloats(), xs = xt.ToFloats();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double want = c[i * n + j];
+      for (int64_t r = 0; r < k; ++r) want += static_cast<double>(xs[i * k + r]) * w_hat[r * n + j];
+      EXPECT_NEAR(got[i * n + j], want, 1e-4);
+    }
+}
+
 TEST(MatMulNBitsRewriter, Negative_StaleLayer) {
   std::vector<float> w;
   Model model = SingleMatMul(2, 32, 16, 1, &w);

@@ -2,9 +2,10 @@
 # Peak memory and time of converting a model larger than it should take in memory (issue 6): a
 # generated Llama of TinyLlama-1.1B's dimensions (hidden 2048, intermediate 5632, 22 layers, 32
 # heads, 4 KV heads, vocab 32000: 1.10 B parameters, 4.4 GB of float32 external data), quantized
-# with absmax and with gptq, each under /usr/bin/time -v; ONNX Runtime then loads each artifact and
-# runs 8 tokens through it. Prints a markdown table (docs/BENCHMARKS.md) and exits 1 when a run
-# fails or exceeds its memory budget (absmax 1.5 GB, gptq 3 GB).
+# with absmax, gptq, smoothquant, outlier-split and awq, each under /usr/bin/time -v; ONNX Runtime
+# then loads each artifact and runs 8 tokens through it. Prints a markdown table
+# (docs/BENCHMARKS.md) and exits 1 when a run fails or exceeds its memory budget (absmax 1.5 GB,
+# the calibrated passes 3 GB).
 #
 # Usage: bench/memory.sh [DIR]     (default /tmp/qconvert-big; the model is generated there once)
 # Environment: QCONVERT (default build/qconvert, built if missing), LAYERS (22; fewer for a quick
@@ -77,6 +78,9 @@ fi
 cases=(
   "absmax|--pass absmax --bits 4|1536"
   "gptq|--pass gptq --bits 4 --nsamples 8 --seqlen 128 --calib $calib --tokenizer $tok|3072"
+  "smoothquant|--pass smoothquant --nsamples 8 --seqlen 128 --calib $calib --tokenizer $tok|3072"
+  "outlier-split|--pass outlier-split --nsamples 8 --seqlen 128 --calib $calib --tokenizer $tok|3072"
+  "awq|--pass awq --bits 4 --nsamples 8 --seqlen 128 --calib $calib --tokenizer $tok|3072"
 )
 for c in "${cases[@]}"; do
   IFS='|' read -r name opts budget <<<"$c"

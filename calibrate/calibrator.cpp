@@ -134,8 +134,10 @@ OutputError OutputErrorFromHessian(const std::vector<double>& hessian, int64_t k
       for (int64_t i = 0; i < k * c; ++i) *sum += (*m)[i] * hm[i];
     }
   }
-  signal = std::max(signal, 0.0);
-  noise = std::max(noise, 0.0);
+  return OutputErrorFromEnergies(std::max(signal, 0.0), std::max(noise, 0.0));
+}
+
+OutputError OutputErrorFromEnergies(double signal, double noise) {
   OutputError e;
   const double inf = std::numeric_limits<double>::infinity();
   if (signal == 0) {

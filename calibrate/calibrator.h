@@ -63,6 +63,8 @@ struct OutputError {
   double rel_error = 0;
   double sqnr_db = 0;
 };
+/// The OutputError of an output whose squared norm is `signal` with an error of squared norm `noise`.
+OutputError OutputErrorFromEnergies(double signal, double noise);
 OutputError OutputErrorFromHessian(const std::vector<double>& hessian, int64_t k, const std::vector<float>& w,
                                    const std::vector<float>& w_hat, int64_t n);
 

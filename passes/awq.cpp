@@ -374,13 +374,7 @@ class AwqRun {
       QC_ASSIGN_OR_RETURN(LayerGroup scaled, CurrentGroup(model_, group_outputs_[gi]));
       for (const LinearLayer& l : scaled.layers) {
         if (filter_.Excluded(l)) continue;
-        LayerReport r;
-        r.name = l.node_name;
-        r.weight = l.weight;
-        r.k = l.k;
-        r.n = l.n;
-        r.pass = name_;
-        r.scheme = "float";
+        LayerReport r = StartLayerReport(l, name_, "float");
         r.notes.push_back("scaled only (a later pass quantizes): " + state.note);
         reports_[model_.graph.nodes[l.node_index].outputs[0]] = std::move(r);
       }

@@ -165,16 +165,7 @@ StatusOr<OutputError> MeasureW8A8Error(const std::vector<const Tensor*>& inputs,
         noise += (ref - v) * (ref - v);
       }
   }
-  OutputError e;
-  const double inf = std::numeric_limits<double>::infinity();
-  if (signal == 0) {
-    e.rel_error = noise == 0 ? 0 : inf;
-    e.sqnr_db = inf;
-    return e;
-  }
-  e.rel_error = std::sqrt(noise / signal);
-  e.sqnr_db = noise == 0 ? inf : 10.0 * std::log10(signal / noise);
-  return e;
+  return OutputErrorFromEnergies(signal, noise);
 }
 
 StatusOr<W8A8Rewriter> W8A8Rewriter::Create(Model& model) {

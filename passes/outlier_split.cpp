@@ -50,13 +50,7 @@ Status OutlierSplitPass::Run(Model& model, PassContext& context) {
   for (const LinearLayer& l : FindLinearLayers(model.graph)) {
     if (filter.Excluded(l)) continue;
     if (auto reason = MatMulNBitsUnsupportedReason(model.graph, l)) {
-      LayerReport r;
-      r.name = l.node_name;
-      r.weight = l.weight;
-      r.k = l.k;
-      r.n = l.n;
-      r.pass = Name();
-      r.scheme = "float";
+      LayerReport r = StartLayerReport(l, Name(), "float");
       r.notes.push_back("left in float: " + *reason);
       context.layers->push_back(std::move(r));
       continue;
@@ -104,13 +98,7 @@ Status OutlierSplitPass::Run(Model& model, PassContext& context) {
         }
       QC_ASSIGN_OR_RETURN(const OutputError measured, MeasureW8A8Error(measured_on, {&w, &q, outliers}));
       const OutputError weight_only = OutputErrorFromHessian(st.hessian, l.k, w, w_hat, l.n);
-      LayerReport r;
-      r.name = l.node_name;
-      r.weight = l.weight;
-      r.k = l.k;
-      r.n = l.n;
-      r.pass = Name();
-      r.scheme = "int8+outliers";
+      LayerReport r = StartLayerReport(l, Name(), "int8+outliers");
       r.bits = 8;
       r.group_size = -1;
       r.outliers_kept = static_cast<int64_t>(outliers.size());

@@ -78,13 +78,7 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
   for (const LinearLayer& l : FindLinearLayers(model.graph)) {
     if (auto reason = MatMulNBitsUnsupportedReason(model.graph, l)) {
       if (filter.Excluded(l)) continue;
-      LayerReport r;
-      r.name = l.node_name;
-      r.weight = l.weight;
-      r.k = l.k;
-      r.n = l.n;
-      r.pass = Name();
-      r.scheme = "float";
+      LayerReport r = StartLayerReport(l, Name(), "float");
       r.notes.push_back("left in float: " + *reason);
       context.layers->push_back(std::move(r));
       continue;
@@ -131,13 +125,8 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
     plan.folded_into = applied->folded_into;
   }
 
-  auto base_report = [&](const LinearLayer& l, const GroupPlan& plan) {
-    LayerReport r;
-    r.name = l.node_name;
-    r.weight = l.weight;
-    r.k = l.k;
-    r.n = l.n;
-    r.pass = Name();
+  auto base_report = [&](const LinearLayer& l, const GroupPlan& plan, const std::string& scheme) {
+    LayerReport r = StartLayerReport(l, Name(), scheme);
     if (!plan.s.empty())
       r.notes.push_back("smoothed with alpha " + FormatDouble("%g", o.alpha) + " (s in [" +
                         FormatDouble("%.3g", *std::min_element(plan.s.begin(), plan.s.end())) + ", " +
@@ -154,8 +143,7 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
     for (const LinearLayer& l : layers) {
       auto it = group_of_output.find(model.graph.nodes[l.node_index].outputs[0]);
       if (it == group_of_output.end() || plans[it->second].s.empty()) continue;
-      LayerReport r = base_report(l, plans[it->second]);
-      r.scheme = "smoothed";
+      LayerReport r = base_report(l, plans[it->second], "smoothed");
       r.notes.push_back("weights left in float for the next pass to quantize");
       context.layers->push_back(std::move(r));
     }
@@ -187,8 +175,7 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
       QC_ASSIGN_OR_RETURN(const OutputError measured, MeasureW8A8Error(inputs, {&w, &q, {}}));
       // The weight rounding alone; X is the smoothed input here, so H is that of X / s.
       const OutputError weight_only = OutputErrorFromHessian(st.hessian, l.k, w, w_hat, l.n);
-      LayerReport r = base_report(l, plan);
-      r.scheme = "w8a8";
+      LayerReport r = base_report(l, plan, "w8a8");
       r.bits = 8;
       r.group_size = -1;
       r.weight_rel_error = RelativeError(w, w_hat);

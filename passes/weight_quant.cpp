@@ -466,8 +466,7 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   return Status::Ok();
 }
 
-LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, const std::string& pass,
-                                  const std::string& scheme, const WeightQuantSpec& spec) {
+LayerReport StartLayerReport(const LinearLayer& layer, const std::string& pass, const std::string& scheme) {
   LayerReport r;
   r.name = layer.node_name;
   r.weight = layer.weight;
@@ -475,6 +474,12 @@ LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, cons
   r.n = layer.n;
   r.pass = pass;
   r.scheme = scheme;
+  return r;
+}
+
+LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, const std::string& pass,
+                                  const std::string& scheme, const WeightQuantSpec& spec) {
+  LayerReport r = StartLayerReport(layer, pass, scheme);
   r.bits = spec.bits;
   r.group_size = spec.group_size;
   if (auto reason = MatMulNBitsUnsupportedReason(g, layer)) {

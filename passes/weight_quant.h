@@ -192,6 +192,9 @@ class MatMulNBitsRewriter {
   bool finished_ = false;
 };
 
+/// A report entry naming `layer`: its node, weight, K and N, the pass and the scheme.
+LayerReport StartLayerReport(const LinearLayer& layer, const std::string& pass, const std::string& scheme);
+
 /// The report entry of a layer a weight-only pass is about to quantize: bits 0 and scheme "float"
 /// with the reason when MatMulNBits cannot encode it, else notes on folded Gemm alpha/beta.
 LayerReport WeightOnlyLayerReport(const Graph& g, const LinearLayer& layer, const std::string& pass,

@@ -28,6 +28,13 @@ struct OrtJob {
 /// Runtime's message when it rejected the model or failed to run it.
 inline std::string OrtOutputDir(const std::string& dir, const std::string& name) { return dir + "/" + name + "_ort"; }
 
+/// ONNX Runtime's message for a job it rejected or failed to run (its error.txt); empty when it ran.
+inline std::string OrtJobError(const std::string& dir, const std::string& name) {
+  std::stringstream text;
+  text << std::ifstream(OrtOutputDir(dir, name) + "/error.txt").rdbuf();
+  return text.str();
+}
+
 enum class OrtBatch { kRan, kUnavailable };
 
 /// Writes every job's model and feeds under `dir` and runs them all in one node process.

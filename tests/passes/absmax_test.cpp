@@ -28,6 +28,7 @@
 #include "passes/zeropoint.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
@@ -447,22 +448,13 @@ INSTANTIATE_TEST_SUITE_P(Architectures, RoundToNearestArchTest, ::testing::Value
   return std::string(SyntheticArchName(info.param.arch)) + "_" + ExportStyleName(info.param.style) + "_" + info.param.pass;
 });
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // ONNX Runtime runs every artifact, and the reordered-group (g_idx) and 3-bit encodings, with our
 // numbers. Skips when node or onnxruntime-node is missing.
 TEST(RoundToNearestOrt, OnnxRuntimeAgrees) {
   if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed";
   if (!std::getenv("QC_ORT_NODE_MODULES") && fs::exists("/tmp/ortnode/node_modules"))
     ::setenv("QC_ORT_NODE_MODULES", "/tmp/ortnode/node_modules", 1);
-  std::string dir_pattern = (fs::temp_directory_path() / "qc_rtn_ort_XXXXXX").string();
-  ASSERT_NE(mkdtemp(dir_pattern.data()), nullptr);
-  const fs::path dir = dir_pattern;
+  const TempDir dir("rtn_ort");
   struct Job {
     std::string name;
     Model model;
@@ -511,13 +503,12 @@ TEST(RoundToNearestOrt, OnnxRuntimeAgrees) {
   StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
   ASSERT_TRUE(ran.ok()) << ran.status().message();
   if (*ran == OrtBatch::kUnavailable) {
-    fs::remove_all(dir);
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   }
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
     const std::string out_dir = OrtOutputDir(dir.string(), job.name);
-    const std::string error = Slurp(out_dir + "/error.txt");
+    const std::string error = OrtJobError(dir.string(), job.name);
     EXPECT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
     if (!error.empty()) continue;
     const std::string output = job.model.graph.outputs[0].name;
@@ -527,7 +518,6 @@ TEST(RoundToNearestOrt, OnnxRuntimeAgrees) {
     ASSERT_FALSE(ours.empty());
     ExpectClose(ours[0], *ort);
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "runtime/cpu/kernel.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
@@ -444,20 +445,11 @@ TEST(MatMulIntegerFast, EqualsReferenceBatchedAndExtremes) {
 // ONNX Runtime runs the W8A8 and outlier-split artifacts of synthetic decoders (MatMul and Gemm
 // layers) with our numbers. Skips when node or onnxruntime-node is missing.
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 TEST(W8A8Ort, OnnxRuntimeAgrees) {
   if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed";
   if (!std::getenv("QC_ORT_NODE_MODULES") && fs::exists("/tmp/ortnode/node_modules"))
     ::setenv("QC_ORT_NODE_MODULES", "/tmp/ortnode/node_modules", 1);
-  std::string dir_pattern = (fs::temp_directory_path() / "qc_w8a8_ort_XXXXXX").string();
-  ASSERT_NE(mkdtemp(dir_pattern.data()), nullptr);
-  const fs::path dir = dir_pattern;
+  const TempDir dir("w8a8_ort");
   struct Job {
     std::string name;
     Model model;
@@ -504,13 +496,12 @@ TEST(W8A8Ort, OnnxRuntimeAgrees) {
   StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
   ASSERT_TRUE(ran.ok()) << ran.status().message();
   if (*ran == OrtBatch::kUnavailable) {
-    fs::remove_all(dir);
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   }
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
     const std::string out_dir = OrtOutputDir(dir.string(), job.name);
-    const std::string error = Slurp(out_dir + "/error.txt");
+    const std::string error = OrtJobError(dir.string(), job.name);
     EXPECT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
     if (!error.empty()) continue;
     StatusOr<Tensor> ort = ReadNpy(out_dir + "/" + job.model.graph.outputs[0].name + ".npy");
@@ -534,7 +525,6 @@ TEST(W8A8Ort, OnnxRuntimeAgrees) {
     EXPECT_LT(std::sqrt(runtime_diff), 0.5 * std::sqrt(quant_diff));
     ExpectClose(a, b, 2e-2);
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace

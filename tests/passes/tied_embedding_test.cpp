@@ -27,6 +27,7 @@
 #include "passes/weight_quant.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
@@ -270,18 +271,9 @@ TEST(TiedEmbedding, NotesSayWhyTheTableStays) {
 
 // ---- ONNX Runtime ------------------------------------------------------------------------------
 
-std::string Slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 TEST(TiedEmbedding, OnnxRuntimeAgrees) {
   if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed";
-  std::string pattern = (fs::temp_directory_path() / "qc_tied_ort_XXXXXX").string();
-  ASSERT_NE(mkdtemp(pattern.data()), nullptr);
-  const fs::path dir = pattern;
+  const TempDir dir("tied_ort");
   std::vector<std::pair<Case, Model>> jobs;
   for (const Case& c : kCases) {
     Model model = TiedModel(c.hidden, c.gemm_head, c.alpha);
@@ -294,13 +286,12 @@ TEST(TiedEmbedding, OnnxRuntimeAgrees) {
   StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
   ASSERT_TRUE(ran.ok()) << ran.status().message();
   if (*ran == OrtBatch::kUnavailable) {
-    fs::remove_all(dir);
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   }
   for (const auto& [c, model] : jobs) {
     SCOPED_TRACE(c.Name());
     const std::string out_dir = OrtOutputDir(dir.string(), c.Name());
-    const std::string error = Slurp(out_dir + "/error.txt");
+    const std::string error = OrtJobError(dir.string(), c.Name());
     ASSERT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
     const std::vector<Tensor> ours = RunModel(model, Feeds(c.hidden));
     ASSERT_EQ(ours.size(), 2u);
@@ -313,7 +304,6 @@ TEST(TiedEmbedding, OnnxRuntimeAgrees) {
     ASSERT_EQ(a.size(), b.size());
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4 * std::max(1.0f, std::fabs(b[i])));
   }
-  fs::remove_all(dir);
 }
 
 }  // namespace

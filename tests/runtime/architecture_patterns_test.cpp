@@ -23,6 +23,8 @@
 #include "formats/onnx_writer.h"
 #include "formats/synthetic_models.h"
 #include "runtime/executor.h"
+#include "tests/ort_batch.h"
+#include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
@@ -125,25 +127,6 @@ Feeds MakeFeeds(const SyntheticConfig& c, uint32_t seed = 7) {
   return f;
 }
 
-/// A fresh directory under the test temp dir, removed on destruction.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "qc_arch_XXXXXX").string();
-    QC_CHECK(mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
 StatusOr<Tensor> RunLogits(const Model& model, const Feeds& feeds, bool reference) {
   SessionOptions options;
   options.use_reference_kernels = reference;
@@ -214,7 +197,7 @@ TEST_P(ArchitecturePatternsTest, FastMatchesReferenceAfterRoundTrip) {
     const SyntheticConfig config = TestConfig(p.arch, p.style, p.inputs, init_std);
     StatusOr<Model> built = BuildSyntheticDecoder(config);
     ASSERT_TRUE(built.ok()) << built.status().message();
-    TempDir dir;
+    const TempDir dir("arch_roundtrip");
     const std::string path = dir / "model.onnx";
     ASSERT_TRUE(WriteOnnxModel(*built, path).ok());
     StatusOr<Model> model = ReadOnnxModel(path);
@@ -562,70 +545,41 @@ TEST(ArchitecturePatterns, ScalarCheckDetectsMaskAndRotaryMistakes) {
 // starting node and loading ORT costs far more than running a tiny model. Skipped without node or
 // onnxruntime-node (found through $QC_ORT_NODE_MODULES or NODE_PATH).
 
-std::string ReadText(const std::string& path) {
-  std::string text;
-  if (FILE* f = std::fopen(path.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-    std::fclose(f);
-  }
-  return text;
-}
-
 TEST(ArchitecturePatterns, EveryModelMatchesOnnxRuntime) {
   if (std::system("node --version > /dev/null 2>&1") != 0)
     GTEST_SKIP() << "node is not installed; install node and onnxruntime-node to compare with ORT";
-  TempDir dir;
+  const TempDir dir("arch");
   struct Job {
     std::string name;
     SyntheticConfig config;
     Model model;
     Feeds feeds;
-    std::string out_dir;
   };
   std::vector<Job> jobs;
-  std::string list;
   for (const Case& c : AllCases()) {
     for (float init_std : {0.02f, kWideStd}) {
       const std::string name = CaseName(c) + (init_std == kWideStd ? "_wide" : "");
-      Job job{name, TestConfig(c.arch, c.style, c.inputs, init_std), Model(), Feeds(), dir / (name + "_ort")};
+      Job job{name, TestConfig(c.arch, c.style, c.inputs, init_std), Model(), Feeds()};
       StatusOr<Model> model = BuildSyntheticDecoder(job.config);
       ASSERT_TRUE(model.ok()) << name << ": " << model.status().message();
       job.model = std::move(model).value();
       job.feeds = MakeFeeds(job.config);
-      const std::string model_path = dir / (name + ".onnx");
-      ASSERT_TRUE(WriteOnnxModel(job.model, model_path).ok());
-      list += model_path + "\t" + job.out_dir;
-      for (const auto& [input, tensor] : job.feeds.named) {
-        const std::string npy = dir / (name + "_" + input + ".npy");
-        ASSERT_TRUE(WriteNpy(tensor, npy).ok());
-        list += "\t" + input + "=" + npy;
-      }
-      list += "\n";
       jobs.push_back(std::move(job));
     }
   }
-  const std::string list_path = dir / "jobs.txt";
-  {
-    FILE* f = std::fopen(list_path.c_str(), "w");
-    ASSERT_NE(f, nullptr);
-    std::fwrite(list.data(), 1, list.size(), f);
-    std::fclose(f);
-  }
-  const std::string command = "node '" + std::string(QC_SOURCE_DIR) + "/tools/ort_run.js' --batch '" + list_path +
-                              "' 2> '" + (dir / "stderr.txt") + "'";
-  const int rc = std::system(command.c_str());
-  const int code = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-  if (code == 3) GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
-  ASSERT_TRUE(code == 0 || code == 1) << "ort_run.js exited with " << code << ": " << ReadText(dir / "stderr.txt");
+  std::vector<OrtJob> ort_jobs;
+  for (const Job& job : jobs) ort_jobs.push_back({job.name, &job.model, job.feeds.named});
+  StatusOr<OrtBatch> ran = RunOrtBatch(dir.string(), ort_jobs);
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  if (*ran == OrtBatch::kUnavailable)
+    GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   double worst = 0;
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
-    const std::string error = ReadText(job.out_dir + "/error.txt");
+    const std::string error = OrtJobError(dir.string(), job.name);
     EXPECT_TRUE(error.empty()) << "ONNX Runtime rejected the model: " << error;
     if (!error.empty()) continue;
-    StatusOr<Tensor> ort = ReadNpy(job.out_dir + "/logits.npy");
+    StatusOr<Tensor> ort = ReadNpy(OrtOutputDir(dir.string(), job.name) + "/logits.npy");
     ASSERT_TRUE(ort.ok()) << ort.status().message();
     ExpectLogitsShape(*ort, job.config.vocab);
     StatusOr<Tensor> ours = RunLogits(job.model, job.feeds, /*reference=*/false);

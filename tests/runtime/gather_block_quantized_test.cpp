@@ -21,6 +21,7 @@
 #include "runtime/cpu/kernel.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
@@ -235,35 +236,6 @@ TEST(GatherBlockQuantized, Negative_BadShapesAndAttributes) {
 
 // ---- against ONNX Runtime ------------------------------------------------------------------
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "qc_gbq_XXXXXX").string();
-    QC_CHECK(mkdtemp(pattern.data()) != nullptr);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-std::string ReadText(const std::string& path) {
-  std::string text;
-  if (FILE* f = std::fopen(path.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
-    std::fclose(f);
-  }
-  return text;
-}
-
 // A model computing GatherBlockQuantized(table, indices) with the table as initializers; with
 // `reshaped`, data and scales come in MatMulNBits' shapes ([rows, n_blocks, blob], [rows *
 // n_blocks]) through Reshape nodes, the form qconvert writes for a tied embedding.
@@ -293,7 +265,7 @@ StatusOr<Model> GbqModel(const Table& t, DType index_dtype, const Shape& index_s
 
 TEST(GatherBlockQuantized, MatchesOnnxRuntime) {
   if (std::system("node --version > /dev/null 2>&1") != 0) GTEST_SKIP() << "node is not installed";
-  TempDir dir;
+  const TempDir dir("gbq");
   struct Job {
     std::string name;
     Model model;
@@ -334,7 +306,7 @@ TEST(GatherBlockQuantized, MatchesOnnxRuntime) {
     GTEST_SKIP() << "onnxruntime-node not found; set QC_ORT_NODE_MODULES to its node_modules directory";
   for (const Job& job : jobs) {
     SCOPED_TRACE(job.name);
-    const std::string error = ReadText(OrtOutputDir(dir.path(), job.name) + "/error.txt");
+    const std::string error = OrtJobError(dir.string(), job.name);
     if (job.name == "out_of_range") {
       EXPECT_NE(error.find("out of data bounds"), std::string::npos) << error;
       StatusOr<std::unique_ptr<Session>> session = Session::Create(job.model);

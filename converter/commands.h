@@ -20,6 +20,7 @@ struct RunOptions {
   std::vector<std::string> inputs;  // NAME=FILE.npy overrides
   std::string output;               // logits .npy
   bool reference = false;           // run the reference kernels
+  std::string device = "cpu";       // cpu | cuda
 };
 
 struct TokenizeOptions {
@@ -37,6 +38,7 @@ struct EvalOptions {
   bool json = false;
   bool progress = true;
   bool profile = false;  // print time per op type to stderr
+  std::string device = "cpu";  // cpu | cuda
 };
 
 /// `qconvert MODEL.onnx --pass ...` (also `qconvert convert ...`): see converter/pipeline.h.

@@ -16,6 +16,7 @@ Status RunEval(const EvalOptions& options) {
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
   SessionOptions so;
   so.profile = options.profile;
+  so.device = options.device == "cuda" ? Device::kCuda : Device::kCpu;
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   PerplexityOptions po;
   po.seqlen = options.seqlen;
@@ -40,6 +41,7 @@ Status RunEval(const EvalOptions& options) {
     for (const OpProfile& p : session->Profile())
       std::fprintf(stderr, "%-28s %8lld %10.3f\n", p.op_type.c_str(), static_cast<long long>(p.calls), p.seconds);
   }
+  for (const std::string& line : session->DeviceSummary()) std::fprintf(stderr, "%s\n", line.c_str());
   if (options.json) {
     nlohmann::ordered_json j;
     j["model"] = options.model;
@@ -51,6 +53,7 @@ Status RunEval(const EvalOptions& options) {
     j["tokens_scored"] = r.tokens_scored;
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.tokens_per_second;
+    j["device"] = options.device;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("perplexity %.4f over %lld windows of %lld (%lld tokens scored) in %.2f s, %.0f tokens/s\n", r.ppl,

@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--input", run.inputs, "Override a model input: NAME=FILE.npy (repeatable)");
   run_cmd->add_option("-o,--output", run.output, "Output .npy for the logits (float32)")->required();
   run_cmd->add_flag("--reference", run.reference, "Use the scalar reference kernels (slow; the numeric spec)");
+  run_cmd->add_option("--device", run.device, "Run on the CPU or a CUDA GPU")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
 
   qc::TokenizeOptions tok;
   auto* tok_cmd = app.add_subcommand("tokenize", "Encode a text file with a Hugging Face tokenizer.json");
@@ -104,6 +105,9 @@ int main(int argc, char** argv) {
   eval_cmd->add_flag("--json", eval.json, "Print one JSON object on stdout");
   eval_cmd->add_flag("!--no-progress", eval.progress, "Hide the progress bar");
   eval_cmd->add_flag("--profile", eval.profile, "Print the time spent per op type to stderr");
+  eval_cmd->add_option("--device", eval.device, "Run on the CPU or a CUDA GPU (ops without a CUDA kernel run on the CPU; a summary goes to stderr)")
+      ->check(CLI::IsMember({"cpu", "cuda"}))
+      ->capture_default_str();
 
   qc::ConvertOptions conv;
   conv.tool_version = QC_VERSION;

@@ -1,4 +1,6 @@
 // `qconvert run`: logits for given token ids.
+#include <cstdio>
+
 #include "converter/commands.h"
 #include "formats/npy.h"
 #include "formats/onnx_reader.h"
@@ -19,11 +21,14 @@ Status RunRun(const RunOptions& options) {
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
   SessionOptions so;
   so.use_reference_kernels = options.reference;
+  so.device = options.device == "cuda" ? Device::kCuda : Device::kCpu;
+  if (options.reference && so.device == Device::kCuda) return InvalidArgument("--reference runs the CPU reference kernels; it cannot be combined with --device cuda");
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   auto feeds = BindInputs(*session, ids, overrides);
   if (!feeds.ok()) return feeds.status().WithContext(options.input_ids);
   const std::string logits = session->outputs()[LogitsOutputIndex(*session)].name;
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session->Run(*feeds, {logits}));
+  for (const std::string& line : session->DeviceSummary()) std::fprintf(stderr, "%s\n", line.c_str());
   Tensor out = outs[0];
   if (out.dtype() != DType::kFloat32) {
     if (!IsFloatingPoint(out.dtype())) return InvalidArgument("output '" + logits + "' is " + DTypeName(out.dtype()) + ", not floating point");

@@ -114,6 +114,12 @@ Tensor Tensor::Uninitialized(DType dtype, Shape shape) {
 Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data)
     : dtype_(dtype), shape_(std::move(shape)), storage_(std::move(storage)), data_(data) {}
 
+Tensor Tensor::OnDevice(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data) {
+  Tensor t(dtype, std::move(shape), std::move(storage), data);
+  t.on_device_ = true;
+  return t;
+}
+
 namespace {
 // Drops the resident pages of [data, data + bytes) from this process. The range is widened to
 // whole pages: a neighbour sharing a boundary page just faults it back in (the mapping is
@@ -167,6 +173,7 @@ Tensor Tensor::Reshaped(Shape shape) const {
 }
 
 Tensor Tensor::Clone() const {
+  QC_CHECK(!on_device_);
   Tensor t(dtype_, shape_);
   if (nbytes() > 0) std::memcpy(t.mutable_raw(), data_, nbytes());
   return t;
@@ -175,6 +182,7 @@ Tensor Tensor::Clone() const {
 namespace {
 template <typename Out>
 std::vector<Out> Convert(const Tensor& t) {
+  QC_CHECK(!t.on_device());
   int64_t n = t.numel();
   std::vector<Out> out(n);
   const void* p = t.raw();
@@ -218,6 +226,7 @@ std::vector<float> Tensor::ToFloats() const { return Convert<float>(*this); }
 std::vector<int64_t> Tensor::ToInt64s() const { return Convert<int64_t>(*this); }
 
 bool Tensor::BitEqual(const Tensor& other) const {
+  QC_CHECK(!on_device_ && !other.on_device_);
   return dtype_ == other.dtype_ && shape_ == other.shape_ &&
          (nbytes() == 0 || std::memcmp(data_, other.data_, nbytes()) == 0);
 }

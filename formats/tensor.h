@@ -45,6 +45,11 @@ class Tensor {
   /// page faults per large activation).
   static Tensor Uninitialized(DType dtype, Shape shape);
 
+  /// A tensor in accelerator memory (runtime/cuda): `storage` keeps the device block alive and
+  /// `data` is a device pointer. Only shape operations (Reshaped, copies of the handle) are valid
+  /// on the host; everything that reads the bytes CHECKs that the tensor is on the host.
+  static Tensor OnDevice(DType dtype, Shape shape, std::shared_ptr<const void> storage, const void* data);
+
   /// A scalar or 1-D tensor from values.
   template <typename T>
   static Tensor FromVector(const std::vector<T>& values, Shape shape);
@@ -63,6 +68,8 @@ class Tensor {
   int64_t nbytes() const { return DTypeStorageBytes(dtype_, numel()); }
   /// True for a view of a file mapping (see Mapped).
   bool mapped() const { return mapped_; }
+  /// True for a tensor in accelerator memory (see OnDevice).
+  bool on_device() const { return on_device_; }
   /// A hint that the caller is done reading for now: drops this process's resident copies of a
   /// mapped tensor's pages (madvise MADV_DONTNEED; the next read faults them back in from the page
   /// cache or the file). No-op for owned tensors. The values never change.
@@ -75,12 +82,24 @@ class Tensor {
   void* mutable_raw() { return const_cast<void*>(data_); }
   template <typename T>
   const T* data() const {
-    QC_CHECK(DTypeOf<T>::value == dtype_);
+    QC_CHECK(DTypeOf<T>::value == dtype_ && !on_device_);
     return static_cast<const T*>(data_);
   }
   template <typename T>
   T* mutable_data() {
-    QC_CHECK(DTypeOf<T>::value == dtype_);
+    QC_CHECK(DTypeOf<T>::value == dtype_ && !on_device_);
+    return static_cast<T*>(const_cast<void*>(data_));
+  }
+
+  /// Typed device pointers of a tensor in accelerator memory (see OnDevice).
+  template <typename T>
+  const T* device_data() const {
+    QC_CHECK(DTypeOf<T>::value == dtype_ && on_device_);
+    return static_cast<const T*>(data_);
+  }
+  template <typename T>
+  T* mutable_device_data() {
+    QC_CHECK(DTypeOf<T>::value == dtype_ && on_device_);
     return static_cast<T*>(const_cast<void*>(data_));
   }
 
@@ -100,6 +119,7 @@ class Tensor {
   std::shared_ptr<const void> storage_;
   const void* data_ = nullptr;
   bool mapped_ = false;
+  bool on_device_ = false;
 };
 
 template <typename T>

@@ -8,7 +8,9 @@
 #include <unordered_map>
 
 #include "runtime/cpu/kernel.h"
+#include "runtime/cuda_executor.h"
 #include "runtime/graph_fusion.h"
+#include "runtime/plan.h"
 
 namespace qc {
 
@@ -22,78 +24,8 @@ constexpr int64_t kMaxFoldedBytes = int64_t{64} << 20;
 // export is the whole model). Shape arithmetic on small mapped constants still folds.
 constexpr int64_t kMaxFoldedMappedInputBytes = int64_t{1} << 20;
 
-using OpsetMap = std::map<std::string, int64_t>;
 }  // namespace
 
-/// A compiled graph: slot-indexed values and the steps that compute them.
-class Plan {
- public:
-  struct Step {
-    const Node* node = nullptr;
-    KernelFn fn = nullptr;  // nullptr for If (handled by the executor)
-    std::vector<int> in;    // -1 for omitted optional inputs
-    std::vector<int> out;   // -1 for omitted outputs
-    std::vector<int> free_after;
-    // Constants read for the last time by this step: the run's frame drops its reference (a
-    // replacement set through Execution::SetValue is freed) and mapped weights release their pages.
-    std::vector<int> release_after;
-    int64_t opset = 0;
-    std::vector<std::unique_ptr<Plan>> branches;  // If: then, else
-  };
-
-  /// Compiles `graph`. `outer` lists names visible from enclosing graphs (for subgraphs).
-  static StatusOr<std::unique_ptr<Plan>> Compile(const Graph& graph, const OpsetMap& opsets, const SessionOptions& options,
-                                                 const std::set<std::string>& outer);
-
-  /// Runs the plan. `frame` must be sized slots() and hold the feeds; `parent` resolves outer names.
-  Status Execute(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-                 const NodeObserver* observer) const {
-    QC_RETURN_IF_ERROR(BindOuter(frame, parent));
-    return ExecuteSteps(frame, parent, observer, 0, num_steps());
-  }
-  /// Copies outer-scope values into the frame.
-  Status BindOuter(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent) const;
-  /// Runs steps [begin, end).
-  Status ExecuteSteps(std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-                      const NodeObserver* observer, int begin, int end) const;
-  int num_steps() const { return static_cast<int>(steps_.size()); }
-  int StepOfNode(const std::string& name) const {
-    for (size_t i = 0; i < steps_.size(); ++i)
-      if (steps_[i].node->name == name) return static_cast<int>(i);
-    return -1;
-  }
-  int StepProducing(const std::string& value) const {
-    for (size_t i = 0; i < steps_.size(); ++i)
-      for (const std::string& out : steps_[i].node->outputs)
-        if (out == value) return static_cast<int>(i);
-    return -1;
-  }
-
-  mutable std::map<std::string, OpProfile> profile_;
-  bool profiling_ = false;
-
-  int slots() const { return static_cast<int>(names_.size()); }
-  int SlotOf(const std::string& name) const {
-    auto it = slot_of_.find(name);
-    return it == slot_of_.end() ? -1 : it->second;
-  }
-  const std::vector<Tensor>& constants() const { return constants_; }
-  const std::vector<int>& output_slots() const { return output_slots_; }
-  const std::vector<std::pair<std::string, int>>& outer_slots() const { return outer_slots_; }
-
- private:
-  Status RunStep(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-                 const NodeObserver* observer) const;
-  Status RunIf(const Step& step, std::vector<Tensor>& frame, const std::function<const Tensor*(const std::string&)>& parent,
-               std::vector<Tensor>* outputs) const;
-
-  std::vector<std::string> names_;
-  std::unordered_map<std::string, int> slot_of_;
-  std::vector<Tensor> constants_;  // slot-indexed; undefined where not constant
-  std::vector<Step> steps_;
-  std::vector<int> output_slots_;
-  std::vector<std::pair<std::string, int>> outer_slots_;  // names captured from the enclosing graph
-};
 
 namespace {
 
@@ -381,6 +313,8 @@ Status Plan::ExecuteSteps(std::vector<Tensor>& frame, const std::function<const 
   return Status::Ok();
 }
 
+const char* DeviceName(Device device) { return device == Device::kCuda ? "cuda" : "cpu"; }
+
 Session::~Session() = default;
 
 StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const SessionOptions& options) {
@@ -395,6 +329,9 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
   const int64_t opset = opsets[""];
   if (opset < 1 || opset > 23) return Unimplemented("opset " + std::to_string(opset) + " is not supported (supported: 1..23; tested: 13..21)");
   QC_ASSIGN_OR_RETURN(session->plan_, Plan::Compile(session->model_.graph, opsets, options, {}));
+  if (options.device == Device::kCuda) {
+    QC_ASSIGN_OR_RETURN(session->cuda_, CudaExecutor::Create(*session->plan_, session->model_.graph, options));
+  }
   for (const auto& in : session->model_.graph.inputs)
     if (!session->model_.graph.FindInitializer(in.name)) session->required_inputs_.push_back(in);
   return session;
@@ -404,6 +341,7 @@ const std::vector<ValueInfo>& Session::inputs() const { return required_inputs_;
 const std::vector<ValueInfo>& Session::outputs() const { return model_.graph.outputs; }
 
 std::vector<OpProfile> Session::Profile() const {
+  if (cuda_) return cuda_->Profile();
   std::vector<OpProfile> out;
   for (auto [op, p] : plan_->profile_) {
     p.op_type = op;
@@ -412,6 +350,8 @@ std::vector<OpProfile> Session::Profile() const {
   std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
   return out;
 }
+
+std::vector<std::string> Session::DeviceSummary() const { return cuda_ ? cuda_->Summary() : std::vector<std::string>{}; }
 
 namespace {
 Status CheckFeed(const ValueInfo& info, const Tensor& t) {
@@ -478,11 +418,17 @@ StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std:
     if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
   }
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
-  QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
+  if (cuda_) {
+    if (observer) return Unimplemented("node observers (calibration) run on the CPU only, not with --device cuda");
+    QC_RETURN_IF_ERROR(cuda_->Run(frame));
+  } else {
+    QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
+  }
   return CollectOutputs(model_.graph, *plan_, frame, output_names);
 }
 
 StatusOr<std::unique_ptr<Execution>> Session::Start(const NamedTensors& feeds) const {
+  if (cuda_) return Unimplemented("step-by-step execution (calibration) runs on the CPU only, not with --device cuda");
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
   return std::unique_ptr<Execution>(new Execution(this, std::move(frame)));
 }

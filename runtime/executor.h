@@ -13,6 +13,16 @@
 
 namespace qc {
 
+/// Where a session runs its steps.
+enum class Device {
+  kCpu,
+  /// runtime/cuda: constants are uploaded once, activations stay in device memory, ops without a
+  /// CUDA kernel run on the CPU with explicit copies (counted in Session::DeviceSummary()).
+  kCuda,
+};
+/// "cpu" / "cuda".
+const char* DeviceName(Device device);
+
 struct SessionOptions {
   /// Run the scalar reference kernels instead of the fast ones (the numeric spec; slow).
   bool use_reference_kernels = false;
@@ -22,6 +32,9 @@ struct SessionOptions {
   bool fuse_ops = true;
   /// Accumulate wall time per op type (see Session::Profile()).
   bool profile = false;
+  /// The device the steps run on. Session::Create fails with FailedPrecondition when the build
+  /// has no CUDA backend or the machine no usable GPU.
+  Device device = Device::kCpu;
 };
 
 /// Wall time spent per op type across all runs of a session.
@@ -40,6 +53,7 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
 class Plan;
 class Session;
+class CudaExecutor;
 
 /// One in-flight run that can be advanced step by step, with values inspected or replaced
 /// between steps. Sequential calibration uses it to stop at each linear layer, read its input,
@@ -93,8 +107,12 @@ class Session {
   /// The graph inputs a caller must (or may) feed, i.e. inputs without an initializer default.
   const std::vector<ValueInfo>& inputs() const;
   const std::vector<ValueInfo>& outputs() const;
-  /// Per-op-type timings, slowest first (empty unless SessionOptions::profile).
+  /// Per-op-type timings, slowest first (empty unless SessionOptions::profile). On the GPU each
+  /// op type is listed as "Op (cuda)", "Op (cpu)" (host step on small values) or "Op (fallback)".
   std::vector<OpProfile> Profile() const;
+  /// For a device session: which ops ran on the CPU for lack of a CUDA kernel and how many bytes
+  /// were copied between host and device, one line each; empty for a CPU session.
+  std::vector<std::string> DeviceSummary() const;
 
  private:
   friend class Execution;
@@ -104,6 +122,7 @@ class Session {
   SessionOptions options_;
   std::unique_ptr<Plan> plan_;
   std::vector<ValueInfo> required_inputs_;
+  std::unique_ptr<CudaExecutor> cuda_;  // set when options_.device is kCuda
 };
 
 }  // namespace qc

@@ -1,0 +1,71 @@
+// The per-session device state (context.h).
+#include "runtime/cuda/context.h"
+
+#include <string>
+#include <utility>
+
+#include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/device.h"
+
+namespace qc::cuda {
+
+Status CublasError(cublasStatus_t status, const char* expr, const char* file, int line) {
+  std::string msg = std::string("cuBLAS error ") + cublasGetStatusName(status) + " (" + cublasGetStatusString(status) +
+                    ") in " + expr + " at " + file + ":" + std::to_string(line);
+  if (status == CUBLAS_STATUS_ALLOC_FAILED) return OutOfRange(std::move(msg));
+  if (status == CUBLAS_STATUS_NOT_INITIALIZED || status == CUBLAS_STATUS_ARCH_MISMATCH)
+    return FailedPrecondition(std::move(msg));
+  return Internal(std::move(msg));
+}
+
+StatusOr<std::unique_ptr<Context>> Context::Create(CachingAllocator& allocator) {
+  if (DeviceCount() == 0)
+    return FailedPrecondition("no CUDA device is usable on this machine (no GPU, no driver, or a driver older than this build's CUDA)");
+  std::unique_ptr<Context> ctx(new Context(allocator));
+  QC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
+  QC_CUBLAS_RETURN_IF_ERROR(cublasCreate(&ctx->cublas_));
+  QC_CUBLAS_RETURN_IF_ERROR(cublasSetStream(ctx->cublas_, ctx->stream_));
+  // Plain fp32 GEMMs (no TF32): the CUDA backend is held to the CPU executor's numbers.
+  QC_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
+  return std::move(ctx);
+}
+
+Context::~Context() {
+  if (stream_) (void)cudaStreamSynchronize(stream_);
+  if (cublas_) (void)cublasDestroy(cublas_);
+  if (stream_) (void)cudaStreamDestroy(stream_);
+}
+
+StatusOr<Tensor> Context::Empty(DType dtype, Shape shape) {
+  const int64_t bytes = DTypeStorageBytes(dtype, NumElements(shape));
+  QC_ASSIGN_OR_RETURN(DeviceBuffer buffer, allocator_->Allocate(static_cast<size_t>(bytes)));
+  auto holder = std::make_shared<DeviceBuffer>(std::move(buffer));
+  void* data = holder->data();
+  return Tensor::OnDevice(dtype, std::move(shape), std::shared_ptr<const void>(holder, data), data);
+}
+
+StatusOr<Tensor> Context::Upload(const Tensor& host) {
+  QC_CHECK(!host.on_device());
+  QC_ASSIGN_OR_RETURN(Tensor t, Empty(host.dtype(), host.shape()));
+  if (host.nbytes() > 0)
+    QC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(t.mutable_raw(), host.raw(), static_cast<size_t>(host.nbytes()), cudaMemcpyHostToDevice, stream_));
+  return t;
+}
+
+StatusOr<Tensor> Context::Download(const Tensor& device) {
+  QC_CHECK(device.on_device());
+  Tensor t = Tensor::Uninitialized(device.dtype(), device.shape());
+  if (device.nbytes() > 0)
+    QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), device.raw(), static_cast<size_t>(device.nbytes()),
+                                            cudaMemcpyDeviceToHost, stream_));
+  QC_RETURN_IF_ERROR(Synchronize());
+  return t;
+}
+
+Status Context::Synchronize() {
+  QC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

@@ -1,0 +1,59 @@
+// One session's device state: its stream, cuBLAS handle, MatMulNBits scratch, and device tensors.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <memory>
+
+#include "formats/status.h"
+#include "formats/tensor.h"
+#include "runtime/cuda/allocator.h"
+#include "runtime/cuda/matmul_nbits.h"
+
+namespace qc::cuda {
+
+/// Every kernel of a session is queued on one stream, so the caching allocator's stream-ordered
+/// reuse is safe and no kernel needs its own synchronisation. Not thread-safe (one run at a time,
+/// like Session).
+class Context {
+ public:
+  /// FailedPrecondition when there is no usable device.
+  static StatusOr<std::unique_ptr<Context>> Create(CachingAllocator& allocator = CachingAllocator::Default());
+  ~Context();
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t cublas() const { return cublas_; }
+  CachingAllocator& allocator() { return *allocator_; }
+  NBitsWorkspace& nbits_workspace() { return nbits_workspace_; }
+
+  /// An uninitialised device tensor from the caching allocator (Tensor::on_device()).
+  StatusOr<Tensor> Empty(DType dtype, Shape shape);
+  /// A device copy of a host tensor (queued on the stream; the host bytes may be freed on return).
+  StatusOr<Tensor> Upload(const Tensor& host);
+  /// A host copy of a device tensor; waits for the stream.
+  StatusOr<Tensor> Download(const Tensor& device);
+  /// Waits for every queued kernel; surfaces asynchronous kernel faults as a Status.
+  Status Synchronize();
+
+ private:
+  explicit Context(CachingAllocator& allocator) : allocator_(&allocator), nbits_workspace_(allocator) {}
+  CachingAllocator* allocator_;
+  NBitsWorkspace nbits_workspace_;
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t cublas_ = nullptr;
+};
+
+/// A Status for a failed cuBLAS call.
+Status CublasError(cublasStatus_t status, const char* expr, const char* file, int line);
+
+}  // namespace qc::cuda
+
+#define QC_CUBLAS_RETURN_IF_ERROR(expr)                                          \
+  do {                                                                           \
+    const cublasStatus_t qc_cublas_status_ = (expr);                             \
+    if (qc_cublas_status_ != CUBLAS_STATUS_SUCCESS)                              \
+      return ::qc::cuda::CublasError(qc_cublas_status_, #expr, __FILE__, __LINE__); \
+  } while (0)

@@ -1,0 +1,209 @@
+// Elementwise ops on the GPU: broadcasting binary arithmetic, Where, unary math and activations.
+// runtime/cpu/elementwise_ref.cpp is the numeric spec (float32 here; other dtypes decline).
+#include <cmath>
+
+#include "runtime/cpu/broadcast.h"
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+struct AddOp {
+  template <typename T> __device__ T operator()(T a, T b) const { return a + b; }
+};
+struct SubOp {
+  template <typename T> __device__ T operator()(T a, T b) const { return a - b; }
+};
+struct MulOp {
+  template <typename T> __device__ T operator()(T a, T b) const { return a * b; }
+};
+struct DivOp {
+  template <typename T> __device__ T operator()(T a, T b) const { return a / b; }
+};
+struct PowOp {
+  __device__ float operator()(float a, float b) const { return powf(a, b); }
+};
+
+template <typename T, typename Op>
+__global__ void BinaryKernel(const T* a, const T* b, T* y, int64_t n, Indexer<2> ix, Op op) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t off[2];
+    ix.Offsets(i, off);
+    y[i] = op(a[off[0]], b[off[1]]);
+  }
+}
+
+// Same shapes: no index arithmetic.
+template <typename T, typename Op>
+__global__ void BinarySameKernel(const T* a, const T* b, T* y, int64_t n, Op op) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = op(a[i], b[i]);
+}
+
+template <typename T, typename Op>
+Status LaunchBinary(OpContext& ctx, Op op) {
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  auto shape = BroadcastShapes({a.shape(), b.shape()});
+  if (!shape.ok()) return ctx.Error(shape.status().message());
+  Indexer<2> ix;
+  if (!MakeIndexer<2>(*shape, {a.shape(), b.shape()}, &ix)) return ctx.Decline("more than 8 broadcast dims");
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, a.dtype(), *shape));
+  const int64_t n = y->numel();
+  if (n == 0) return Status::Ok();
+  if (a.shape() == b.shape())
+    BinarySameKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(a.device_data<T>(), b.device_data<T>(), y->mutable_device_data<T>(), n, op);
+  else
+    BinaryKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(a.device_data<T>(), b.device_data<T>(), y->mutable_device_data<T>(), n, ix, op);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("BinaryKernel");
+  return Status::Ok();
+}
+
+// Arithmetic on float32, and on int32/int64 for Add/Sub/Mul (index arithmetic).
+template <typename Op, bool kIntegers>
+Status Arith(OpContext& ctx) {
+  if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  const DType t = ctx.input(0).dtype();
+  if (ctx.input(1).dtype() != t) return ctx.Error("inputs have different dtypes");
+  if (t == DType::kFloat32) return LaunchBinary<float>(ctx, Op{});
+  if constexpr (kIntegers) {
+    if (t == DType::kInt64) return LaunchBinary<int64_t>(ctx, Op{});
+    if (t == DType::kInt32) return LaunchBinary<int32_t>(ctx, Op{});
+  }
+  return ctx.Decline("dtype " + DTypeName(t));
+}
+
+template <typename T>
+__global__ void WhereKernel(const bool* c, const T* a, const T* b, T* y, int64_t n, Indexer<3> ix) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t off[3];
+    ix.Offsets(i, off);
+    y[i] = c[off[0]] ? a[off[1]] : b[off[2]];
+  }
+}
+
+template <typename Fn>
+__global__ void UnaryKernel(const float* x, float* y, int64_t n, Fn fn) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = fn(x[i]);
+}
+
+template <typename Fn>
+Status Unary(OpContext& ctx, Fn fn) {
+  if (!ctx.has_input(0)) return ctx.Error("expected 1 input");
+  const Tensor& x = ctx.input(0);
+  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, x.dtype(), x.shape()));
+  const int64_t n = x.numel();
+  if (n == 0) return Status::Ok();
+  UnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<float>(), y->mutable_device_data<float>(), n, fn);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("UnaryKernel");
+  return Status::Ok();
+}
+
+// The same formulas as runtime/cpu/elementwise_math.h.
+__device__ __forceinline__ float Sigmoid(float x) {
+  const float e = expf(-fabsf(x));
+  const float d = 1.0f + e;
+  return x >= 0.0f ? 1.0f / d : e / d;
+}
+__device__ __forceinline__ float GeluErf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752440f)); }
+__device__ __forceinline__ float GeluTanh(float x) {
+  return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
+}
+
+template <typename Fn>
+__global__ void BiasUnaryKernel(const float* x, const float* bias, float* y, int64_t n, int64_t cols, Fn fn) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = fn(x[i] + bias[i % cols]);
+}
+
+}  // namespace
+
+Status AddCuda(OpContext& ctx) { return Arith<AddOp, true>(ctx); }
+Status SubCuda(OpContext& ctx) { return Arith<SubOp, true>(ctx); }
+Status MulCuda(OpContext& ctx) { return Arith<MulOp, true>(ctx); }
+Status DivCuda(OpContext& ctx) { return Arith<DivOp, false>(ctx); }  // integer division by zero is an error on the CPU
+Status PowCuda(OpContext& ctx) {
+  if (ctx.num_inputs() != 2 || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  if (ctx.input(0).dtype() != DType::kFloat32 || ctx.input(1).dtype() != DType::kFloat32)
+    return ctx.Decline("dtypes other than float32");
+  return LaunchBinary<float>(ctx, PowOp{});
+}
+
+Status WhereCuda(OpContext& ctx) {
+  if (ctx.num_inputs() != 3 || !ctx.has_input(0) || !ctx.has_input(1) || !ctx.has_input(2)) return ctx.Error("expected 3 inputs");
+  const Tensor& c = ctx.input(0);
+  const Tensor& a = ctx.input(1);
+  const Tensor& b = ctx.input(2);
+  if (c.dtype() != DType::kBool) return ctx.Error("condition must be bool");
+  if (a.dtype() != b.dtype()) return ctx.Error("X and Y have different dtypes");
+  auto shape = BroadcastShapes({c.shape(), a.shape(), b.shape()});
+  if (!shape.ok()) return ctx.Error(shape.status().message());
+  Indexer<3> ix;
+  if (!MakeIndexer<3>(*shape, {c.shape(), a.shape(), b.shape()}, &ix)) return ctx.Decline("more than 8 broadcast dims");
+  const int size = ElementSize(a.dtype());
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, a.dtype(), *shape));
+  const int64_t n = y->numel();
+  if (n == 0) return Status::Ok();
+  const bool* cp = c.device_data<bool>();
+  // Where moves bytes: dispatch on the element size, not the dtype.
+  if (size == 4) {
+    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint32_t*>(a.raw()), static_cast<const uint32_t*>(b.raw()),
+                                                                  static_cast<uint32_t*>(y->mutable_raw()), n, ix);
+  } else if (size == 8) {
+    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint64_t*>(a.raw()), static_cast<const uint64_t*>(b.raw()),
+                                                                  static_cast<uint64_t*>(y->mutable_raw()), n, ix);
+  } else if (size == 2) {
+    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint16_t*>(a.raw()), static_cast<const uint16_t*>(b.raw()),
+                                                                  static_cast<uint16_t*>(y->mutable_raw()), n, ix);
+  } else if (size == 1) {
+    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint8_t*>(a.raw()), static_cast<const uint8_t*>(b.raw()),
+                                                                  static_cast<uint8_t*>(y->mutable_raw()), n, ix);
+  } else {
+    return ctx.Decline("dtype " + DTypeName(a.dtype()));
+  }
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("WhereKernel");
+  return Status::Ok();
+}
+
+Status SqrtCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return sqrtf(x); }); }
+Status ReciprocalCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return 1.0f / x; }); }
+Status NegCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return -x; }); }
+Status ExpCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return expf(x); }); }
+Status LogCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return logf(x); }); }
+Status TanhCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return tanhf(x); }); }
+Status ErfCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return erff(x); }); }
+Status SinCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return sinf(x); }); }
+Status CosCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return cosf(x); }); }
+Status AbsCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return fabsf(x); }); }
+Status SigmoidCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return Sigmoid(x); }); }
+Status ReluCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return x < 0.0f ? 0.0f : x; }); }
+
+Status GeluCuda(OpContext& ctx) {
+  const std::string approximate = ctx.node.GetString("approximate", "none");
+  if (approximate == "none") return Unary(ctx, [] __device__(float x) { return GeluErf(x); });
+  if (approximate == "tanh") return Unary(ctx, [] __device__(float x) { return GeluTanh(x); });
+  return ctx.Error("attribute approximate must be \"none\" or \"tanh\", got \"" + approximate + "\"");
+}
+Status ContribGeluCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return GeluErf(x); }); }
+Status QuickGeluCuda(OpContext& ctx) {
+  const float alpha = ctx.node.GetFloat("alpha", 1.702f);
+  return Unary(ctx, [alpha] __device__(float x) { return x * Sigmoid(alpha * x); });
+}
+Status FastGeluCuda(OpContext& ctx) {
+  if (!ctx.has_input(1)) return Unary(ctx, [] __device__(float x) { return GeluTanh(x); });
+  const Tensor& x = ctx.input(0);
+  const Tensor& bias = ctx.input(1);
+  if (x.dtype() != DType::kFloat32 || bias.dtype() != DType::kFloat32) return ctx.Decline("dtype other than float32");
+  if (bias.rank() != 1 || x.rank() < 1 || bias.dim(0) != x.dim(-1)) return ctx.Decline("bias not a row over the last dim");
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, x.dtype(), x.shape()));
+  const int64_t n = x.numel();
+  if (n == 0) return Status::Ok();
+  BiasUnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<float>(), bias.device_data<float>(), y->mutable_device_data<float>(), n,
+                                                                    bias.dim(0), [] __device__(float v) { return GeluTanh(v); });
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("BiasUnaryKernel");
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

@@ -1,0 +1,134 @@
+// Gather and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU. Indices are
+// read on the host, where they are range-checked as the CPU kernels do (runtime/cpu/gather_ops.cpp,
+// gather_block_quantized.cpp: the numeric spec), then uploaded normalised to [0, rows).
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+// Normalises host indices into [0, rows); an error names the offending index.
+StatusOr<std::vector<int64_t>> CheckedIndices(const OpContext& ctx, const Tensor& indices, int64_t rows) {
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
+  std::vector<int64_t> v = indices.ToInt64s();
+  for (int64_t& i : v) {
+    if (i < -rows || i >= rows)
+      return ctx.Error("index " + std::to_string(i) + " is out of range for " + std::to_string(rows) + " rows (expected [" +
+                       std::to_string(-rows) + ", " + std::to_string(rows - 1) + "])");
+    if (i < 0) i += rows;
+  }
+  return v;
+}
+
+// out[o, j, i] = data[o, idx[j], i] over [outer, n_idx, inner] elements of `T` (bytes moved as is).
+template <typename T>
+__global__ void GatherKernel(const T* data, const int64_t* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len) {
+  const int64_t n = outer * n_idx * inner;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % inner;
+    const int64_t j = (e / inner) % n_idx;
+    const int64_t o = e / (inner * n_idx);
+    out[e] = data[(o * axis_len + idx[j]) * inner + i];
+  }
+}
+
+__device__ __forceinline__ int ReadCode(const uint8_t* p, int64_t i, int bits) {
+  const int64_t bit = i * bits;
+  return (p[bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
+}
+
+// One thread per output value: (code - zero point) * scale of its block.
+__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const float* scales, const uint8_t* zero_points, const int64_t* idx,
+                                           float* out, int64_t n_idx, int64_t lines, int64_t packed, int64_t cols, int64_t n_blocks,
+                                           int64_t zp_line_bytes, int bits, int64_t block_size) {
+  const int64_t n = n_idx * lines * cols;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t c = e % cols;
+    const int64_t i = (e / cols) % lines;
+    const int64_t j = e / (cols * lines);
+    const int64_t line = idx[j] * lines + i;
+    const int64_t blk = c / block_size;
+    const int zp = zero_points ? ReadCode(zero_points + line * zp_line_bytes, blk, bits) : 1 << (bits - 1);
+    out[e] = static_cast<float>(ReadCode(data + line * packed, c, bits) - zp) * scales[line * n_blocks + blk];
+  }
+}
+
+}  // namespace
+
+Status GatherCuda(OpContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  const Tensor& data = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  if (data.rank() == 0) return ctx.Error("data must have rank >= 1");
+  int64_t axis = 0;
+  if (!NormalizeAxis(ctx.node.GetInt("axis", 0), data.rank(), &axis)) return ctx.Error("axis out of range");
+  const int size = ElementSize(data.dtype());
+  if (size != 1 && size != 2 && size != 4 && size != 8) return ctx.Decline("dtype " + DTypeName(data.dtype()));
+  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, indices, data.dim(axis)));
+  Shape out_shape(data.shape().begin(), data.shape().begin() + axis);
+  out_shape.insert(out_shape.end(), indices.shape().begin(), indices.shape().end());
+  out_shape.insert(out_shape.end(), data.shape().begin() + axis + 1, data.shape().end());
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), out_shape));
+  if (y->numel() == 0) return Status::Ok();
+  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
+  int64_t outer = 1, inner = 1;
+  for (int64_t d = 0; d < axis; ++d) outer *= data.dim(d);
+  for (int64_t d = axis + 1; d < data.rank(); ++d) inner *= data.dim(d);
+  const int64_t n = y->numel(), n_idx = static_cast<int64_t>(idx.size()), len = data.dim(axis);
+  const int64_t* ip = dev_idx.device_data<int64_t>();
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    GatherKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
+                                                                      outer, n_idx, inner, len);
+  };
+  if (size == 1) launch(uint8_t{});
+  else if (size == 2) launch(uint16_t{});
+  else if (size == 4) launch(uint32_t{});
+  else launch(uint64_t{});
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherKernel");
+  return Status::Ok();
+}
+
+Status GatherBlockQuantizedCuda(OpContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1) || !ctx.has_input(2)) return ctx.Error("inputs data, indices and scales are required");
+  const Tensor& data = ctx.input(0);
+  const Tensor& scales = ctx.input(2);
+  const int bits = static_cast<int>(ctx.node.GetInt("bits", 4));
+  const int64_t block_size = ctx.node.GetInt("block_size", 128);
+  if (data.dtype() != DType::kUInt8 || scales.dtype() != DType::kFloat32) return ctx.Decline("data not uint8 or scales not float32");
+  if ((bits != 2 && bits != 4 && bits != 8) || block_size < 16 || (block_size & (block_size - 1)) != 0 || data.rank() < 2)
+    return ctx.Decline("bits/block_size/rank the CPU kernel validates");
+  int64_t gather_axis = 0, quantize_axis = 0;
+  if (!NormalizeAxis(ctx.node.GetInt("gather_axis", 0), data.rank(), &gather_axis) ||
+      !NormalizeAxis(ctx.node.GetInt("quantize_axis", 1), data.rank(), &quantize_axis) || gather_axis != 0 ||
+      quantize_axis != data.rank() - 1)
+    return ctx.Decline("axes the CPU kernel validates");
+  const int64_t rows = data.dim(0), packed = data.dim(-1), cols = packed * (8 / bits);
+  int64_t lines = 1;
+  for (int d = 1; d + 1 < data.rank(); ++d) lines *= data.dim(d);
+  const int64_t n_blocks = (cols + block_size - 1) / block_size;
+  Shape want = data.shape();
+  want.back() = n_blocks;
+  if (scales.shape() != want) return ctx.Decline("scales shape");
+  const uint8_t* zp = nullptr;
+  const int64_t zp_line_bytes = (n_blocks * bits + 7) / 8;
+  if (ctx.has_input(3)) {
+    want.back() = zp_line_bytes;
+    if (ctx.input(3).dtype() != DType::kUInt8 || ctx.input(3).shape() != want) return ctx.Decline("zero_points dtype/shape");
+    zp = ctx.input(3).device_data<uint8_t>();
+  }
+  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, ctx.input(1), rows));
+  Shape out_shape = ctx.input(1).shape();
+  out_shape.insert(out_shape.end(), data.shape().begin() + 1, data.shape().end() - 1);
+  out_shape.push_back(cols);
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, out_shape));
+  if (y->numel() == 0) return Status::Ok();
+  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
+  GatherBlockQuantizedKernel<<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
+      data.device_data<uint8_t>(), scales.device_data<float>(), zp, dev_idx.device_data<int64_t>(), y->mutable_device_data<float>(), static_cast<int64_t>(idx.size()), lines,
+      packed, cols, n_blocks, zp_line_bytes, bits, block_size);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherBlockQuantizedKernel");
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

@@ -1,0 +1,151 @@
+// MatMul and Gemm on the GPU through cuBLAS (plain fp32: no TF32, CPU-matching accuracy), and
+// com.microsoft.MatMulNBits through runtime/cuda/matmul_nbits. runtime/cpu/matmul.cpp, gemm.cpp
+// and matmul_nbits.cpp are the numeric spec.
+#include <algorithm>
+#include <climits>
+
+#include "runtime/cpu/broadcast.h"
+#include "runtime/cuda/nbits_weights.h"
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+bool FitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
+
+// Row-major C[b] = alpha * op(A[b]) · op(B[b]) + beta * C[b] for `batch` matrices, via the column-major
+// identity Cᵀ = op(B)ᵀ · op(A)ᵀ. Strides are in elements (0: the same matrix for every b).
+Status Sgemm(OpContext& ctx, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t stride_a,
+             const float* b, int64_t stride_b, float beta, float* c, int64_t batch) {
+  if (!FitsInt(m) || !FitsInt(n) || !FitsInt(k) || !FitsInt(batch)) return ctx.Decline("dimensions beyond 2^31");
+  const int lda = static_cast<int>(trans_a ? m : k), ldb = static_cast<int>(trans_b ? k : n);
+  QC_CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(ctx.cuda.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                      static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, ldb, stride_b, a,
+                                                      lda, stride_a, &beta, c, static_cast<int>(n), m * n, static_cast<int>(batch)));
+  return Status::Ok();
+}
+
+__global__ void BroadcastCopyKernel(const float* x, float* y, int64_t n, Indexer<1> ix) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    int64_t off[1];
+    ix.Offsets(i, off);
+    y[i] = x[off[0]];
+  }
+}
+
+class NBitsState : public OpState {
+ public:
+  explicit NBitsState(NBitsWeights w) : weights(std::move(w)) {}
+  NBitsWeights weights;
+};
+
+}  // namespace
+
+Status MatMulCuda(OpContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  if (a.dtype() != DType::kFloat32 || b.dtype() != DType::kFloat32) return ctx.Decline("dtype other than float32");
+  if (a.rank() < 2 || b.rank() < 2) return ctx.Decline("1-D operand");
+  const int64_t m = a.dim(-2), k = a.dim(-1), n = b.dim(-1);
+  if (b.dim(-2) != k) return ctx.Error("inner dimensions differ: " + ShapeToString(a.shape()) + " x " + ShapeToString(b.shape()));
+  const Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  auto batch = BroadcastShapes({batch_a, batch_b});
+  if (!batch.ok()) return ctx.Error(batch.status().message());
+  Shape out_shape = *batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, out_shape));
+  if (y->numel() == 0) return Status::Ok();
+  const int64_t count = NumElements(*batch), count_a = NumElements(batch_a), count_b = NumElements(batch_b);
+  float* yp = y->mutable_device_data<float>();
+  if (k == 0) {
+    QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(yp, 0, y->nbytes(), ctx.cuda.stream()));
+    return Status::Ok();
+  }
+  if (count_b == 1)  // a shared weight: one GEMM over every row of A
+    return Sgemm(ctx, false, false, count_a * m, n, k, 1.0f, a.device_data<float>(), 0, b.device_data<float>(), 0, 0.0f, yp, 1);
+  // Strided batches: each side has every batch matrix (a broadcastable shape with the full count
+  // has the broadcast layout) or a single one.
+  if (count_a == count && count_b > 1 && count_b < count) {
+    // B's batch dims (leading 1s dropped) are A's trailing ones: B repeats over A's leading dims,
+    // one strided batch of count_b per repetition.
+    Shape core = batch_b;
+    while (!core.empty() && core.front() == 1) core.erase(core.begin());
+    if (core.size() > batch->size() || !std::equal(core.begin(), core.end(), batch->end() - core.size()))
+      return ctx.Decline("partially broadcast batch dims");
+    for (int64_t r = 0; r < count / count_b; ++r)
+      QC_RETURN_IF_ERROR(Sgemm(ctx, false, false, m, n, k, 1.0f, a.device_data<float>() + r * count_b * m * k, m * k, b.device_data<float>(), k * n,
+                               0.0f, yp + r * count_b * m * n, count_b));
+    return Status::Ok();
+  }
+  if (!((count_a == count || count_a == 1) && (count_b == count || count_b == 1))) return ctx.Decline("partially broadcast batch dims");
+  return Sgemm(ctx, false, false, m, n, k, 1.0f, a.device_data<float>(), count_a == 1 ? 0 : m * k, b.device_data<float>(), count_b == 1 ? 0 : k * n, 0.0f,
+               yp, count);
+}
+
+Status GemmCuda(OpContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 or 3 inputs");
+  const Tensor& a = ctx.input(0);
+  const Tensor& b = ctx.input(1);
+  if (a.dtype() != DType::kFloat32 || b.dtype() != DType::kFloat32) return ctx.Decline("dtype other than float32");
+  if (a.rank() != 2 || b.rank() != 2) return ctx.Error("A and B must be 2-D");
+  const bool ta = ctx.node.GetInt("transA", 0) != 0, tb = ctx.node.GetInt("transB", 0) != 0;
+  const float alpha = ctx.node.GetFloat("alpha", 1.0f), beta = ctx.node.GetFloat("beta", 1.0f);
+  const int64_t m = ta ? a.dim(1) : a.dim(0), k = ta ? a.dim(0) : a.dim(1);
+  const int64_t n = tb ? b.dim(0) : b.dim(1);
+  if ((tb ? b.dim(1) : b.dim(0)) != k) return ctx.Error("inner dimensions differ");
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, {m, n}));
+  if (y->numel() == 0) return Status::Ok();
+  float* yp = y->mutable_device_data<float>();
+  const bool has_c = ctx.has_input(2) && beta != 0.0f;
+  if (has_c) {
+    const Tensor& c = ctx.input(2);
+    if (c.dtype() != DType::kFloat32) return ctx.Decline("C not float32");
+    auto shape = BroadcastShapes({c.shape(), Shape{m, n}});
+    if (!shape.ok() || *shape != Shape{m, n}) return ctx.Error("C of shape " + ShapeToString(c.shape()) + " does not broadcast to [M, N]");
+    Indexer<1> ix;
+    if (!MakeIndexer<1>({m, n}, {c.shape()}, &ix)) return ctx.Decline("C shape");
+    BroadcastCopyKernel<<<BlocksFor(m * n), kThreads, 0, ctx.cuda.stream()>>>(c.device_data<float>(), yp, m * n, ix);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("BroadcastCopyKernel");
+  }
+  if (k == 0) {
+    if (has_c) return ctx.Decline("k = 0 with C");  // beta·C: rare enough for the CPU
+    QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(yp, 0, y->nbytes(), ctx.cuda.stream()));
+    return Status::Ok();
+  }
+  return Sgemm(ctx, ta, tb, m, n, k, alpha, a.device_data<float>(), 0, b.device_data<float>(), 0, has_c ? beta : 0.0f, yp, 1);
+}
+
+// Inputs 1..5 (B, scales, zero_points, g_idx, bias) are read on the host and uploaded once into
+// the kernel's layout when they are session constants (always, for qconvert's artifacts).
+Status MatMulNBitsCuda(OpContext& ctx) {
+  if (!ctx.has_input(0)) return ctx.Error("input A is missing");
+  const Tensor& x = ctx.input(0);
+  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  std::unique_ptr<NBitsState> fresh;
+  const NBitsState* state = dynamic_cast<const NBitsState*>(ctx.state.get());
+  if (!state) {
+    QC_ASSIGN_OR_RETURN(NBitsWeights w, NBitsWeights::Upload(ctx.node, ctx.inputs));
+    fresh = std::make_unique<NBitsState>(std::move(w));
+    state = fresh.get();
+  }
+  const NBitsLayout& layout = state->weights.view().layout;
+  if (x.rank() < 1 || x.dim(-1) != layout.k)
+    return ctx.Error("A of shape " + ShapeToString(x.shape()) + " does not have K = " + std::to_string(layout.k) + " columns");
+  Shape out_shape = x.shape();
+  out_shape.back() = layout.n;
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, out_shape));
+  const int64_t m = layout.k == 0 ? 0 : x.numel() / layout.k;
+  QC_RETURN_IF_ERROR(MatMulNBits(state->weights.view(), x.device_data<float>(), y->mutable_device_data<float>(), m, ctx.cuda.nbits_workspace(), ctx.cuda.stream()));
+  bool all_constant = true;
+  for (int i = 1; i < ctx.num_inputs(); ++i) all_constant &= !ctx.has_input(i) || ctx.constant[i];
+  if (fresh && all_constant) {
+    ctx.state = std::move(fresh);
+  } else if (fresh) {
+    QC_RETURN_IF_ERROR(ctx.cuda.Synchronize());  // per-call weights are freed on return
+  }
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

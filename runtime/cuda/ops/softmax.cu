@@ -1,0 +1,87 @@
+// Softmax and the fused ScaledMaskedSoftmax (runtime/graph_fusion.h) on the GPU, float32, one
+// block per row. runtime/cpu/softmax.cpp and fused_softmax.cpp are the numeric spec.
+#include "runtime/cpu/broadcast.h"
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+// u = x * scale (+ mask) into y, then y = exp(u - max) / sum: the row is read three times from
+// y, which stays in L1/L2 (rows are a few KB). Row starts come from the broadcast indexer;
+// x_step / m_step are the strides along the row (0 where broadcast).
+__global__ void SoftmaxKernel(const float* x, const float* mask, float* y, int64_t len, Indexer<2> ix, int64_t x_step,
+                              int64_t m_step, float scale, bool scaled) {
+  __shared__ float scratch[32];
+  const int64_t row = blockIdx.x;
+  int64_t off[2];
+  ix.Offsets(row * len, off);
+  const float* xr = x + off[0];
+  const float* mr = mask ? mask + off[1] : nullptr;
+  float* yr = y + row * len;
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    float u = xr[j * x_step];
+    if (scaled) u = u * scale;  // the unfused graph's Mul
+    if (mr) u = u + mr[j * m_step];
+    yr[j] = u;
+    mx = fmaxf(mx, u);
+  }
+  mx = BlockMax(mx, scratch);
+  float sum = 0.0f;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) sum += expf(yr[j] - mx);
+  sum = BlockSum(sum, scratch);
+  const float inv = 1.0f / sum;
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) yr[j] = expf(yr[j] - mx) * inv;
+}
+
+Status LaunchSoftmax(OpContext& ctx, const Tensor& x, const Tensor* mask, const Shape& out_shape, int64_t len, float scale,
+                     bool scaled) {
+  Indexer<2> ix;
+  const Shape m_shape = mask ? mask->shape() : Shape{};
+  if (!MakeIndexer<2>(out_shape, {x.shape(), m_shape}, &ix)) return ctx.Decline("more than 8 broadcast dims");
+  const int64_t x_step = BroadcastStrides(x.shape(), out_shape).back();
+  const int64_t m_step = mask ? BroadcastStrides(m_shape, out_shape).back() : 0;
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, out_shape));
+  const int64_t rows = len == 0 ? 0 : y->numel() / len;
+  if (rows == 0) return Status::Ok();
+  if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 rows");
+  // 128 threads: rows are 64-4096 long in attention; a wider block idles on the short ones.
+  SoftmaxKernel<<<static_cast<unsigned>(rows), 128, 0, ctx.cuda.stream()>>>(
+      x.device_data<float>(), mask ? mask->device_data<float>() : nullptr, y->mutable_device_data<float>(), len, ix, x_step, m_step, scale, scaled);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("SoftmaxKernel");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status SoftmaxCuda(OpContext& ctx) {
+  if (!ctx.has_input(0)) return ctx.Error("expected 1 input");
+  const Tensor& x = ctx.input(0);
+  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  if (x.rank() == 0) return ctx.Decline("scalar");
+  const bool legacy = ctx.opset > 0 && ctx.opset < 13;
+  int64_t axis = 0;
+  if (!NormalizeAxis(ctx.node.GetInt("axis", legacy ? 1 : -1), x.rank(), &axis))
+    return ctx.Error("axis out of range for rank " + std::to_string(x.rank()));
+  // Opsets < 13 softmax the flattened [.., axis:] block: rows of the trailing dims.
+  if (!legacy && axis != x.rank() - 1) return ctx.Decline("axis other than the last");
+  const int64_t len = NumElements(Shape(x.shape().begin() + axis, x.shape().end()));
+  const Tensor flat = x.Reshaped({x.numel() / std::max<int64_t>(len, 1), len});
+  if (len == 0) return ctx.Output(0, x.dtype(), x.shape()).status();
+  QC_RETURN_IF_ERROR(LaunchSoftmax(ctx, flat, nullptr, flat.shape(), len, 1.0f, false));
+  if (ctx.declined.empty()) ctx.outputs[0] = ctx.outputs[0].Reshaped(x.shape());
+  return Status::Ok();
+}
+
+Status ScaledMaskedSoftmaxCuda(OpContext& ctx) {
+  if (!ctx.has_input(0)) return ctx.Error("expected 1 or 2 inputs");
+  const Tensor& x = ctx.input(0);
+  const Tensor* mask = ctx.has_input(1) ? &ctx.input(1) : nullptr;
+  if (x.dtype() != DType::kFloat32 || (mask && mask->dtype() != DType::kFloat32)) return ctx.Decline("dtype other than float32");
+  auto out_shape = BroadcastShapes({x.shape(), mask ? mask->shape() : Shape{}});
+  if (!out_shape.ok()) return ctx.Error(out_shape.status().message());
+  if (out_shape->empty()) return ctx.Error("softmax of a scalar");
+  return LaunchSoftmax(ctx, x, mask, *out_shape, out_shape->back(), ctx.node.GetFloat("scale", 1.0f), true);
+}
+
+}  // namespace qc::cuda

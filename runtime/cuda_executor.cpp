@@ -1,0 +1,311 @@
+// The CUDA side of Session (cuda_executor.h): where each value lives, and which kernel runs a step.
+#include "runtime/cuda_executor.h"
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <set>
+
+#include "runtime/plan.h"
+
+#ifdef QC_HAVE_CUDA
+#include "runtime/cuda/context.h"
+#include "runtime/cuda/ops/op_kernel.h"
+#endif
+
+namespace qc {
+
+#ifndef QC_HAVE_CUDA
+
+struct CudaExecutor::Impl {};
+CudaExecutor::CudaExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaExecutor::~CudaExecutor() = default;
+StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan&, const Graph&, const SessionOptions&) {
+  return FailedPrecondition("this qconvert was built without the CUDA backend (nvcc was not found at build time); use --device cpu");
+}
+Status CudaExecutor::Run(std::vector<Tensor>&) const { return FailedPrecondition("built without CUDA"); }
+std::vector<OpProfile> CudaExecutor::Profile() const { return {}; }
+std::vector<std::string> CudaExecutor::Summary() const { return {}; }
+
+#else
+
+namespace {
+
+// A step whose inputs are all on the host and together at most this size runs its CPU kernel
+// there: shape arithmetic on int64 (Shape -> Gather -> Concat -> Reshape) costs a launch and two
+// copies on the GPU and nothing on the CPU.
+constexpr int64_t kHostStepBytes = int64_t{64} << 10;
+
+// Ops whose CPU kernels only read their first input's shape (and small host inputs), so they run
+// unchanged on device tensors: a Reshape of a device tensor is a device view.
+bool IsViewOp(const Node& node) {
+  static const std::set<std::string> kViews = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size"};
+  return (node.domain.empty() || node.domain == "ai.onnx") && kViews.count(node.op_type);
+}
+
+double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+
+}  // namespace
+
+struct CudaExecutor::Impl {
+  enum class Where { kCuda, kView, kHost, kFallback };
+  struct StepInfo {
+    const cuda::OpKernel* kernel = nullptr;
+    bool view = false;
+    std::unique_ptr<cuda::OpState> state;
+  };
+  struct Copies {
+    int64_t count = 0, bytes = 0;
+  };
+
+  const Plan* plan = nullptr;
+  SessionOptions options;
+  std::unique_ptr<cuda::Context> cuda;
+  mutable std::vector<StepInfo> steps;  // kernels keep their state across runs
+  std::vector<bool> constant;           // slot holds a session constant (not an overridable input)
+  std::vector<Tensor> device_constants;  // slot-indexed device copies of constants
+  int64_t constant_bytes = 0;
+
+  // Statistics over all runs.
+  mutable int64_t runs = 0;
+  mutable Copies to_device, to_host;
+  mutable std::map<std::string, int64_t> fallbacks;  // "Op: reason" -> calls
+  mutable std::map<Where, int64_t> step_counts;
+  mutable std::map<std::string, OpProfile> profile;
+
+  // Per run: frame[s] is the value, mirror[s] its copy on the other side (if made).
+  struct Run {
+    std::vector<Tensor>& frame;
+    std::vector<Tensor> mirror;
+  };
+
+  bool OnHost(const Run& r, int s) const {
+    return !r.frame[s].on_device() || (r.mirror[s].defined() && !r.mirror[s].on_device());
+  }
+  StatusOr<const Tensor*> HostOf(Run& r, int s) const {
+    if (!r.frame[s].on_device()) return &r.frame[s];
+    if (!r.mirror[s].defined()) {
+      QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Download(r.frame[s]));
+      to_host.count++;
+      to_host.bytes += r.frame[s].nbytes();
+    }
+    return &r.mirror[s];
+  }
+  StatusOr<const Tensor*> DeviceOf(Run& r, int s) const {
+    if (r.frame[s].on_device()) return &r.frame[s];
+    if (!r.mirror[s].defined()) {
+      QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
+      to_device.count++;
+      to_device.bytes += r.frame[s].nbytes();
+    }
+    return &r.mirror[s];
+  }
+
+  Status RunCpu(const Plan::Step& step, Run& r, std::vector<const Tensor*> inputs, std::vector<Tensor>* outputs) const {
+    KernelContext ctx{*step.node, std::move(inputs), std::vector<Tensor>(step.out.size()), step.opset, nullptr};
+    QC_RETURN_IF_ERROR(step.fn(ctx));
+    *outputs = std::move(ctx.outputs);
+    return Status::Ok();
+  }
+
+  Status RunStep(int index, Run& r, Where* where) const {
+    const Plan::Step& step = plan->steps()[index];
+    StepInfo& info = steps[index];
+    if (!step.fn)
+      return Unimplemented(step.node->Describe() + ": If subgraphs are not supported with --device cuda yet; use --device cpu");
+    for (size_t i = 0; i < step.in.size(); ++i)
+      if (step.in[i] >= 0 && !r.frame[step.in[i]].defined())
+        return Internal(step.node->Describe() + ": input '" + step.node->inputs[i] + "' was not computed");
+    std::vector<Tensor> outputs;
+    auto host_inputs = [&]() -> StatusOr<std::vector<const Tensor*>> {
+      std::vector<const Tensor*> in;
+      for (int s : step.in) {
+        if (s < 0) {
+          in.push_back(nullptr);
+          continue;
+        }
+        QC_ASSIGN_OR_RETURN(const Tensor* t, HostOf(r, s));
+        in.push_back(t);
+      }
+      return in;
+    };
+
+    if (info.view) {
+      *where = Where::kView;
+      std::vector<const Tensor*> in;
+      for (size_t i = 0; i < step.in.size(); ++i) {
+        const int s = step.in[i];
+        if (s < 0) {
+          in.push_back(nullptr);
+        } else if (i == 0) {
+          // A view of a constant uses its device copy, so the view's readers find it there.
+          in.push_back(r.mirror[s].defined() && r.mirror[s].on_device() ? &r.mirror[s] : &r.frame[s]);
+        } else {
+          QC_ASSIGN_OR_RETURN(const Tensor* t, HostOf(r, s));
+          in.push_back(t);
+        }
+      }
+      QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs));
+    } else {
+      bool small_on_host = true;
+      int64_t bytes = 0;
+      for (int s : step.in) {
+        if (s < 0) continue;
+        small_on_host &= OnHost(r, s);
+        bytes += r.frame[s].nbytes();
+      }
+      small_on_host &= bytes <= kHostStepBytes;
+      std::string declined = info.kernel ? "" : "no CUDA kernel";
+      if (info.kernel && !small_on_host) {
+        cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
+        for (size_t i = 0; i < step.in.size(); ++i) {
+          const int s = step.in[i];
+          ctx.constant.push_back(s >= 0 && constant[s]);
+          if (s < 0) {
+            ctx.inputs.push_back(nullptr);
+            continue;
+          }
+          const bool host = i < 32 && (info.kernel->host_inputs >> i) & 1u;
+          QC_ASSIGN_OR_RETURN(const Tensor* t, host ? HostOf(r, s) : DeviceOf(r, s));
+          ctx.inputs.push_back(t);
+        }
+        QC_RETURN_IF_ERROR(info.kernel->fn(ctx));
+        declined = ctx.declined;
+        if (declined.empty()) {
+          *where = Where::kCuda;
+          outputs = std::move(ctx.outputs);
+        }
+      }
+      if (small_on_host || !declined.empty()) {
+        *where = small_on_host ? Where::kHost : Where::kFallback;
+        if (!small_on_host) fallbacks[step.node->op_type + ": " + declined]++;
+        QC_ASSIGN_OR_RETURN(std::vector<const Tensor*> in, host_inputs());
+        QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs));
+      }
+    }
+    for (size_t i = 0; i < step.out.size(); ++i) {
+      if (step.out[i] < 0) continue;
+      if (!outputs[i].defined())
+        return Internal(step.node->Describe() + ": kernel did not produce output " + std::to_string(i));
+      r.frame[step.out[i]] = std::move(outputs[i]);
+      r.mirror[step.out[i]] = Tensor();
+    }
+    return Status::Ok();
+  }
+};
+
+CudaExecutor::CudaExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaExecutor::~CudaExecutor() = default;
+
+StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, const Graph& graph,
+                                                             const SessionOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->plan = &plan;
+  impl->options = options;
+  QC_ASSIGN_OR_RETURN(impl->cuda, cuda::Context::Create());
+  const int slots = plan.slots();
+  impl->constant.assign(slots, false);
+  for (int s = 0; s < slots; ++s) impl->constant[s] = plan.constants()[s].defined();
+  for (const ValueInfo& in : graph.inputs) {  // initializer defaults a caller may override
+    const int s = plan.SlotOf(in.name);
+    if (s >= 0) impl->constant[s] = false;
+  }
+  impl->device_constants.resize(slots);
+  auto upload = [&](int s) -> Status {
+    if (s < 0 || !impl->constant[s] || impl->device_constants[s].defined()) return Status::Ok();
+    QC_ASSIGN_OR_RETURN(impl->device_constants[s], impl->cuda->Upload(plan.constants()[s]));
+    impl->constant_bytes += plan.constants()[s].nbytes();
+    return Status::Ok();
+  };
+  impl->steps.resize(plan.steps().size());
+  for (size_t i = 0; i < plan.steps().size(); ++i) {
+    const Plan::Step& step = plan.steps()[i];
+    Impl::StepInfo& info = impl->steps[i];
+    info.view = step.fn && IsViewOp(*step.node);
+    info.kernel = info.view ? nullptr : cuda::FindOpKernel(step.node->domain, step.node->op_type);
+    if (info.view && !step.in.empty() && step.in[0] >= 0 && plan.constants()[step.in[0]].nbytes() > kHostStepBytes)
+      QC_RETURN_IF_ERROR(upload(step.in[0]));
+    if (!info.kernel) continue;
+    // Small constants of steps that will run on the host stay there.
+    int64_t bytes = 0;
+    bool all_constant = true;
+    for (int s : step.in) {
+      if (s < 0) continue;
+      all_constant &= impl->constant[s];
+      bytes += plan.constants()[s].defined() ? plan.constants()[s].nbytes() : 0;
+    }
+    if (all_constant && bytes <= kHostStepBytes) continue;
+    for (size_t k = 0; k < step.in.size(); ++k)
+      if (!(k < 32 && (info.kernel->host_inputs >> k) & 1u)) QC_RETURN_IF_ERROR(upload(step.in[k]));
+  }
+  QC_RETURN_IF_ERROR(impl->cuda->Synchronize());
+  return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(impl)));
+}
+
+Status CudaExecutor::Run(std::vector<Tensor>& frame) const {
+  Impl& m = *impl_;
+  Impl::Run r{frame, std::vector<Tensor>(frame.size())};
+  for (size_t s = 0; s < frame.size(); ++s)
+    if (m.constant[s] && m.device_constants[s].defined()) r.mirror[s] = m.device_constants[s];
+  const auto& steps = m.plan->steps();
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Impl::Where where = Impl::Where::kCuda;
+    QC_RETURN_IF_ERROR(m.RunStep(static_cast<int>(i), r, &where));
+    m.step_counts[where]++;
+    if (m.options.profile) {
+      QC_RETURN_IF_ERROR(m.cuda->Synchronize());
+      static const char* const kSuffix[] = {" (cuda)", " (view)", " (cpu)", " (fallback)"};
+      OpProfile& p = m.profile[steps[i].node->op_type + kSuffix[static_cast<int>(where)]];
+      p.calls++;
+      p.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    for (int s : steps[i].free_after) frame[s] = r.mirror[s] = Tensor();
+    for (int s : steps[i].release_after) {
+      frame[s].ReleasePages();
+      frame[s] = r.mirror[s] = Tensor();
+    }
+  }
+  for (int s : m.plan->output_slots()) {
+    if (!frame[s].defined() || !frame[s].on_device()) continue;
+    QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
+    frame[s] = *host;
+  }
+  QC_RETURN_IF_ERROR(m.cuda->Synchronize());
+  m.runs++;
+  return Status::Ok();
+}
+
+std::vector<OpProfile> CudaExecutor::Profile() const {
+  std::vector<OpProfile> out;
+  for (auto [op, p] : impl_->profile) {
+    p.op_type = op;
+    out.push_back(p);
+  }
+  std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
+  return out;
+}
+
+std::vector<std::string> CudaExecutor::Summary() const {
+  const Impl& m = *impl_;
+  std::vector<std::string> lines;
+  char buf[512];
+  auto count = [&](Impl::Where w) {
+    auto it = m.step_counts.find(w);
+    return static_cast<long long>(it == m.step_counts.end() ? 0 : it->second);
+  };
+  std::snprintf(buf, sizeof buf, "cuda: %zu steps, %.1f MiB of constants on the device; over %lld runs: %lld CUDA kernels, %lld views, %lld small host steps, %lld CPU fallbacks",
+                m.steps.size(), MiB(m.constant_bytes), static_cast<long long>(m.runs), count(Impl::Where::kCuda),
+                count(Impl::Where::kView), count(Impl::Where::kHost), count(Impl::Where::kFallback));
+  lines.push_back(buf);
+  std::snprintf(buf, sizeof buf, "cuda: copies host->device %lld (%.1f MiB), device->host %lld (%.1f MiB, outputs included)",
+                static_cast<long long>(m.to_device.count), MiB(m.to_device.bytes), static_cast<long long>(m.to_host.count),
+                MiB(m.to_host.bytes));
+  lines.push_back(buf);
+  for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");
+  return lines;
+}
+
+#endif  // QC_HAVE_CUDA
+
+}  // namespace qc

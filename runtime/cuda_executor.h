@@ -1,0 +1,51 @@
+// The CUDA side of Session (SessionOptions::device = kCuda): runs a compiled Plan's steps on the
+// GPU. The plan (constant folding, fusions, topological steps, liveness) is the CPU executor's;
+// this adds where each value lives.
+//
+// Constants that a CUDA kernel reads are uploaded once, at creation, and stay on the device.
+// Activations live in device buffers from the caching allocator and are freed after their last
+// reader, as on the CPU. Each step runs:
+//   - its CUDA kernel (runtime/cuda/ops/ops.def), with the inputs it reads on the host (shapes,
+//     axes, starts) kept there;
+//   - or, for the view ops (Reshape, Squeeze, Shape, ...), its CPU kernel, which only touches shapes;
+//   - or, when every input is on the host and small (shape arithmetic on int64), its CPU kernel;
+//   - or, when the op has no CUDA kernel or the kernel declines the dtype/shape, its CPU kernel
+//     with explicit copies: a fallback, counted per op type in Summary() so gaps are visible.
+// A value copied to the other side is kept there too (a mirror) until the value is freed.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "formats/status.h"
+#include "formats/tensor.h"
+#include "runtime/executor.h"
+
+namespace qc {
+
+class Plan;
+
+class CudaExecutor {
+ public:
+  /// Creates the device context (stream, cuBLAS) and uploads the constants the CUDA kernels read.
+  /// FailedPrecondition when the build has no CUDA backend or the machine no usable GPU.
+  static StatusOr<std::unique_ptr<CudaExecutor>> Create(const Plan& plan, const Graph& graph, const SessionOptions& options);
+  ~CudaExecutor();
+
+  /// Runs every step of the plan. `frame` holds the feeds and constants on the host (as
+  /// Session::BindFeeds makes it); on return the plan's output slots hold host tensors.
+  Status Run(std::vector<Tensor>& frame) const;
+  /// Per-op timings (each step synchronised) when SessionOptions::profile is set.
+  std::vector<OpProfile> Profile() const;
+  /// Fallback ops and host/device copies, one line each.
+  std::vector<std::string> Summary() const;
+
+  struct Impl;
+
+ private:
+  explicit CudaExecutor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace qc

@@ -1,0 +1,317 @@
+// Tests of the CUDA executor (label gpu): every CUDA op kernel against the CPU reference kernels on
+// awkward shapes (odd sizes, broadcasting, negative indices), and whole shared models run on the
+// GPU against the CPU executor's logits. Every test skips when the machine has no CUDA device.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "formats/model_builder.h"
+#include "formats/npy.h"
+#include "formats/onnx_reader.h"
+#include "runtime/cuda/device.h"
+#include "runtime/executor.h"
+#include "runtime/input_binding.h"
+
+namespace qc {
+namespace {
+
+#define SKIP_WITHOUT_DEVICE() \
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
+
+Tensor Random(const Shape& shape, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(lo, hi);
+  std::vector<float> v(NumElements(shape));
+  for (float& x : v) x = u(rng);
+  return Tensor::FromVector<float>(v, shape);
+}
+
+Tensor RandomBool(const Shape& shape, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Tensor t(DType::kBool, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.mutable_data<bool>()[i] = rng() % 2;
+  return t;
+}
+
+// One input of the node under test: fed at run time, or a constant (initializer).
+struct In {
+  Tensor value;
+  bool constant = false;
+};
+
+struct OpCase {
+  std::string op;
+  std::vector<In> inputs;
+  Attributes attributes;
+  std::string domain;
+  int outputs = 1;
+  float tolerance = 1e-5f;  // relative to max(1, |reference|)
+  int64_t opset = 17;
+};
+
+// Runs the single-node graph with the CPU reference kernels and on the GPU; every output must
+// match, and the GPU session must have run the node's CUDA kernel (no CPU fallback).
+void ExpectMatchesReference(const OpCase& c) {
+  GraphBuilder b(1);
+  std::vector<std::string> names;
+  NamedTensors feeds;
+  for (size_t i = 0; i < c.inputs.size(); ++i) {
+    const In& in = c.inputs[i];
+    if (!in.value.defined()) {
+      names.push_back("");
+    } else if (in.constant) {
+      names.push_back(b.AddInitializer("c" + std::to_string(i), in.value));
+    } else {
+      std::vector<Dim> dims;
+      for (int64_t d : in.value.shape()) dims.push_back(Dim{d, ""});
+      names.push_back(b.AddInput("x" + std::to_string(i), in.value.dtype(), dims));
+      feeds.emplace_back(names.back(), in.value);
+    }
+  }
+  // Skip*Normalization: outputs 1 and 2 (mean, inverse std) omitted, as exporters leave them.
+  std::vector<std::string> outs;
+  if (c.outputs == 4) {
+    b.AddNodeWithOutputs(c.op, names, {"y", "", "", "sum"}, c.attributes, c.domain);
+    outs = {"y", "sum"};
+  } else {
+    outs = b.AddNode(c.op, names, c.outputs, c.attributes, c.domain);
+  }
+  for (const auto& o : outs) b.AddOutput(o, DType::kUndefined, {});
+  std::vector<OpsetImport> opsets = {{"", c.opset}};
+  if (!c.domain.empty()) opsets.push_back({c.domain, 1});
+  auto model = b.Build(opsets);
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions cpu_options;
+  cpu_options.use_reference_kernels = true;
+  auto cpu = Session::Create(*model, cpu_options);
+  ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+  SessionOptions gpu_options;
+  gpu_options.device = Device::kCuda;
+  auto gpu = Session::Create(*model, gpu_options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+  auto want = (*cpu)->Run(feeds);
+  ASSERT_TRUE(want.ok()) << want.status().message();
+  auto got = (*gpu)->Run(feeds);
+  ASSERT_TRUE(got.ok()) << got.status().message();
+  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  ASSERT_FALSE(summary.empty());
+  EXPECT_NE(summary[0].find(" 1 CUDA kernels"), std::string::npos) << summary[0];
+  for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+  ASSERT_EQ(want->size(), got->size());
+  for (size_t o = 0; o < want->size(); ++o) {
+    const Tensor& w = (*want)[o];
+    const Tensor& g = (*got)[o];
+    ASSERT_FALSE(g.on_device());
+    ASSERT_EQ(w.dtype(), g.dtype()) << c.op << " output " << o;
+    ASSERT_EQ(w.shape(), g.shape()) << c.op << " output " << o;
+    if (!IsFloatingPoint(w.dtype())) {
+      EXPECT_TRUE(w.BitEqual(g)) << c.op << " output " << o;
+      continue;
+    }
+    const std::vector<float> wv = w.ToFloats(), gv = g.ToFloats();
+    int bad = 0;
+    for (size_t i = 0; i < wv.size() && bad < 5; ++i) {
+      const bool both_nan = std::isnan(wv[i]) && std::isnan(gv[i]);
+      const bool same_inf = std::isinf(wv[i]) && wv[i] == gv[i];
+      if (both_nan || same_inf) continue;
+      if (!(std::fabs(wv[i] - gv[i]) <= c.tolerance * std::max(1.0f, std::fabs(wv[i])))) {
+        ADD_FAILURE() << c.op << " output " << o << " element " << i << ": cpu " << wv[i] << " cuda " << gv[i];
+        ++bad;
+      }
+    }
+  }
+}
+
+// Shapes are awkward (odd, not multiples of the warp) and the inputs together larger than the
+// executor's 64 KiB host-step threshold, so the CUDA kernels run.
+TEST(CudaOps, BroadcastingArithmetic) {
+  SKIP_WITHOUT_DEVICE();
+  ExpectMatchesReference({"Add", {{Random({5, 33, 127}, 1)}, {Random({127}, 2)}}});
+  ExpectMatchesReference({"Sub", {{Random({25, 1, 1270}, 3)}, {Random({330, 1}, 4)}}});
+  ExpectMatchesReference({"Mul", {{Random({5, 33, 127}, 5)}, {Random({5, 33, 127}, 6)}}});
+  ExpectMatchesReference({"Mul", {{Random({1}, 7), true}, {Random({7, 3, 1, 1001}, 8)}}});
+  ExpectMatchesReference({"Div", {{Random({3, 7, 1001}, 9)}, {Random({3, 1, 1001}, 10, 0.5f, 2.0f)}}});
+  ExpectMatchesReference({"Pow", {{Random({3, 7, 1001}, 11, 0.1f, 3.0f)}, {Tensor::Scalar<float>(2.0f), true}}});
+  ExpectMatchesReference({"Pow", {{Random({3, 7, 1001}, 12, 0.1f, 3.0f)}, {Random({1001}, 13)}}});
+  ExpectMatchesReference({"Where", {{RandomBool({33, 1}, 14)}, {Random({4, 33, 129}, 15)}, {Random({129}, 16)}}});
+}
+
+TEST(CudaOps, UnaryAndActivations) {
+  SKIP_WITHOUT_DEVICE();
+  const Tensor x = Random({3, 17, 513}, 20, -4.0f, 4.0f);
+  const Tensor positive = Random({3, 17, 513}, 21, 0.01f, 9.0f);
+  for (const char* op : {"Neg", "Exp", "Tanh", "Erf", "Sigmoid", "Relu", "Sin", "Cos", "Abs"})
+    ExpectMatchesReference({op, {{x}}});
+  for (const char* op : {"Sqrt", "Reciprocal", "Log"}) ExpectMatchesReference({op, {{positive}}});
+  ExpectMatchesReference({"Gelu", {{x}}, {}, "", 1, 1e-5f, 20});
+  ExpectMatchesReference({"Gelu", {{x}}, {{"approximate", AttrString("tanh")}}, "", 1, 1e-5f, 20});
+  ExpectMatchesReference({"QuickGelu", {{x}}, {{"alpha", AttrFloat(1.0f)}}, "com.microsoft"});
+  ExpectMatchesReference({"FastGelu", {{x}, {Random({513}, 22), true}}, {}, "com.microsoft"});
+}
+
+TEST(CudaOps, Normalisations) {
+  SKIP_WITHOUT_DEVICE();
+  const Tensor x = Random({7, 33, 257}, 30);
+  ExpectMatchesReference({"LayerNormalization", {{x}, {Random({257}, 31), true}, {Random({257}, 32), true}}, {{"epsilon", AttrFloat(1e-5f)}}});
+  ExpectMatchesReference({"LayerNormalization", {{x}, {Random({33, 257}, 33), true}}, {{"axis", AttrInt(1)}}});
+  ExpectMatchesReference({"SimplifiedLayerNormalization", {{x}, {Random({257}, 34), true}}, {{"epsilon", AttrFloat(1e-6f)}}});
+  ExpectMatchesReference({"SkipSimplifiedLayerNormalization", {{x}, {Random({33, 257}, 35)}, {Random({257}, 36), true}}, {}, "com.microsoft", 4});
+  ExpectMatchesReference({"SkipLayerNormalization", {{x}, {x}, {Random({257}, 37), true}, {Random({257}, 38), true}, {Random({257}, 39), true}},
+                          {}, "com.microsoft", 4});
+  ExpectMatchesReference({"LayerNormalization", {{Random({9, 2049}, 40)}, {Random({2049}, 41), true}}});  // wider than a block
+}
+
+TEST(CudaOps, Softmaxes) {
+  SKIP_WITHOUT_DEVICE();
+  ExpectMatchesReference({"Softmax", {{Random({4, 9, 515}, 50, -8.0f, 8.0f)}}, {{"axis", AttrInt(-1)}}});
+  ExpectMatchesReference({"Softmax", {{Random({4, 9, 515}, 51, -8.0f, 8.0f)}}, {{"axis", AttrInt(1)}}, "", 1, 1e-5f, 11});  // legacy flatten
+  // Causal mask with -inf above the diagonal, broadcast over batch and heads.
+  Tensor mask(DType::kFloat32, {1, 1, 65, 129});
+  for (int64_t i = 0; i < 65; ++i)
+    for (int64_t j = 0; j < 129; ++j) mask.mutable_data<float>()[i * 129 + j] = j > i + 64 ? -INFINITY : 0.0f;
+  ExpectMatchesReference({"ScaledMaskedSoftmax", {{Random({2, 4, 65, 129}, 52, -8.0f, 8.0f)}, {mask}}, {{"scale", AttrFloat(0.125f)}}, "qconvert.fused"});
+  ExpectMatchesReference({"ScaledMaskedSoftmax", {{Random({2, 4, 65, 129}, 53)}}, {{"scale", AttrFloat(0.3f)}}, "qconvert.fused"});
+}
+
+TEST(CudaOps, Reductions) {
+  SKIP_WITHOUT_DEVICE();
+  const Tensor x = Random({5, 37, 129}, 60);
+  ExpectMatchesReference({"ReduceMean", {{x}}, {{"axes", AttrInts({-1})}}});
+  ExpectMatchesReference({"ReduceMax", {{x}}, {{"axes", AttrInts({1})}, {"keepdims", AttrInt(0)}}});
+  ExpectMatchesReference({"ReduceSum", {{x}, {Tensor::FromVector<int64_t>({1, 2}, {2}), true}}, {}, "", 1, 1e-4f});
+  ExpectMatchesReference({"ReduceMean", {{x}, {Tensor::FromVector<int64_t>({0}, {1}), true}}, {}, "", 1, 1e-5f, 18});
+}
+
+TEST(CudaOps, MatMulAndGemm) {
+  SKIP_WITHOUT_DEVICE();
+  ExpectMatchesReference({"MatMul", {{Random({2, 3, 65, 53}, 70)}, {Random({53, 47}, 71), true}}, {}, "", 1, 1e-4f});
+  ExpectMatchesReference({"MatMul", {{Random({6, 65, 33}, 72)}, {Random({6, 33, 47}, 73)}}, {}, "", 1, 1e-4f});
+  ExpectMatchesReference({"MatMul", {{Random({2, 6, 65, 33}, 74)}, {Random({6, 33, 47}, 75)}}, {}, "", 1, 1e-4f});
+  ExpectMatchesReference({"MatMul", {{Random({65, 133}, 76)}, {Random({4, 133, 47}, 77)}}, {}, "", 1, 1e-4f});
+  ExpectMatchesReference({"Gemm", {{Random({165, 129}, 78)}, {Random({47, 129}, 79), true}, {Random({47}, 80), true}},
+                          {{"transB", AttrInt(1)}, {"alpha", AttrFloat(0.5f)}}, "", 1, 1e-4f});
+}
+
+TEST(CudaOps, GatherAndDataMovement) {
+  SKIP_WITHOUT_DEVICE();
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 51; ++i) ids.push_back((i * 37) % 1000 - (i % 3 == 0 ? 1000 : 0));  // some negative
+  ExpectMatchesReference({"Gather", {{Random({1000, 67}, 90), true}, {Tensor::FromVector<int64_t>(ids, {3, 17})}}});
+  ExpectMatchesReference({"Gather", {{Random({7, 1000, 3}, 91)}, {Tensor::FromVector<int64_t>({5, -1, 0}, {3}), true}}, {{"axis", AttrInt(1)}}});
+  const Tensor x = Random({2, 33, 7, 65}, 92);
+  ExpectMatchesReference({"Transpose", {{x}}, {{"perm", AttrInts({0, 2, 1, 3})}}});
+  ExpectMatchesReference({"Transpose", {{x}}, {}});
+  ExpectMatchesReference({"Slice", {{x}, {Tensor::FromVector<int64_t>({1, -1}, {2}), true}, {Tensor::FromVector<int64_t>({30, -60}, {2}), true},
+                                    {Tensor::FromVector<int64_t>({1, 3}, {2}), true}, {Tensor::FromVector<int64_t>({2, -1}, {2}), true}}});
+  ExpectMatchesReference({"Expand", {{Random({130, 1, 129}, 93)}, {Tensor::FromVector<int64_t>({4, 130, 5, 129}, {4}), true}}});
+  ExpectMatchesReference({"Concat", {{x}, {Random({2, 5, 7, 65}, 94)}, {x}}, {{"axis", AttrInt(1)}}});
+  ExpectMatchesReference({"Concat", {{x}, {x}}, {{"axis", AttrInt(-1)}}});
+  ExpectMatchesReference({"Cast", {{Random({3, 7001}, 95, -50.0f, 50.0f)}}, {{"to", AttrInt(static_cast<int64_t>(DType::kInt64))}}});
+  ExpectMatchesReference({"Cast", {{Tensor::FromVector<int64_t>(std::vector<int64_t>(9001, -3), {9001})}}, {{"to", AttrInt(1)}}});
+}
+
+TEST(CudaOps, GatherBlockQuantized) {
+  SKIP_WITHOUT_DEVICE();
+  // 4-bit codes of a [2400, 64] table in blocks of 32, with packed zero points.
+  std::mt19937 rng(100);
+  Tensor data(DType::kUInt8, {2400, 32}), zp(DType::kUInt8, {2400, 1});
+  for (int64_t i = 0; i < data.numel(); ++i) data.mutable_data<uint8_t>()[i] = rng() & 0xff;
+  for (int64_t i = 0; i < zp.numel(); ++i) zp.mutable_data<uint8_t>()[i] = rng() & 0xff;
+  std::vector<int64_t> ids;
+  for (int i = 0; i < 300; ++i) ids.push_back((i * 7919) % 4800 - 2400);
+  ExpectMatchesReference({"GatherBlockQuantized",
+                          {{data, true}, {Tensor::FromVector<int64_t>(ids, {300})}, {Random({2400, 2}, 101, 0.001f, 0.1f), true}, {zp, true}},
+                          {{"bits", AttrInt(4)}, {"block_size", AttrInt(32)}},
+                          "com.microsoft"});
+}
+
+// The executor: a graph mixing view ops, host shape arithmetic and an op without a CUDA kernel
+// (fallback with copies) still computes the CPU's result, and the summary counts the fallback.
+TEST(CudaExecutor, ViewsHostStepsAndFallbacks) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(2);
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{4, ""}, Dim{33, ""}, Dim{129, ""}});
+  const std::string shape = b.Op("Shape", {x});
+  const std::string flat = b.Op("Reshape", {x, b.AddInt64s({4, -1})});
+  const std::string floor = b.Op("Floor", {flat});  // no CUDA kernel: a counted fallback
+  const std::string back = b.Op("Reshape", {floor, shape});
+  const std::string y = b.Op("Add", {back, x});
+  b.AddOutput(y, DType::kFloat32, {});
+  auto model = b.Build({{"", 17}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto gpu = Session::Create(*model, options);
+  ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+  auto cpu = Session::Create(*model);
+  ASSERT_TRUE(cpu.ok());
+  const NamedTensors feeds = {{"x", Random({4, 33, 129}, 3, -5.0f, 5.0f)}};
+  auto want = (*cpu)->Run(feeds);
+  auto got = (*gpu)->Run(feeds);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
+  EXPECT_TRUE((*want)[0].BitEqual((*got)[0]));
+  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  std::string all;
+  for (const auto& line : summary) all += line + "\n";
+  EXPECT_NE(all.find("CPU fallback Floor: no CUDA kernel (1 calls)"), std::string::npos) << all;
+}
+
+// Whole shared models: the GPU's logits for the sample ids match the CPU executor's.
+TEST(CudaExecutor, SharedModelsMatchCpu) {
+  SKIP_WITHOUT_DEVICE();
+  // QC_SHARED_DIR in the environment overrides the build-time path (a device run of a copied binary).
+  const char* env_shared = std::getenv("QC_SHARED_DIR");
+  const std::string shared = env_shared ? env_shared : QC_SHARED_DIR;
+  const std::vector<std::pair<std::string, std::string>> models = {
+      {"docs-llama-12m/model.onnx", "docs-llama-12m/sample_input_ids.npy"},
+      {"docs-gpt2-10m/model.onnx", "docs-gpt2-10m/sample_input_ids.npy"},
+      {"stories260k/stories260k.onnx", "stories260k/sample_input_ids.npy"},
+      {"stories260k/stories260k.mask-pos.onnx", "stories260k/sample_input_ids.npy"},
+  };
+  int ran = 0;
+  for (const auto& [model_path, ids_path] : models) {
+    const std::string path = shared + "/models/" + model_path;
+    if (!std::filesystem::exists(path)) continue;
+    SCOPED_TRACE(model_path);
+    auto model = ReadOnnxModel(path);
+    ASSERT_TRUE(model.ok()) << model.status().message();
+    auto ids = ReadNpy(shared + "/models/" + ids_path);
+    ASSERT_TRUE(ids.ok()) << ids.status().message();
+    auto cpu = Session::Create(*model);
+    ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+    SessionOptions options;
+    options.device = Device::kCuda;
+    auto gpu = Session::Create(*model, options);
+    ASSERT_TRUE(gpu.ok()) << gpu.status().message();
+    auto feeds = BindInputs(**cpu, *ids);
+    ASSERT_TRUE(feeds.ok()) << feeds.status().message();
+    const std::string logits = (*cpu)->outputs()[LogitsOutputIndex(**cpu)].name;
+    auto want = (*cpu)->Run(*feeds, {logits});
+    ASSERT_TRUE(want.ok()) << want.status().message();
+    auto got = (*gpu)->Run(*feeds, {logits});
+    ASSERT_TRUE(got.ok()) << got.status().message();
+    const std::vector<float> w = (*want)[0].ToFloats(), g = (*got)[0].ToFloats();
+    ASSERT_EQ(w.size(), g.size());
+    float max_diff = 0, max_abs = 0;
+    for (size_t i = 0; i < w.size(); ++i) {
+      max_diff = std::max(max_diff, std::fabs(w[i] - g[i]));
+      max_abs = std::max(max_abs, std::fabs(w[i]));
+    }
+    std::printf("%s: logits %s, max |cpu - cuda| %.3g (max |logit| %.3g)\n", model_path.c_str(), ShapeToString((*want)[0].shape()).c_str(),
+                max_diff, max_abs);
+    for (const std::string& line : (*gpu)->DeviceSummary()) std::printf("  %s\n", line.c_str());
+    EXPECT_LE(max_diff, 1e-3f * std::max(1.0f, max_abs));
+    ++ran;
+  }
+  if (ran == 0) GTEST_SKIP() << "../shared models not found";
+}
+
+}  // namespace
+}  // namespace qc

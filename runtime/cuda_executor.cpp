@@ -1,11 +1,13 @@
 // The CUDA side of Session (cuda_executor.h): where each value lives, and which kernel runs a step.
 #include "runtime/cuda_executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
 
+#include "runtime/cpu/broadcast.h"
 #include "runtime/plan.h"
 
 #ifdef QC_HAVE_CUDA
@@ -41,6 +43,20 @@ constexpr int64_t kHostStepBytes = int64_t{64} << 10;
 bool IsViewOp(const Node& node) {
   static const std::set<std::string> kViews = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Shape", "Size"};
   return (node.domain.empty() || node.domain == "ai.onnx") && kViews.count(node.op_type);
+}
+
+// Whether the step's inputs broadcast to more than kHostStepBytes: small host inputs whose
+// elementwise result is large (the causal mask: a [S] x [S, 1] comparison gives [S, S]) run on the
+// GPU, where the result is wanted next. Ops whose inputs do not broadcast together are left to
+// the size of their inputs.
+bool BroadcastsLarge(const Plan::Step& step, const std::vector<Tensor>& frame) {
+  std::vector<Shape> shapes;
+  for (int s : step.in)
+    if (s >= 0) shapes.push_back(frame[s].shape());
+  if (shapes.size() < 2) return false;
+  auto shape = BroadcastShapes(shapes);
+  const int bits = DTypeBits(frame[step.in[0] >= 0 ? step.in[0] : step.in.back()].dtype());
+  return shape.ok() && NumElements(*shape) * std::max(bits / 8, 1) > kHostStepBytes;
 }
 
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
@@ -154,7 +170,7 @@ struct CudaExecutor::Impl {
         small_on_host &= OnHost(r, s);
         bytes += r.frame[s].nbytes();
       }
-      small_on_host &= bytes <= kHostStepBytes;
+      small_on_host &= bytes <= kHostStepBytes && !(info.kernel && BroadcastsLarge(step, r.frame));
       std::string declined = info.kernel ? "" : "no CUDA kernel";
       if (info.kernel && !small_on_host) {
         cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};

@@ -301,6 +301,20 @@ TEST(CudaOps, SplitGatherNDCumSumLogSoftmax) {
   ExpectMatchesReference({"LogSoftmax", {{Random({4, 9, 515}, 141, -8.0f, 8.0f)}}, {{"axis", AttrInt(-1)}}});
 }
 
+TEST(CudaOps, RotaryEmbedding) {
+  SKIP_WITHOUT_DEVICE();
+  std::vector<int64_t> positions(2 * 65);
+  for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int64_t>((i * 5) % 128);
+  ExpectMatchesReference({"RotaryEmbedding",
+                          {{Random({2, 65, 256}, 190)}, {Tensor::FromVector<int64_t>(positions, {2, 65})}, {Random({128, 16}, 191), true}, {Random({128, 16}, 192), true}},
+                          {},
+                          "com.microsoft"});
+  ExpectMatchesReference({"RotaryEmbedding",
+                          {{Random({2, 4, 65, 32}, 193)}, {Tensor::Scalar<int64_t>(3), true}, {Random({128, 8}, 194), true}, {Random({128, 8}, 195), true}},
+                          {{"interleaved", AttrInt(1)}, {"num_heads", AttrInt(4)}, {"rotary_embedding_dim", AttrInt(16)}},
+                          "com.microsoft"});
+}
+
 // Range runs on the GPU when its scalars come from the device (here a ReduceMax of a fed tensor).
 TEST(CudaOps, RangeFromDeviceScalars) {
   SKIP_WITHOUT_DEVICE();

@@ -25,9 +25,17 @@ struct ZeroPoint {
   __device__ __forceinline__ uint32_t At(int64_t i) const { return static_cast<uint32_t>(per ? per[i % period] : value); }
 };
 
+/// The W8A8 layer's epilogue, fused: y = (float(acc) * col[n]) * row[m], rounded as the graph's
+/// Cast and two Muls (docs/FORMAT.md, "W8A8"). Empty (col == nullptr): the int32 result itself.
+struct ScaleEpilogue {
+  const float* col = nullptr;
+  const float* row = nullptr;
+  float* y = nullptr;
+};
+
 template <typename T>
 __global__ void __launch_bounds__(kGemmThreads) IntegerGemmKernel(const T* a, const T* b, int32_t* c, int64_t m, int64_t n, int64_t k,
-                                                                  bool a_vector_loads, ZeroPoint a_zp, ZeroPoint b_zp) {
+                                                                  bool a_vector_loads, ZeroPoint a_zp, ZeroPoint b_zp, ScaleEpilogue scale) {
   using namespace nvcuda;
   // WMMA pointers must be 256-bit aligned: A and B are stored as [k chunk][row or column][16 bytes],
   // so every fragment starts on a 256-byte boundary.
@@ -102,7 +110,10 @@ __global__ void __launch_bounds__(kGemmThreads) IntegerGemmKernel(const T* a, co
     const uint32_t sum_a = static_cast<uint32_t>(row_sum[r]);
     const uint32_t sum_b = static_cast<uint32_t>(col_sum[0][cc]) + static_cast<uint32_t>(col_sum[1][cc]);
     const uint32_t v = static_cast<uint32_t>(tile_c[r][cc]) - bz * sum_a - az * sum_b + kk * az * bz;
-    c[gr * n + gc] = static_cast<int32_t>(v);
+    if (scale.col)
+      scale.y[gr * n + gc] = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(v)), scale.col[gc]), scale.row[gr]);
+    else
+      c[gr * n + gc] = static_cast<int32_t>(v);
   }
 }
 
@@ -128,20 +139,19 @@ Status ReadZeroPoint(OpContext& ctx, int index, const Tensor& of, int64_t per_le
 
 template <typename T>
 Status LaunchIntegerGemm(OpContext& ctx, const T* a, const T* b, int32_t* c, int64_t m, int64_t n, int64_t k, const ZeroPoint& a_zp,
-                         const ZeroPoint& b_zp) {
+                         const ZeroPoint& b_zp, const ScaleEpilogue& scale) {
   const int64_t grid_m = (m + kTileM - 1) / kTileM, grid_n = (n + kTileN - 1) / kTileN;
   if (grid_m > 65535 || grid_n > 0x7fffffff) return ctx.Decline("more than 65535 row tiles");
   const bool a_vector_loads = k % 16 == 0 && reinterpret_cast<uintptr_t>(a) % 16 == 0;
   IntegerGemmKernel<T><<<dim3(static_cast<unsigned>(grid_n), static_cast<unsigned>(grid_m)), kGemmThreads, 0, ctx.cuda.stream()>>>(
-      a, b, c, m, n, k, a_vector_loads, a_zp, b_zp);
+      a, b, c, m, n, k, a_vector_loads, a_zp, b_zp, scale);
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("IntegerGemmKernel");
   return Status::Ok();
 }
 
-}  // namespace
-
-// Zero points (inputs 2, 3) are read on the host.
-Status MatMulIntegerCuda(OpContext& ctx) {
+// MatMulInteger into ctx.outputs[0]: int32, or with `scale` the float W8A8 output (`col` of N and
+// `row` of one value per output row, validated by the caller).
+Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row) {
   if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("inputs A and B are required");
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
@@ -155,23 +165,40 @@ Status MatMulIntegerCuda(OpContext& ctx) {
   Tensor a_zp_keep, b_zp_keep;
   QC_RETURN_IF_ERROR(ReadZeroPoint(ctx, 2, a, p.m, "a_zero_point", &a_zp, &a_zp_keep));
   QC_RETURN_IF_ERROR(ReadZeroPoint(ctx, 3, b, p.n, "b_zero_point", &b_zp, &b_zp_keep));
-  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kInt32, p.out_shape));
+  ScaleEpilogue scale;
+  if (col) {
+    Shape row_shape = p.out_shape;
+    if (!row_shape.empty()) row_shape.back() = 1;
+    if (col->dtype() != DType::kFloat32 || row->dtype() != DType::kFloat32 || col->shape() != Shape{p.n} || row->shape() != row_shape)
+      return ctx.Decline("scales not a float32 [N] column vector and a [..., 1] row vector of the output");
+    if (!p.b_shared && p.batch() > 1) return ctx.Decline("batched B with scales");
+  }
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, col ? DType::kFloat32 : DType::kInt32, p.out_shape));
   if (y->numel() == 0) return Status::Ok();
-  int32_t* yp = y->mutable_device_data<int32_t>();
+  if (col) scale = {col->device_data<float>(), row->device_data<float>(), y->mutable_device_data<float>()};
+  int32_t* yp = col ? nullptr : y->mutable_device_data<int32_t>();
   // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
   const int64_t products = p.b_shared ? 1 : p.batch();
   const int64_t rows = p.b_shared ? p.batch() * p.m : p.m;
   for (int64_t t = 0; t < products; ++t) {
+    int32_t* out = yp ? yp + t * rows * p.n : nullptr;
     if (a.dtype() == DType::kUInt8) {
-      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<uint8_t>() + p.a_offsets[t], b.device_data<uint8_t>() + p.b_offsets[t],
-                                           yp + t * rows * p.n, rows, p.n, p.k, a_zp, b_zp));
+      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<uint8_t>() + p.a_offsets[t], b.device_data<uint8_t>() + p.b_offsets[t], out, rows,
+                                           p.n, p.k, a_zp, b_zp, scale));
     } else {
-      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<int8_t>() + p.a_offsets[t], b.device_data<int8_t>() + p.b_offsets[t],
-                                           yp + t * rows * p.n, rows, p.n, p.k, a_zp, b_zp));
+      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<int8_t>() + p.a_offsets[t], b.device_data<int8_t>() + p.b_offsets[t], out, rows,
+                                           p.n, p.k, a_zp, b_zp, scale));
     }
     if (!ctx.declined.empty()) return Status::Ok();
   }
   return Status::Ok();
 }
+
+}  // namespace
+
+// Zero points (inputs 2, 3) are read on the host.
+Status MatMulIntegerCuda(OpContext& ctx) { return RunMatMulInteger(ctx, nullptr, nullptr); }
+
+Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row) { return RunMatMulInteger(ctx, &col, &row); }
 
 }  // namespace qc::cuda

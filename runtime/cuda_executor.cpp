@@ -51,11 +51,14 @@ bool IsViewOp(const Node& node) {
 // the size of their inputs.
 bool BroadcastsLarge(const Plan::Step& step, const std::vector<Tensor>& frame) {
   std::vector<Shape> shapes;
-  for (int s : step.in)
-    if (s >= 0) shapes.push_back(frame[s].shape());
+  int bits = 8;
+  for (int s : step.in) {
+    if (s < 0) continue;
+    if (shapes.empty()) bits = DTypeBits(frame[s].dtype());
+    shapes.push_back(frame[s].shape());
+  }
   if (shapes.size() < 2) return false;
   auto shape = BroadcastShapes(shapes);
-  const int bits = DTypeBits(frame[step.in[0] >= 0 ? step.in[0] : step.in.back()].dtype());
   return shape.ok() && NumElements(*shape) * std::max(bits / 8, 1) > kHostStepBytes;
 }
 

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kGemmThreads) IntegerGemmKernel(const T* a, co
 
   for (int64_t k0 = 0; k0 < k; k0 += kTileK) {
     const int64_t ka = k0 + a_half * 16;
-    T line[16];
+    alignas(16) T line[16];  // moved as one uint4 into shared memory
     if (ga_row < m && a_vector_loads && ka + 16 <= k) {
       *reinterpret_cast<uint4*>(line) = *reinterpret_cast<const uint4*>(a + ga_row * k + ka);
     } else {

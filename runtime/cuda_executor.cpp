@@ -1,11 +1,13 @@
 // The CUDA side of Session (cuda_executor.h): where each value lives, and which kernel runs a step.
 #include "runtime/cuda_executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <map>
 #include <set>
 
+#include "runtime/cpu/broadcast.h"
 #include "runtime/plan.h"
 
 #ifdef QC_HAVE_CUDA
@@ -43,16 +45,41 @@ bool IsViewOp(const Node& node) {
   return (node.domain.empty() || node.domain == "ai.onnx") && kViews.count(node.op_type);
 }
 
+// Whether the step's inputs broadcast to more than kHostStepBytes: small host inputs whose
+// elementwise result is large (the causal mask: a [S] x [S, 1] comparison gives [S, S]) run on the
+// GPU, where the result is wanted next. Ops whose inputs do not broadcast together are left to
+// the size of their inputs.
+bool BroadcastsLarge(const Plan::Step& step, const std::vector<Tensor>& frame) {
+  std::vector<Shape> shapes;
+  int bits = 8;
+  for (int s : step.in) {
+    if (s < 0) continue;
+    if (shapes.empty()) bits = DTypeBits(frame[s].dtype());
+    shapes.push_back(frame[s].shape());
+  }
+  if (shapes.size() < 2) return false;
+  auto shape = BroadcastShapes(shapes);
+  return shape.ok() && NumElements(*shape) * std::max(bits / 8, 1) > kHostStepBytes;
+}
+
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
 
 }  // namespace
 
 struct CudaExecutor::Impl {
-  enum class Where { kCuda, kView, kHost, kFallback };
+  enum class Where { kCuda, kView, kHost, kFallback, kFused };
+  /// A MatMulInteger step whose Cast<float> -> Mul(s_w) -> Mul(s_x) chain (the W8A8 layer's
+  /// epilogue, each value read once) runs inside the GEMM: the three steps are skipped when it does.
+  struct Epilogue {
+    int steps[3] = {-1, -1, -1};  // Cast, Mul, Mul
+    int col = -1, row = -1;       // slots of s_w and s_x
+    int out = -1;                 // the second Mul's output
+  };
   struct StepInfo {
     const cuda::OpKernel* kernel = nullptr;
     bool view = false;
     std::unique_ptr<cuda::OpState> state;
+    Epilogue epilogue;
   };
   struct Copies {
     int64_t count = 0, bytes = 0;
@@ -108,6 +135,36 @@ struct CudaExecutor::Impl {
     return Status::Ok();
   }
 
+  // Runs step `index` with its fused epilogue; *fused is false (and nothing ran) when the kernel
+  // declines the shapes or s_x is not computed yet, so the steps run one by one.
+  Status RunFused(int index, Run& r, bool* fused) const {
+    const Plan::Step& step = plan->steps()[index];
+    StepInfo& info = steps[index];
+    const Epilogue& e = info.epilogue;
+    *fused = false;
+    if (!r.frame[e.row].defined() || !r.frame[e.col].defined()) return Status::Ok();
+    cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
+    for (size_t i = 0; i < step.in.size(); ++i) {
+      const int s = step.in[i];
+      ctx.constant.push_back(s >= 0 && constant[s]);
+      if (s < 0) {
+        ctx.inputs.push_back(nullptr);
+        continue;
+      }
+      const bool host = i < 32 && (info.kernel->host_inputs >> i) & 1u;
+      QC_ASSIGN_OR_RETURN(const Tensor* t, host ? HostOf(r, s) : DeviceOf(r, s));
+      ctx.inputs.push_back(t);
+    }
+    QC_ASSIGN_OR_RETURN(const Tensor* col, DeviceOf(r, e.col));
+    QC_ASSIGN_OR_RETURN(const Tensor* row, DeviceOf(r, e.row));
+    QC_RETURN_IF_ERROR(cuda::MatMulIntegerScaledCuda(ctx, *col, *row));
+    if (!ctx.declined.empty()) return Status::Ok();
+    r.frame[e.out] = std::move(ctx.outputs[0]);
+    r.mirror[e.out] = Tensor();
+    *fused = true;
+    return Status::Ok();
+  }
+
   Status RunStep(int index, Run& r, Where* where) const {
     const Plan::Step& step = plan->steps()[index];
     StepInfo& info = steps[index];
@@ -154,7 +211,7 @@ struct CudaExecutor::Impl {
         small_on_host &= OnHost(r, s);
         bytes += r.frame[s].nbytes();
       }
-      small_on_host &= bytes <= kHostStepBytes;
+      small_on_host &= bytes <= kHostStepBytes && !(info.kernel && BroadcastsLarge(step, r.frame));
       std::string declined = info.kernel ? "" : "no CUDA kernel";
       if (info.kernel && !small_on_host) {
         cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
@@ -197,6 +254,48 @@ struct CudaExecutor::Impl {
 CudaExecutor::CudaExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 CudaExecutor::~CudaExecutor() = default;
 
+namespace {
+
+bool IsOp(const Node& node, const char* op_type) { return (node.domain.empty() || node.domain == "ai.onnx") && node.op_type == op_type; }
+
+// Marks MatMulInteger -> Cast<float> -> Mul(constant s_w) -> Mul(s_x) chains whose intermediate
+// values have no other reader (and are no graph output) for the fused epilogue.
+void FindEpilogues(const Plan& plan, CudaExecutor::Impl& impl) {
+  const auto& steps = plan.steps();
+  std::vector<int> readers(plan.slots(), 0), reader(plan.slots(), -1);
+  for (size_t i = 0; i < steps.size(); ++i)
+    for (int s : steps[i].in)
+      if (s >= 0) {
+        readers[s]++;
+        reader[s] = static_cast<int>(i);
+      }
+  for (int s : plan.output_slots()) readers[s] += 2;  // never fused away
+  // The only reader of `slot`, if it is a step of `op_type` with `arity` inputs.
+  auto sole_reader = [&](int slot, const char* op_type, size_t arity) -> int {
+    if (slot < 0 || readers[slot] != 1) return -1;
+    const int j = reader[slot];
+    return steps[j].fn && IsOp(*steps[j].node, op_type) && steps[j].in.size() == arity && steps[j].out.size() == 1 ? j : -1;
+  };
+  auto other_input = [&](int step, int slot) { return steps[step].in[0] == slot ? steps[step].in[1] : steps[step].in[0]; };
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (!steps[i].fn || !impl.steps[i].kernel || !IsOp(*steps[i].node, "MatMulInteger") || steps[i].out.size() != 1) continue;
+    const int cast = sole_reader(steps[i].out[0], "Cast", 1);
+    if (cast < 0 || steps[cast].node->GetInt("to", 0) != static_cast<int64_t>(DType::kFloat32)) continue;
+    const int mul_col = sole_reader(steps[cast].out[0], "Mul", 2);
+    if (mul_col < 0) continue;
+    const int col = other_input(mul_col, steps[cast].out[0]);
+    if (col < 0 || !impl.constant[col]) continue;
+    const int mul_row = sole_reader(steps[mul_col].out[0], "Mul", 2);
+    if (mul_row < 0) continue;
+    const int row = other_input(mul_row, steps[mul_col].out[0]);
+    if (row < 0 || steps[mul_row].out[0] < 0) continue;
+    CudaExecutor::Impl::Epilogue& e = impl.steps[i].epilogue;
+    e = {{cast, mul_col, mul_row}, col, row, steps[mul_row].out[0]};
+  }
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, const Graph& graph,
                                                              const SessionOptions& options) {
   auto impl = std::make_unique<Impl>();
@@ -238,6 +337,7 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
     for (size_t k = 0; k < step.in.size(); ++k)
       if (!(k < 32 && (info.kernel->host_inputs >> k) & 1u)) QC_RETURN_IF_ERROR(upload(step.in[k]));
   }
+  FindEpilogues(plan, *impl);
   QC_RETURN_IF_ERROR(impl->cuda->Synchronize());
   return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(impl)));
 }
@@ -248,15 +348,24 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame) const {
   for (size_t s = 0; s < frame.size(); ++s)
     if (m.constant[s] && m.device_constants[s].defined()) r.mirror[s] = m.device_constants[s];
   const auto& steps = m.plan->steps();
+  std::vector<char> skip(steps.size(), 0);  // steps done by a fused epilogue
   for (size_t i = 0; i < steps.size(); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     Impl::Where where = Impl::Where::kCuda;
-    QC_RETURN_IF_ERROR(m.RunStep(static_cast<int>(i), r, &where));
+    bool fused = false;
+    if (skip[i]) {
+      where = Impl::Where::kFused;
+    } else if (m.steps[i].epilogue.out >= 0) {
+      QC_RETURN_IF_ERROR(m.RunFused(static_cast<int>(i), r, &fused));
+      if (fused)
+        for (int j : m.steps[i].epilogue.steps) skip[j] = 1;
+    }
+    if (!skip[i] && !fused) QC_RETURN_IF_ERROR(m.RunStep(static_cast<int>(i), r, &where));
     m.step_counts[where]++;
     if (m.options.profile) {
       QC_RETURN_IF_ERROR(m.cuda->Synchronize());
-      static const char* const kSuffix[] = {" (cuda)", " (view)", " (cpu)", " (fallback)"};
-      OpProfile& p = m.profile[steps[i].node->op_type + kSuffix[static_cast<int>(where)]];
+      static const char* const kSuffix[] = {" (cuda)", " (view)", " (cpu)", " (fallback)", " (fused)"};
+      OpProfile& p = m.profile[steps[i].node->op_type + (fused ? "+scales (cuda)" : kSuffix[static_cast<int>(where)])];
       p.calls++;
       p.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
@@ -294,9 +403,11 @@ std::vector<std::string> CudaExecutor::Summary() const {
     auto it = m.step_counts.find(w);
     return static_cast<long long>(it == m.step_counts.end() ? 0 : it->second);
   };
-  std::snprintf(buf, sizeof buf, "cuda: %zu steps, %.1f MiB of constants on the device; over %lld runs: %lld CUDA kernels, %lld views, %lld small host steps, %lld CPU fallbacks",
+  std::snprintf(buf, sizeof buf,
+                "cuda: %zu steps, %.1f MiB of constants on the device; over %lld runs: %lld CUDA kernels, %lld views, %lld small host steps, %lld CPU fallbacks, "
+                "%lld steps fused into MatMulInteger",
                 m.steps.size(), MiB(m.constant_bytes), static_cast<long long>(m.runs), count(Impl::Where::kCuda),
-                count(Impl::Where::kView), count(Impl::Where::kHost), count(Impl::Where::kFallback));
+                count(Impl::Where::kView), count(Impl::Where::kHost), count(Impl::Where::kFallback), count(Impl::Where::kFused));
   lines.push_back(buf);
   std::snprintf(buf, sizeof buf, "cuda: copies host->device %lld (%.1f MiB), device->host %lld (%.1f MiB, outputs included)",
                 static_cast<long long>(m.to_device.count), MiB(m.to_device.bytes), static_cast<long long>(m.to_host.count),

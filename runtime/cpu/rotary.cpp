@@ -1,19 +1,12 @@
 // com.microsoft.RotaryEmbedding: rotates (pairs of) head dimensions by position-dependent angles
 // read from cos/sin caches, following ONNX Runtime's CPU kernel.
+#include "runtime/cpu/rotary.h"
+
 #include <string>
 
 #include "runtime/cpu/dispatch.h"
-#include "runtime/cpu/kernel.h"
 
 namespace qc {
-namespace {
-
-struct RotaryArgs {
-  int64_t batch = 0, seq = 0, heads = 0, head_size = 0, rotary_dim = 0, max_seq = 0;
-  int64_t batch_stride = 0, seq_stride = 0, head_stride = 0;
-  bool interleaved = false;
-  bool per_token_positions = false;  // position_ids is [batch, seq] (else one start offset)
-};
 
 StatusOr<RotaryArgs> ParseRotary(const KernelContext& ctx) {
   QC_RETURN_IF_ERROR(ctx.ExpectInputs(4, 4));
@@ -98,6 +91,8 @@ StatusOr<RotaryArgs> ParseRotary(const KernelContext& ctx) {
   }
   return r;
 }
+
+namespace {
 
 template <typename T>
 void RotaryImpl(const RotaryArgs& r, const T* x, const int64_t* pos, const T* cos_cache, const T* sin_cache, T* y,

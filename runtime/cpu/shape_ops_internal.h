@@ -1,6 +1,7 @@
 // Helpers and validated "plans" shared by the reference and fast shape/data-movement kernels.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <type_traits>
@@ -65,6 +66,27 @@ T WrapMul(T a, T b) {
 /// costs more than the copy itself.
 inline constexpr int64_t kParallelMinElements = int64_t{1} << 18;
 
+/// Number of Range elements, max(ceil((limit - start) / delta), 0), or an error.
+template <typename T>
+StatusOr<int64_t> RangeCount(const KernelContext& ctx, T start, T limit, T delta) {
+  if (delta == T(0)) return ctx.Error("delta must not be zero");
+  if constexpr (std::is_floating_point_v<T>) {
+    const double n = std::ceil((static_cast<double>(limit) - static_cast<double>(start)) / static_cast<double>(delta));
+    if (std::isnan(n)) return ctx.Error("start, limit and delta give an undefined element count");
+    if (n <= 0) return int64_t{0};
+    if (n > static_cast<double>(kMaxOutputElements))
+      return ctx.Error("Range would produce more than 2^34 elements");
+    return static_cast<int64_t>(n);
+  } else {
+    const __int128 num = static_cast<__int128>(limit) - static_cast<__int128>(start);
+    __int128 q = num / delta;
+    if (num % delta != 0 && ((num > 0) == (delta > 0))) q += 1;
+    if (q <= 0) return int64_t{0};
+    if (q > kMaxOutputElements) return ctx.Error("Range would produce more than 2^34 elements");
+    return static_cast<int64_t>(q);
+  }
+}
+
 // ---- Plans: everything validated once, then executed by the reference or the fast kernel. ----
 
 struct TransposePlan {
@@ -103,5 +125,12 @@ struct ExpandPlan {
   int elem_bytes = 0;
 };
 StatusOr<ExpandPlan> PlanExpand(const KernelContext& ctx);
+
+struct SplitPlan {
+  int axis = 0;
+  int elem_bytes = 0;
+  std::vector<int64_t> sizes;  // one per output, summing to dim(axis)
+};
+StatusOr<SplitPlan> PlanSplit(const KernelContext& ctx);
 
 }  // namespace qc::shape_ops

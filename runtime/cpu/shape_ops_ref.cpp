@@ -184,55 +184,18 @@ StatusOr<ExpandPlan> PlanExpand(const KernelContext& ctx) {
   return plan;
 }
 
-}  // namespace shape_ops
-
-Status TransposeRef(KernelContext& ctx) {
-  QC_ASSIGN_OR_RETURN(shape_ops::TransposePlan plan, shape_ops::PlanTranspose(ctx));
-  const Tensor& x = ctx.input(0);
-  const std::vector<int64_t> in_strides = RowMajorStrides(x.shape());
-  std::vector<int64_t> strides;
-  for (int p : plan.perm) strides.push_back(in_strides[p]);
-  Tensor out(x.dtype(), plan.out_shape);
-  StridedCopyRef(plan.out_shape, static_cast<const char*>(x.raw()), 0, strides, static_cast<char*>(out.mutable_raw()),
-                 plan.elem_bytes);
-  ctx.outputs[0] = std::move(out);
-  return Status::Ok();
-}
-
-Status ConcatRef(KernelContext& ctx) {
-  QC_ASSIGN_OR_RETURN(shape_ops::ConcatPlan plan, shape_ops::PlanConcat(ctx));
-  Tensor out(plan.parts[0]->dtype(), plan.out_shape);
-  char* dst = static_cast<char*>(out.mutable_raw());
-  const int es = plan.elem_bytes;
-  const int64_t n = out.numel();
-  std::vector<std::vector<int64_t>> part_strides;
-  for (const Tensor* part : plan.parts) part_strides.push_back(RowMajorStrides(part->shape()));
-  std::vector<int64_t> idx(plan.out_shape.size(), 0);
-  for (int64_t o = 0; o < n; ++o, NextIndex(idx, plan.out_shape)) {
-    // Find the input holding this position along the axis.
-    int64_t along = idx[plan.axis];
-    size_t p = 0;
-    while (along >= plan.parts[p]->shape()[plan.axis]) along -= plan.parts[p++]->shape()[plan.axis];
-    const Tensor& part = *plan.parts[p];
-    const std::vector<int64_t>& strides = part_strides[p];
-    int64_t off = 0;
-    for (size_t d = 0; d < idx.size(); ++d) off += (static_cast<int>(d) == plan.axis ? along : idx[d]) * strides[d];
-    std::memcpy(dst + o * es, static_cast<const char*>(part.raw()) + off * es, es);
-  }
-  ctx.outputs[0] = std::move(out);
-  return Status::Ok();
-}
-
-Status SplitRef(KernelContext& ctx) {
+StatusOr<SplitPlan> PlanSplit(const KernelContext& ctx) {
   QC_RETURN_IF_ERROR(ctx.ExpectInputs(1, 2));
-  QC_ASSIGN_OR_RETURN(int es, InputElementBytes(ctx, 0));
+  SplitPlan plan;
+  QC_ASSIGN_OR_RETURN(plan.elem_bytes, InputElementBytes(ctx, 0));
   const Tensor& x = ctx.input(0);
   if (x.rank() == 0) return ctx.Error("cannot split a scalar");
-  QC_ASSIGN_OR_RETURN(int axis, NormalizeAxis(ctx, ctx.node.GetInt("axis", 0), x.rank(), "axis"));
+  QC_ASSIGN_OR_RETURN(plan.axis, NormalizeAxis(ctx, ctx.node.GetInt("axis", 0), x.rank(), "axis"));
+  const int axis = plan.axis;
   const int64_t dim = x.shape()[axis];
   const int n_out = ctx.num_outputs();
   if (n_out < 1) return ctx.Error("expected at least one output");
-  std::vector<int64_t> sizes;
+  std::vector<int64_t>& sizes = plan.sizes;
   if (ctx.has_input(1)) {
     QC_ASSIGN_OR_RETURN(sizes, ReadInts(ctx, 1, "split"));
   } else {
@@ -274,6 +237,56 @@ Status SplitRef(KernelContext& ctx) {
                        std::to_string(parts) + " outputs");
     }
   }
+  return plan;
+}
+
+}  // namespace shape_ops
+
+Status TransposeRef(KernelContext& ctx) {
+  QC_ASSIGN_OR_RETURN(shape_ops::TransposePlan plan, shape_ops::PlanTranspose(ctx));
+  const Tensor& x = ctx.input(0);
+  const std::vector<int64_t> in_strides = RowMajorStrides(x.shape());
+  std::vector<int64_t> strides;
+  for (int p : plan.perm) strides.push_back(in_strides[p]);
+  Tensor out(x.dtype(), plan.out_shape);
+  StridedCopyRef(plan.out_shape, static_cast<const char*>(x.raw()), 0, strides, static_cast<char*>(out.mutable_raw()),
+                 plan.elem_bytes);
+  ctx.outputs[0] = std::move(out);
+  return Status::Ok();
+}
+
+Status ConcatRef(KernelContext& ctx) {
+  QC_ASSIGN_OR_RETURN(shape_ops::ConcatPlan plan, shape_ops::PlanConcat(ctx));
+  Tensor out(plan.parts[0]->dtype(), plan.out_shape);
+  char* dst = static_cast<char*>(out.mutable_raw());
+  const int es = plan.elem_bytes;
+  const int64_t n = out.numel();
+  std::vector<std::vector<int64_t>> part_strides;
+  for (const Tensor* part : plan.parts) part_strides.push_back(RowMajorStrides(part->shape()));
+  std::vector<int64_t> idx(plan.out_shape.size(), 0);
+  for (int64_t o = 0; o < n; ++o, NextIndex(idx, plan.out_shape)) {
+    // Find the input holding this position along the axis.
+    int64_t along = idx[plan.axis];
+    size_t p = 0;
+    while (along >= plan.parts[p]->shape()[plan.axis]) along -= plan.parts[p++]->shape()[plan.axis];
+    const Tensor& part = *plan.parts[p];
+    const std::vector<int64_t>& strides = part_strides[p];
+    int64_t off = 0;
+    for (size_t d = 0; d < idx.size(); ++d) off += (static_cast<int>(d) == plan.axis ? along : idx[d]) * strides[d];
+    std::memcpy(dst + o * es, static_cast<const char*>(part.raw()) + off * es, es);
+  }
+  ctx.outputs[0] = std::move(out);
+  return Status::Ok();
+}
+
+Status SplitRef(KernelContext& ctx) {
+  QC_ASSIGN_OR_RETURN(shape_ops::SplitPlan plan, shape_ops::PlanSplit(ctx));
+  const Tensor& x = ctx.input(0);
+  const int axis = plan.axis;
+  const int es = plan.elem_bytes;
+  const int64_t dim = x.shape()[axis];
+  const std::vector<int64_t>& sizes = plan.sizes;
+  const int n_out = static_cast<int>(sizes.size());
   int64_t outer = 1, inner = 1;
   for (int d = 0; d < axis; ++d) outer *= x.shape()[d];
   for (int d = axis + 1; d < x.rank(); ++d) inner *= x.shape()[d];

@@ -289,28 +289,6 @@ Status EyeLikeRef(KernelContext& ctx) {
   return Status::Ok();
 }
 
-namespace {
-// Number of Range elements, max(ceil((limit - start) / delta), 0), or an error.
-template <typename T>
-StatusOr<int64_t> RangeCount(const KernelContext& ctx, T start, T limit, T delta) {
-  if (delta == T(0)) return ctx.Error("delta must not be zero");
-  if constexpr (std::is_floating_point_v<T>) {
-    const double n = std::ceil((static_cast<double>(limit) - static_cast<double>(start)) / static_cast<double>(delta));
-    if (std::isnan(n)) return ctx.Error("start, limit and delta give an undefined element count");
-    if (n <= 0) return int64_t{0};
-    if (n > static_cast<double>(shape_ops::kMaxOutputElements))
-      return ctx.Error("Range would produce more than 2^34 elements");
-    return static_cast<int64_t>(n);
-  } else {
-    const __int128 num = static_cast<__int128>(limit) - static_cast<__int128>(start);
-    __int128 q = num / delta;
-    if (num % delta != 0 && ((num > 0) == (delta > 0))) q += 1;
-    if (q <= 0) return int64_t{0};
-    if (q > shape_ops::kMaxOutputElements) return ctx.Error("Range would produce more than 2^34 elements");
-    return static_cast<int64_t>(q);
-  }
-}
-}  // namespace
 
 Status RangeRef(KernelContext& ctx) {
   QC_RETURN_IF_ERROR(ctx.ExpectInputs(3, 3));
@@ -329,7 +307,7 @@ Status RangeRef(KernelContext& ctx) {
           const T start = ctx.input(0).data<T>()[0];
           const T limit = ctx.input(1).data<T>()[0];
           const T delta = ctx.input(2).data<T>()[0];
-          StatusOr<int64_t> n = RangeCount<T>(ctx, start, limit, delta);
+          StatusOr<int64_t> n = shape_ops::RangeCount<T>(ctx, start, limit, delta);
           if (!n.ok()) {
             status = n.status();
             return;

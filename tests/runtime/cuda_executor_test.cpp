@@ -232,6 +232,175 @@ TEST(CudaOps, GatherBlockQuantized) {
                           "com.microsoft"});
 }
 
+Tensor RandomBytes(DType dtype, const Shape& shape, uint32_t seed) {
+  std::mt19937 rng(seed);
+  Tensor t(dtype, shape);
+  for (int64_t i = 0; i < t.numel(); ++i) static_cast<uint8_t*>(t.mutable_raw())[i] = static_cast<uint8_t>(rng());
+  return t;
+}
+
+TEST(CudaOps, RoundMaxMin) {
+  SKIP_WITHOUT_DEVICE();
+  // Halves (k + 0.5, both signs) round to even; the rest are random.
+  Tensor x = Random({3, 17, 513}, 110, -300.0f, 300.0f);
+  for (int64_t i = 0; i < x.numel(); i += 3) x.mutable_data<float>()[i] = static_cast<float>(i % 41) - 20.5f;
+  ExpectMatchesReference({"Round", {{x}}, {}, "", 1, 0.0f});
+  ExpectMatchesReference({"Max", {{Random({5, 33, 127}, 111)}, {Tensor::Scalar<float>(1e-30f), true}}, {}, "", 1, 0.0f});
+  ExpectMatchesReference({"Max", {{Random({5, 33, 127}, 112)}, {Random({33, 1}, 113)}, {Random({127}, 114)}}, {}, "", 1, 0.0f});
+  ExpectMatchesReference({"Min", {{Random({5, 33, 127}, 115)}, {Random({5, 1, 127}, 116)}}, {}, "", 1, 0.0f});
+  ExpectMatchesReference({"Max", {{Tensor::FromVector<int64_t>(std::vector<int64_t>(9001, -3), {9001})}, {Tensor::Scalar<int64_t>(7), true}}});
+}
+
+TEST(CudaOps, CastsOfTheW8A8Graph) {
+  SKIP_WITHOUT_DEVICE();
+  auto cast = [](Tensor x, DType to) { ExpectMatchesReference({"Cast", {{std::move(x)}}, {{"to", AttrInt(static_cast<int64_t>(to))}}, "", 1, 0.0f}); };
+  Tensor wide = Random({3, 7001}, 120, -400.0f, 400.0f);  // saturates both ends of the 8-bit types
+  wide.mutable_data<float>()[5] = NAN;
+  wide.mutable_data<float>()[6] = INFINITY;
+  wide.mutable_data<float>()[7] = -INFINITY;
+  for (DType to : {DType::kUInt8, DType::kInt8, DType::kInt32, DType::kInt64, DType::kBool, DType::kFloat16, DType::kBFloat16}) cast(wide, to);
+  cast(Random({3, 7001}, 121, -3e9f, 3e9f), DType::kInt32);
+  for (DType from : {DType::kUInt8, DType::kInt8}) {
+    const Tensor bytes = RandomBytes(from, {70001}, 122);
+    for (DType to : {DType::kFloat32, DType::kInt32, DType::kInt64, DType::kUInt8, DType::kInt8, DType::kBool}) cast(bytes, to);
+  }
+  const Tensor ints = Tensor::FromVector<int32_t>(std::vector<int32_t>(20001, -70000), {20001});
+  for (DType to : {DType::kFloat32, DType::kUInt8, DType::kInt8, DType::kInt64}) cast(ints, to);
+  cast(RandomBool({300, 257}, 123), DType::kFloat32);
+}
+
+TEST(CudaOps, ComparisonsAndLogic) {
+  SKIP_WITHOUT_DEVICE();
+  Tensor a = Random({5, 33, 127}, 130);
+  Tensor b = Random({127}, 131);
+  for (int64_t i = 0; i < a.numel(); i += 7) a.mutable_data<float>()[i] = b.data<float>()[i % 127];  // ties
+  for (const char* op : {"Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"}) ExpectMatchesReference({op, {{a}, {b}}});
+  std::vector<int64_t> iv(9001);
+  for (size_t i = 0; i < iv.size(); ++i) iv[i] = static_cast<int64_t>(i % 13) - 6;
+  const Tensor ints = Tensor::FromVector<int64_t>(iv, {9001});
+  ExpectMatchesReference({"Equal", {{ints}, {Tensor::Scalar<int64_t>(0), true}}});
+  ExpectMatchesReference({"LessOrEqual", {{ints}, {Tensor::Scalar<int64_t>(2), true}}});
+  const Tensor p = RandomBool({300, 257}, 132), q = RandomBool({257}, 133);
+  for (const char* op : {"And", "Or", "Xor", "Equal"}) ExpectMatchesReference({op, {{p}, {q}}});
+  ExpectMatchesReference({"Not", {{p}}});
+  ExpectMatchesReference({"Where", {{p}, {RandomBool({300, 257}, 134)}, {q}}});
+}
+
+TEST(CudaOps, SplitGatherNDCumSumLogSoftmax) {
+  SKIP_WITHOUT_DEVICE();
+  const Tensor x = Random({4, 33, 129}, 140);
+  ExpectMatchesReference({"Split", {{x}, {Tensor::FromVector<int64_t>({10, 23}, {2}), true}}, {{"axis", AttrInt(1)}}, "", 2});
+  ExpectMatchesReference({"Split", {{x}}, {{"axis", AttrInt(-1)}, {"num_outputs", AttrInt(3)}}, "", 3, 1e-5f, 18});
+  ExpectMatchesReference({"Split", {{x}}, {{"axis", AttrInt(2)}, {"num_outputs", AttrInt(5)}}, "", 5, 1e-5f, 18});
+  ExpectMatchesReference({"GatherND", {{x}, {Tensor::FromVector<int64_t>({0, 1, 3, -2, 2, 32}, {3, 2})}}});
+  ExpectMatchesReference({"GatherND", {{x}, {Tensor::FromVector<int64_t>({0, -1, 5, 32}, {4, 1}), true}}, {{"batch_dims", AttrInt(1)}}});
+  std::vector<int64_t> ones(300 * 257);
+  for (size_t i = 0; i < ones.size(); ++i) ones[i] = (i * 7) % 3;
+  ExpectMatchesReference({"CumSum", {{Tensor::FromVector<int64_t>(ones, {300, 257})}, {Tensor::Scalar<int64_t>(1), true}}});
+  ExpectMatchesReference({"CumSum", {{x}, {Tensor::Scalar<int64_t>(1), true}}, {{"exclusive", AttrInt(1)}, {"reverse", AttrInt(1)}}, "", 1, 0.0f});
+  ExpectMatchesReference({"LogSoftmax", {{Random({4, 9, 515}, 141, -8.0f, 8.0f)}}, {{"axis", AttrInt(-1)}}});
+}
+
+TEST(CudaOps, RotaryEmbedding) {
+  SKIP_WITHOUT_DEVICE();
+  std::vector<int64_t> positions(2 * 65);
+  for (size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<int64_t>((i * 5) % 128);
+  ExpectMatchesReference({"RotaryEmbedding",
+                          {{Random({2, 65, 256}, 190)}, {Tensor::FromVector<int64_t>(positions, {2, 65})}, {Random({128, 16}, 191), true}, {Random({128, 16}, 192), true}},
+                          {},
+                          "com.microsoft"});
+  ExpectMatchesReference({"RotaryEmbedding",
+                          {{Random({2, 4, 65, 32}, 193)}, {Tensor::Scalar<int64_t>(3), true}, {Random({128, 8}, 194), true}, {Random({128, 8}, 195), true}},
+                          {{"interleaved", AttrInt(1)}, {"num_heads", AttrInt(4)}, {"rotary_embedding_dim", AttrInt(16)}},
+                          "com.microsoft"});
+}
+
+// Range runs on the GPU when its scalars come from the device (here a ReduceMax of a fed tensor).
+TEST(CudaOps, RangeFromDeviceScalars) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(3);
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{300, ""}, Dim{257, ""}});
+  const std::string top = b.Op("ReduceMax", {x}, {{"keepdims", AttrInt(0)}});
+  const std::string limit = b.Op("Cast", {top}, {{"to", AttrInt(static_cast<int64_t>(DType::kInt64))}});
+  const std::string ints = b.Op("Range", {b.AddScalarInt64(-5), limit, b.AddScalarInt64(3)});
+  const std::string limit_f = b.Op("Cast", {limit}, {{"to", AttrInt(1)}});
+  const std::string floats = b.Op("Range", {b.AddScalar(0.25f), limit_f, b.AddScalar(0.1f)});
+  b.AddOutput(ints, DType::kInt64, {});
+  b.AddOutput(floats, DType::kFloat32, {});
+  auto model = b.Build({{"", 17}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto gpu = Session::Create(*model, options);
+  auto cpu = Session::Create(*model);
+  ASSERT_TRUE(gpu.ok() && cpu.ok());
+  const NamedTensors feeds = {{"x", Random({300, 257}, 150, 0.0f, 1000.0f)}};
+  auto want = (*cpu)->Run(feeds);
+  auto got = (*gpu)->Run(feeds);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
+  EXPECT_TRUE((*want)[0].BitEqual((*got)[0]));
+  EXPECT_TRUE((*want)[1].BitEqual((*got)[1]));
+  for (const std::string& line : (*gpu)->DeviceSummary()) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+}
+
+// Integer products bit-exact against the CPU reference on awkward shapes: m = 1, 3, 17, 118, K
+// not a multiple of 16, N not a multiple of the 64-wide tile, batched A, and every zero-point form.
+TEST(CudaOps, MatMulIntegerBitExact) {
+  SKIP_WITHOUT_DEVICE();
+  const Tensor zp128 = Tensor::Scalar<uint8_t>(128);
+  for (int64_t m : {1, 3, 17, 118}) {
+    for (auto [k, n] : {std::pair<int64_t, int64_t>{300, 257}, {129, 600}, {512, 150}}) {
+      SCOPED_TRACE("m " + std::to_string(m) + " k " + std::to_string(k) + " n " + std::to_string(n));
+      ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {m, k}, 160)}, {RandomBytes(DType::kUInt8, {k, n}, 161), true}, {zp128, true}, {zp128, true}}});
+    }
+  }
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {2, 17, 300}, 162)}, {RandomBytes(DType::kUInt8, {300, 257}, 163), true}, {zp128, true}, {zp128, true}}});
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {3, 17, 300}, 164)}, {RandomBytes(DType::kUInt8, {3, 300, 70}, 165)}}});
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kInt8, {118, 333}, 166)}, {RandomBytes(DType::kInt8, {333, 257}, 167), true},
+                                            {Tensor::Scalar<int8_t>(-3), true}, {Tensor::Scalar<int8_t>(5), true}}});
+  // Per-row and per-column zero points.
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {17, 300}, 168)}, {RandomBytes(DType::kUInt8, {300, 257}, 169), true},
+                                            {RandomBytes(DType::kUInt8, {17}, 170), true}, {RandomBytes(DType::kUInt8, {257}, 171), true}}});
+}
+
+// The W8A8 layer of docs/FORMAT.md end to end: per-token quantization, integer product, scales;
+// every step on the GPU, the result the CPU's.
+TEST(CudaOps, W8A8Subgraph) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(4);
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{200, ""}});
+  const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
+  const std::string m = b.Op("Max", {b.Op("ReduceMax", {b.Op("Abs", {x}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}}), b.AddScalar(1e-30f)});
+  const std::string s_x = b.Op("Div", {m, b.AddScalar(127.0f)});
+  const std::string codes = b.Op("Add", {b.Op("Round", {b.Op("Div", {x, s_x})}), b.AddScalar(128.0f)});
+  const std::string x_q = b.Op("Cast", {codes}, {{"to", AttrInt(static_cast<int64_t>(DType::kUInt8))}});
+  const std::string w_q = b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {200, 333}, 180));
+  const std::string acc = b.Op("MatMulInteger", {x_q, w_q, zp, zp});
+  const std::string s_w = b.AddInitializer("s_w", Random({333}, 181, 0.001f, 0.01f));
+  const std::string y = b.Op("Mul", {b.Op("Mul", {b.Op("Cast", {acc}, {{"to", AttrInt(1)}}), s_w}), s_x});
+  b.AddOutput(y, DType::kFloat32, {});
+  auto model = b.Build({{"", 18}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto gpu = Session::Create(*model, options);
+  auto cpu = Session::Create(*model);
+  ASSERT_TRUE(gpu.ok() && cpu.ok());
+  Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
+  for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token
+  const NamedTensors feeds = {{"x", xv}};
+  auto want = (*cpu)->Run(feeds);
+  auto got = (*gpu)->Run(feeds);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
+  const std::vector<float> w = (*want)[0].ToFloats(), g = (*got)[0].ToFloats();
+  ASSERT_EQ(w.size(), g.size());
+  for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], g[i], 1e-5f * std::max(1.0f, std::fabs(w[i]))) << i;
+  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+  // Cast, Mul(s_w) and Mul(s_x) ran inside the integer GEMM's epilogue.
+  EXPECT_NE(summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << summary[0];
+}
+
 // The executor: a graph mixing view ops, host shape arithmetic and an op without a CUDA kernel
 // (fallback with copies) still computes the CPU's result, and the summary counts the fallback.
 TEST(CudaExecutor, ViewsHostStepsAndFallbacks) {

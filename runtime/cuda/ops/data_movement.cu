@@ -1,4 +1,4 @@
-// Transpose, Concat, Slice, Expand and Cast on the GPU. Shapes and attributes are validated by
+// Transpose, Concat, Slice, Expand and Split on the GPU. Shapes and attributes are validated by
 // the CPU kernels' own plans (runtime/cpu/shape_ops_internal.h), which read only shapes and the
 // host-side inputs; the copies below then move bytes, so every dtype of 1/2/4/8 bytes works.
 #include "runtime/cpu/shape_ops_internal.h"
@@ -82,12 +82,6 @@ std::vector<int64_t> Strides(const Shape& shape) {
   return s;
 }
 
-template <typename From, typename To>
-__global__ void CastKernel(const From* x, To* y, int64_t n) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = static_cast<To>(x[i]);
-}
-
 }  // namespace
 
 Status TransposeCuda(OpContext& ctx) {
@@ -154,32 +148,29 @@ Status ConcatCuda(OpContext& ctx) {
   return Status::Ok();
 }
 
-Status CastCuda(OpContext& ctx) {
-  if (!ctx.has_input(0)) return ctx.Error("expected 1 input");
+Status SplitCuda(OpContext& ctx) {
+  if (!ctx.has_input(0)) return ctx.Error("input is missing");
+  KernelContext k = PlanContext(ctx);
+  QC_ASSIGN_OR_RETURN(shape_ops::SplitPlan p, shape_ops::PlanSplit(k));
   const Tensor& x = ctx.input(0);
-  const DType to = static_cast<DType>(ctx.node.GetInt("to", 0));
-  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, to, x.shape()));
-  const int64_t n = x.numel();
-  if (n == 0) return Status::Ok();
-  if (to == x.dtype()) {
-    QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(y->mutable_raw(), x.raw(), x.nbytes(), cudaMemcpyDeviceToDevice, ctx.cuda.stream()));
-    return Status::Ok();
+  // Output i is the [outer, sizes[i] * inner] column block of x seen as [outer, dim * inner].
+  int64_t outer = 1, inner = 1;
+  for (int d = 0; d < p.axis; ++d) outer *= x.dim(d);
+  for (int64_t d = p.axis + 1; d < x.rank(); ++d) inner *= x.dim(d);
+  const int64_t es = p.elem_bytes, row = x.dim(p.axis) * inner * es;
+  int64_t begin = 0;
+  for (size_t i = 0; i < p.sizes.size(); ++i) {
+    const int64_t width = p.sizes[i] * inner * es;
+    if (ctx.WantOutput(static_cast<int>(i))) {
+      Shape shape = x.shape();
+      shape[p.axis] = p.sizes[i];
+      QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(static_cast<int>(i), x.dtype(), shape));
+      if (outer * width > 0)
+        QC_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(y->mutable_raw(), width, static_cast<const char*>(x.raw()) + begin * inner * es, row, width, outer,
+                                                  cudaMemcpyDeviceToDevice, ctx.cuda.stream()));
+    }
+    begin += p.sizes[i];
   }
-  const int blocks = BlocksFor(n);
-  cudaStream_t s = ctx.cuda.stream();
-  const DType from = x.dtype();
-  // The conversions the exported graphs use; float -> integer truncates as the CPU's static_cast.
-  if (from == DType::kFloat32 && to == DType::kInt64) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<float>(), y->mutable_device_data<int64_t>(), n);
-  else if (from == DType::kInt64 && to == DType::kFloat32) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<int64_t>(), y->mutable_device_data<float>(), n);
-  else if (from == DType::kInt32 && to == DType::kFloat32) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<int32_t>(), y->mutable_device_data<float>(), n);
-  else if (from == DType::kInt64 && to == DType::kInt32) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<int64_t>(), y->mutable_device_data<int32_t>(), n);
-  else if (from == DType::kInt32 && to == DType::kInt64) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<int32_t>(), y->mutable_device_data<int64_t>(), n);
-  else if (from == DType::kBool && to == DType::kFloat32) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<bool>(), y->mutable_device_data<float>(), n);
-  else if (from == DType::kFloat32 && to == DType::kBool) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<float>(), y->mutable_device_data<bool>(), n);
-  else if (from == DType::kInt64 && to == DType::kBool) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<int64_t>(), y->mutable_device_data<bool>(), n);
-  else if (from == DType::kBool && to == DType::kInt64) CastKernel<<<blocks, kThreads, 0, s>>>(x.device_data<bool>(), y->mutable_device_data<int64_t>(), n);
-  else return ctx.Decline(DTypeName(from) + " -> " + DTypeName(to));
-  QC_CUDA_RETURN_IF_LAUNCH_ERROR("CastKernel");
   return Status::Ok();
 }
 

@@ -1,9 +1,8 @@
-// Elementwise ops on the GPU: broadcasting binary arithmetic, Where, unary math and activations.
+// Elementwise ops on the GPU: broadcasting binary arithmetic, Max/Min, Where, unary math and activations.
 // runtime/cpu/elementwise_ref.cpp is the numeric spec (float32 here; other dtypes decline).
 #include <cmath>
 
-#include "runtime/cpu/broadcast.h"
-#include "runtime/cuda/ops/common.cuh"
+#include "runtime/cuda/ops/binary.cuh"
 
 namespace qc::cuda {
 namespace {
@@ -23,40 +22,59 @@ struct DivOp {
 struct PowOp {
   __device__ float operator()(float a, float b) const { return powf(a, b); }
 };
-
-template <typename T, typename Op>
-__global__ void BinaryKernel(const T* a, const T* b, T* y, int64_t n, Indexer<2> ix, Op op) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    int64_t off[2];
-    ix.Offsets(i, off);
-    y[i] = op(a[off[0]], b[off[1]]);
+// NaN-propagating as runtime/cpu/elementwise_math.h's MaxValue/MinValue (the first NaN wins).
+template <typename T>
+__device__ __forceinline__ bool IsNaN(T v) {
+  return v != v;
+}
+struct MaxOp {
+  template <typename T> __device__ T operator()(T a, T b) const {
+    if (IsNaN(a)) return a;
+    if (IsNaN(b)) return b;
+    return a < b ? b : a;
   }
-}
+};
+struct MinOp {
+  template <typename T> __device__ T operator()(T a, T b) const {
+    if (IsNaN(a)) return a;
+    if (IsNaN(b)) return b;
+    return b < a ? b : a;
+  }
+};
 
-// Same shapes: no index arithmetic.
-template <typename T, typename Op>
-__global__ void BinarySameKernel(const T* a, const T* b, T* y, int64_t n, Op op) {
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = op(a[i], b[i]);
-}
-
-template <typename T, typename Op>
-Status LaunchBinary(OpContext& ctx, Op op) {
-  const Tensor& a = ctx.input(0);
-  const Tensor& b = ctx.input(1);
-  auto shape = BroadcastShapes({a.shape(), b.shape()});
-  if (!shape.ok()) return ctx.Error(shape.status().message());
-  Indexer<2> ix;
-  if (!MakeIndexer<2>(*shape, {a.shape(), b.shape()}, &ix)) return ctx.Decline("more than 8 broadcast dims");
-  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, a.dtype(), *shape));
-  const int64_t n = y->numel();
-  if (n == 0) return Status::Ok();
-  if (a.shape() == b.shape())
-    BinarySameKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(a.device_data<T>(), b.device_data<T>(), y->mutable_device_data<T>(), n, op);
-  else
-    BinaryKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(a.device_data<T>(), b.device_data<T>(), y->mutable_device_data<T>(), n, ix, op);
-  QC_CUDA_RETURN_IF_LAUNCH_ERROR("BinaryKernel");
+// Max/Min of any number of inputs, folded left to right like the CPU's VariadicRef (the order
+// fixes which NaN wins); float32, int32, int64.
+template <typename Op>
+Status Variadic(OpContext& ctx) {
+  if (ctx.num_inputs() < 1) return ctx.Error("expected at least 1 input, got 0");
+  for (int i = 0; i < ctx.num_inputs(); ++i)
+    if (!ctx.has_input(i)) return ctx.Error("input " + std::to_string(i) + " is missing");
+  const DType t = ctx.input(0).dtype();
+  for (int i = 1; i < ctx.num_inputs(); ++i)
+    if (ctx.input(i).dtype() != t) return ctx.Error("inputs have different dtypes");
+  if (t != DType::kFloat32 && t != DType::kInt32 && t != DType::kInt64) return ctx.Decline("dtype " + DTypeName(t));
+  if (ctx.num_inputs() == 1) {
+    const Tensor& x = ctx.input(0);
+    QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, t, x.shape()));
+    if (x.nbytes() > 0) QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(y->mutable_raw(), x.raw(), x.nbytes(), cudaMemcpyDeviceToDevice, ctx.cuda.stream()));
+    return Status::Ok();
+  }
+  Tensor acc = ctx.input(0);
+  for (int i = 1; i < ctx.num_inputs(); ++i) {
+    Tensor next;
+    if (t == DType::kFloat32) QC_RETURN_IF_ERROR((LaunchBinaryInto<float, float>(ctx, acc, ctx.input(i), t, Op{}, &next)));
+    else if (t == DType::kInt32) QC_RETURN_IF_ERROR((LaunchBinaryInto<int32_t, int32_t>(ctx, acc, ctx.input(i), t, Op{}, &next)));
+    else QC_RETURN_IF_ERROR((LaunchBinaryInto<int64_t, int64_t>(ctx, acc, ctx.input(i), t, Op{}, &next)));
+    if (!ctx.declined.empty()) return Status::Ok();
+    acc = std::move(next);
+  }
+  ctx.outputs[0] = std::move(acc);
   return Status::Ok();
+}
+
+template <typename T, typename Op>
+Status LaunchSameType(OpContext& ctx, Op op) {
+  return LaunchBinary<T, T>(ctx, ctx.input(0).dtype(), op);
 }
 
 // Arithmetic on float32, and on int32/int64 for Add/Sub/Mul (index arithmetic).
@@ -65,10 +83,10 @@ Status Arith(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   const DType t = ctx.input(0).dtype();
   if (ctx.input(1).dtype() != t) return ctx.Error("inputs have different dtypes");
-  if (t == DType::kFloat32) return LaunchBinary<float>(ctx, Op{});
+  if (t == DType::kFloat32) return LaunchSameType<float>(ctx, Op{});
   if constexpr (kIntegers) {
-    if (t == DType::kInt64) return LaunchBinary<int64_t>(ctx, Op{});
-    if (t == DType::kInt32) return LaunchBinary<int32_t>(ctx, Op{});
+    if (t == DType::kInt64) return LaunchSameType<int64_t>(ctx, Op{});
+    if (t == DType::kInt32) return LaunchSameType<int32_t>(ctx, Op{});
   }
   return ctx.Decline("dtype " + DTypeName(t));
 }
@@ -128,8 +146,11 @@ Status PowCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   if (ctx.input(0).dtype() != DType::kFloat32 || ctx.input(1).dtype() != DType::kFloat32)
     return ctx.Decline("dtypes other than float32");
-  return LaunchBinary<float>(ctx, PowOp{});
+  return LaunchSameType<float>(ctx, PowOp{});
 }
+
+Status MaxCuda(OpContext& ctx) { return Variadic<MaxOp>(ctx); }
+Status MinCuda(OpContext& ctx) { return Variadic<MinOp>(ctx); }
 
 Status WhereCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 3 || !ctx.has_input(0) || !ctx.has_input(1) || !ctx.has_input(2)) return ctx.Error("expected 3 inputs");
@@ -176,6 +197,8 @@ Status TanhCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { ret
 Status ErfCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return erff(x); }); }
 Status SinCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return sinf(x); }); }
 Status CosCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return cosf(x); }); }
+// ONNX Round: halves to even, as the CPU's nearbyint in the default rounding mode.
+Status RoundCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return rintf(x); }); }
 Status AbsCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return fabsf(x); }); }
 Status SigmoidCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return Sigmoid(x); }); }
 Status ReluCuda(OpContext& ctx) { return Unary(ctx, [] __device__(float x) { return x < 0.0f ? 0.0f : x; }); }

@@ -1,4 +1,4 @@
-// Gather and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU. Indices are
+// Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU. Indices are
 // read on the host, where they are range-checked as the CPU kernels do (runtime/cpu/gather_ops.cpp,
 // gather_block_quantized.cpp: the numeric spec), then uploaded normalised to [0, rows).
 #include "runtime/cuda/ops/common.cuh"
@@ -53,6 +53,14 @@ __global__ void GatherBlockQuantizedKernel(const uint8_t* data, const float* sca
   }
 }
 
+// out[row * slice + i] = data[start[row] + i]: GatherND's slices at offsets computed on the host.
+template <typename T>
+__global__ void GatherSlicesKernel(const T* data, const int64_t* start, T* out, int64_t rows, int64_t slice) {
+  const int64_t n = rows * slice;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[e] = data[start[e / slice] + e % slice];
+}
+
 }  // namespace
 
 Status GatherCuda(OpContext& ctx) {
@@ -86,6 +94,68 @@ Status GatherCuda(OpContext& ctx) {
   else if (size == 4) launch(uint32_t{});
   else launch(uint64_t{});
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherKernel");
+  return Status::Ok();
+}
+
+// Indices (input 1) are read on the host: each index tuple becomes one slice offset there.
+Status GatherNDCuda(OpContext& ctx) {
+  if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  const Tensor& data = ctx.input(0);
+  const Tensor& indices = ctx.input(1);
+  const int size = ElementSize(data.dtype());
+  if (size != 1 && size != 2 && size != 4 && size != 8) return ctx.Decline("dtype " + DTypeName(data.dtype()));
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
+  const int r = static_cast<int>(data.rank()), q = static_cast<int>(indices.rank());
+  const int64_t b = ctx.node.GetInt("batch_dims", 0);
+  if (r < 1 || q < 1) return ctx.Error("data and indices must have rank >= 1");
+  if (b < 0 || b >= std::min(r, q)) return ctx.Error("batch_dims " + std::to_string(b) + " must be in [0, min(rank(data), rank(indices)))");
+  for (int d = 0; d < b; ++d)
+    if (data.dim(d) != indices.dim(d))
+      return ctx.Error("batch dimension " + std::to_string(d) + " differs: data " + ShapeToString(data.shape()) + ", indices " +
+                       ShapeToString(indices.shape()));
+  const int64_t k = indices.dim(q - 1);
+  if (k < 1 || k > r - b) return ctx.Error("indices.shape[-1] = " + std::to_string(k) + " must be in [1, " + std::to_string(r - b) + "]");
+  Shape shape(indices.shape().begin(), indices.shape().end() - 1);
+  shape.insert(shape.end(), data.shape().begin() + b + k, data.shape().end());
+  int64_t batches = 1, tuples = 1, slice = 1;
+  for (int d = 0; d < b; ++d) batches *= data.dim(d);
+  for (int d = static_cast<int>(b); d < q - 1; ++d) tuples *= indices.dim(d);
+  for (int d = static_cast<int>(b + k); d < r; ++d) slice *= data.dim(d);
+  std::vector<int64_t> strides(r, 1);
+  for (int d = r - 1; d > 0; --d) strides[d - 1] = strides[d] * data.dim(d);
+  const int64_t batch_stride = b > 0 ? strides[b - 1] : 0;
+  const std::vector<int64_t> idx = indices.ToInt64s();
+  std::vector<int64_t> start(batches * tuples);
+  for (int64_t bi = 0; bi < batches; ++bi)
+    for (int64_t t = 0; t < tuples; ++t) {
+      const int64_t row = bi * tuples + t;
+      int64_t off = bi * batch_stride;
+      for (int64_t j = 0; j < k; ++j) {
+        const int axis = static_cast<int>(b + j);
+        int64_t v = idx[row * k + j];
+        const int64_t dim = data.dim(axis);
+        if (v < -dim || v >= dim)
+          return ctx.Error("index " + std::to_string(v) + " is out of range for axis " + std::to_string(axis) + " of size " + std::to_string(dim));
+        if (v < 0) v += dim;
+        off += v * strides[axis];
+      }
+      start[row] = off;
+    }
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), shape));
+  if (y->numel() == 0) return Status::Ok();
+  QC_ASSIGN_OR_RETURN(Tensor dev_start, ctx.cuda.Upload(Tensor::FromVector<int64_t>(start, {static_cast<int64_t>(start.size())})));
+  const int64_t rows = static_cast<int64_t>(start.size());
+  auto launch = [&](auto tag) {
+    using T = decltype(tag);
+    GatherSlicesKernel<T><<<BlocksFor(rows * slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), dev_start.device_data<int64_t>(),
+                                                                                      static_cast<T*>(y->mutable_raw()), rows, slice);
+  };
+  if (size == 1) launch(uint8_t{});
+  else if (size == 2) launch(uint16_t{});
+  else if (size == 4) launch(uint32_t{});
+  else launch(uint64_t{});
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherSlicesKernel");
   return Status::Ok();
 }
 

@@ -66,6 +66,12 @@ struct OpKernel {
   uint32_t host_inputs;
 };
 
+/// MatMulInteger with the W8A8 epilogue fused (docs/FORMAT.md, "W8A8"): outputs[0] becomes the
+/// float32 Mul(Mul(Cast<float>(MatMulInteger(..)), col), row), rounded as those three ops, for
+/// `col` float32 [N] and `row` float32 of the output's shape with a last dim of 1 (the
+/// per-channel and per-token scales). Declines other shapes; the caller then runs the ops one by one.
+Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row);
+
 /// The CUDA kernel of an op, or nullptr ("" and "ai.onnx" are the same domain).
 const OpKernel* FindOpKernel(const std::string& domain, const std::string& op_type);
 /// Every registered CUDA kernel, in table order.

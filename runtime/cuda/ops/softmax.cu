@@ -1,4 +1,4 @@
-// Softmax and the fused ScaledMaskedSoftmax (runtime/graph_fusion.h) on the GPU, float32, one
+// Softmax, LogSoftmax and the fused ScaledMaskedSoftmax (runtime/graph_fusion.h) on the GPU, float32, one
 // block per row. runtime/cpu/softmax.cpp and fused_softmax.cpp are the numeric spec.
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cuda/ops/common.cuh"
@@ -10,7 +10,7 @@ namespace {
 // y, which stays in L1/L2 (rows are a few KB). Row starts come from the broadcast indexer;
 // x_step / m_step are the strides along the row (0 where broadcast).
 __global__ void SoftmaxKernel(const float* x, const float* mask, float* y, int64_t len, Indexer<2> ix, int64_t x_step,
-                              int64_t m_step, float scale, bool scaled) {
+                              int64_t m_step, float scale, bool scaled, bool log) {
   __shared__ float scratch[32];
   const int64_t row = blockIdx.x;
   int64_t off[2];
@@ -30,12 +30,17 @@ __global__ void SoftmaxKernel(const float* x, const float* mask, float* y, int64
   float sum = 0.0f;
   for (int64_t j = threadIdx.x; j < len; j += blockDim.x) sum += expf(yr[j] - mx);
   sum = BlockSum(sum, scratch);
+  if (log) {  // x - max - log(sum), as the CPU's reference
+    const float log_sum = logf(sum);
+    for (int64_t j = threadIdx.x; j < len; j += blockDim.x) yr[j] = (yr[j] - mx) - log_sum;
+    return;
+  }
   const float inv = 1.0f / sum;
   for (int64_t j = threadIdx.x; j < len; j += blockDim.x) yr[j] = expf(yr[j] - mx) * inv;
 }
 
 Status LaunchSoftmax(OpContext& ctx, const Tensor& x, const Tensor* mask, const Shape& out_shape, int64_t len, float scale,
-                     bool scaled) {
+                     bool scaled, bool log = false) {
   Indexer<2> ix;
   const Shape m_shape = mask ? mask->shape() : Shape{};
   if (!MakeIndexer<2>(out_shape, {x.shape(), m_shape}, &ix)) return ctx.Decline("more than 8 broadcast dims");
@@ -47,14 +52,13 @@ Status LaunchSoftmax(OpContext& ctx, const Tensor& x, const Tensor* mask, const 
   if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 rows");
   // 128 threads: rows are 64-4096 long in attention; a wider block idles on the short ones.
   SoftmaxKernel<<<static_cast<unsigned>(rows), 128, 0, ctx.cuda.stream()>>>(
-      x.device_data<float>(), mask ? mask->device_data<float>() : nullptr, y->mutable_device_data<float>(), len, ix, x_step, m_step, scale, scaled);
+      x.device_data<float>(), mask ? mask->device_data<float>() : nullptr, y->mutable_device_data<float>(), len, ix, x_step, m_step, scale, scaled, log);
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("SoftmaxKernel");
   return Status::Ok();
 }
 
-}  // namespace
-
-Status SoftmaxCuda(OpContext& ctx) {
+// Softmax or LogSoftmax over the last axis (or, below opset 13, the flattened trailing dims).
+Status SoftmaxOverRows(OpContext& ctx, bool log) {
   if (!ctx.has_input(0)) return ctx.Error("expected 1 input");
   const Tensor& x = ctx.input(0);
   if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
@@ -68,10 +72,15 @@ Status SoftmaxCuda(OpContext& ctx) {
   const int64_t len = NumElements(Shape(x.shape().begin() + axis, x.shape().end()));
   const Tensor flat = x.Reshaped({x.numel() / std::max<int64_t>(len, 1), len});
   if (len == 0) return ctx.Output(0, x.dtype(), x.shape()).status();
-  QC_RETURN_IF_ERROR(LaunchSoftmax(ctx, flat, nullptr, flat.shape(), len, 1.0f, false));
+  QC_RETURN_IF_ERROR(LaunchSoftmax(ctx, flat, nullptr, flat.shape(), len, 1.0f, false, log));
   if (ctx.declined.empty()) ctx.outputs[0] = ctx.outputs[0].Reshaped(x.shape());
   return Status::Ok();
 }
+
+}  // namespace
+
+Status SoftmaxCuda(OpContext& ctx) { return SoftmaxOverRows(ctx, false); }
+Status LogSoftmaxCuda(OpContext& ctx) { return SoftmaxOverRows(ctx, true); }
 
 Status ScaledMaskedSoftmaxCuda(OpContext& ctx) {
   if (!ctx.has_input(0)) return ctx.Error("expected 1 or 2 inputs");

@@ -10,7 +10,9 @@
 namespace qc::cuda {
 
 Status CublasError(cublasStatus_t status, const char* expr, const char* file, int line) {
-  std::string msg = std::string("cuBLAS error ") + cublasGetStatusName(status) + " (" + cublasGetStatusString(status) +
+  // Only called after a cuBLAS call, so the library is loaded.
+  const CublasApi* blas = *Cublas();
+  std::string msg = std::string("cuBLAS error ") + blas->status_name(status) + " (" + blas->status_string(status) +
                     ") in " + expr + " at " + file + ":" + std::to_string(line);
   if (status == CUBLAS_STATUS_ALLOC_FAILED) return OutOfRange(std::move(msg));
   if (status == CUBLAS_STATUS_NOT_INITIALIZED || status == CUBLAS_STATUS_ARCH_MISMATCH)
@@ -21,18 +23,20 @@ Status CublasError(cublasStatus_t status, const char* expr, const char* file, in
 StatusOr<std::unique_ptr<Context>> Context::Create(CachingAllocator& allocator) {
   if (DeviceCount() == 0)
     return FailedPrecondition("no CUDA device is usable on this machine (no GPU, no driver, or a driver older than this build's CUDA)");
+  QC_ASSIGN_OR_RETURN(const CublasApi* blas, Cublas());
   std::unique_ptr<Context> ctx(new Context(allocator));
+  ctx->blas_ = blas;
   QC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
-  QC_CUBLAS_RETURN_IF_ERROR(cublasCreate(&ctx->cublas_));
-  QC_CUBLAS_RETURN_IF_ERROR(cublasSetStream(ctx->cublas_, ctx->stream_));
+  QC_CUBLAS_RETURN_IF_ERROR(blas->create(&ctx->cublas_));
+  QC_CUBLAS_RETURN_IF_ERROR(blas->set_stream(ctx->cublas_, ctx->stream_));
   // Plain fp32 GEMMs (no TF32): the CUDA backend is held to the CPU executor's numbers.
-  QC_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
+  QC_CUBLAS_RETURN_IF_ERROR(blas->set_math_mode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
   return std::move(ctx);
 }
 
 Context::~Context() {
   if (stream_) (void)cudaStreamSynchronize(stream_);
-  if (cublas_) (void)cublasDestroy(cublas_);
+  if (cublas_) (void)blas_->destroy(cublas_);
   if (stream_) (void)cudaStreamDestroy(stream_);
 }
 

@@ -9,6 +9,7 @@
 #include "formats/status.h"
 #include "formats/tensor.h"
 #include "runtime/cuda/allocator.h"
+#include "runtime/cuda/cublas_loader.h"
 #include "runtime/cuda/matmul_nbits.h"
 
 namespace qc::cuda {
@@ -26,6 +27,8 @@ class Context {
 
   cudaStream_t stream() const { return stream_; }
   cublasHandle_t cublas() const { return cublas_; }
+  /// The cuBLAS functions (loaded at the first Create).
+  const CublasApi& blas() const { return *blas_; }
   CachingAllocator& allocator() { return *allocator_; }
   NBitsWorkspace& nbits_workspace() { return nbits_workspace_; }
 
@@ -44,6 +47,7 @@ class Context {
   NBitsWorkspace nbits_workspace_;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
+  const CublasApi* blas_ = nullptr;
 };
 
 /// A Status for a failed cuBLAS call.

@@ -19,7 +19,7 @@ Status Sgemm(OpContext& ctx, bool trans_a, bool trans_b, int64_t m, int64_t n, i
              const float* b, int64_t stride_b, float beta, float* c, int64_t batch) {
   if (!FitsInt(m) || !FitsInt(n) || !FitsInt(k) || !FitsInt(batch)) return ctx.Decline("dimensions beyond 2^31");
   const int lda = static_cast<int>(trans_a ? m : k), ldb = static_cast<int>(trans_b ? k : n);
-  QC_CUBLAS_RETURN_IF_ERROR(cublasSgemmStridedBatched(ctx.cuda.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+  QC_CUBLAS_RETURN_IF_ERROR(ctx.cuda.blas().sgemm_strided_batched(ctx.cuda.cublas(), trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
                                                       static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, ldb, stride_b, a,
                                                       lda, stride_a, &beta, c, static_cast<int>(n), m * n, static_cast<int>(batch)));
   return Status::Ok();

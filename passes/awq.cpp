@@ -28,13 +28,12 @@ std::string Format(const char* fmt, double v) {
   return buf;
 }
 
-// H_s = diag(1/s) H diag(1/s): the Hessian of the scaled input X diag(s)^-1, in float32 for the
-// searches (they only compare candidates; the report uses the float64 H).
-std::vector<float> ScaledHessian(const std::vector<double>& h, const std::vector<float>& s) {
+// H_s = diag(1/s) H diag(1/s): the Hessian of the scaled input X diag(s)^-1.
+std::vector<double> ScaledHessian(const std::vector<double>& h, const std::vector<float>& s) {
   const int64_t k = static_cast<int64_t>(s.size());
-  std::vector<float> h_s(k * k);
+  std::vector<double> h_s(k * k);
   for (int64_t a = 0; a < k; ++a)
-    for (int64_t b = 0; b < k; ++b) h_s[a * k + b] = static_cast<float>(h[a * k + b] / (static_cast<double>(s[a]) * s[b]));
+    for (int64_t b = 0; b < k; ++b) h_s[a * k + b] = h[a * k + b] / (static_cast<double>(s[a]) * s[b]);
   return h_s;
 }
 
@@ -248,9 +247,8 @@ std::vector<float> SearchClip(const std::vector<float>& w, int64_t k, int64_t n,
 
 // What the scale search decided for one layer group; kept until its last layer is quantized.
 struct GroupState {
-  std::vector<double> hessian;  // H of the unscaled X, [k * k]
-  std::vector<float> s;         // the applied scale (all ones when not scaled)
-  std::vector<float> h_s;       // diag(1/s) H diag(1/s), float32
+  std::vector<double> h_s;      // diag(1/s) H diag(1/s) for the applied s, [k * k]: the reports
+  std::vector<float> h_s_f32;   // the same in float32 for the clip search (it only compares)
   std::string note;             // alpha, error ratio, where 1/s went
   size_t layers_left = 0;       // layers of the group not quantized yet
 };
@@ -328,8 +326,7 @@ class AwqRun {
   Status ScaleGroup(size_t gi, const InputStats& st) {
     GroupState& state = states_[gi];
     const int64_t k = st.k;
-    state.hessian = st.hessian;
-    state.s.assign(k, 1.0f);
+    std::vector<float> applied(k, 1.0f);  // the scale folded in (all ones when not scaled)
     state.layers_left = group_outputs_[gi].size();
     QC_ASSIGN_OR_RETURN(LayerGroup group, CurrentGroup(model_, group_outputs_[gi]));
     std::vector<const LinearLayer*> targets;
@@ -351,7 +348,7 @@ class AwqRun {
         QC_ASSIGN_OR_RETURN(w[t], ReadLinearWeight(model_.graph, *targets[t]));
       }
       std::vector<float> h(k * k);
-      for (int64_t i = 0; i < k * k; ++i) h[i] = static_cast<float>(state.hessian[i]);
+      for (int64_t i = 0; i < k * k; ++i) h[i] = static_cast<float>(st.hessian[i]);
       // Output error of the group for one candidate s: Σ_layers tr(Δᵀ H Δ) with
       // Δ = W - diag(1/s) Q(diag(s) W).
       auto loss = [&](const std::vector<float>& s) -> StatusOr<double> {
@@ -389,7 +386,7 @@ class AwqRun {
         StatusOr<ChannelScaleResult> r = ApplyInputChannelScale(model_, group, best_s);
         if (!r.ok()) return r.status().WithContext("awq: scaling the input '" + group.input + "'");
         if (rewriter_) rewriter_->NoteGraphNames();
-        state.s = std::move(best_s);
+        applied = std::move(best_s);
         state.note += "; 1/s folded into " + r->folded_into;
       }
     } else {
@@ -407,7 +404,8 @@ class AwqRun {
       state = GroupState{};
       return Status::Ok();
     }
-    state.h_s = ScaledHessian(state.hessian, state.s);
+    state.h_s = ScaledHessian(st.hessian, applied);
+    state.h_s_f32.assign(state.h_s.begin(), state.h_s.end());
     return Status::Ok();
   }
 
@@ -448,18 +446,14 @@ class AwqRun {
         std::string clip_note = "no clipping (query/key projection, as in the reference)";
         if (!query_key_.count(out)) {
           double mean_shrink = 1;
-          max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s, &mean_shrink);
+          max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s_f32, &mean_shrink);
           clip_note = "clip search: mean max|w| kept " + Format("%.3f", mean_shrink);
         }
         const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, layer_spec, max_val);
         const std::vector<float> w_hat = qw.Dequantize();
         r.weight_rel_error = RelativeError(w_s, w_hat);
-        // ||X W - X W~|| with X W = (X / s)(diag(s) W): the scaled weight against H_s, in float64.
-        std::vector<double> h_s(state.hessian.size());
-        for (int64_t a = 0; a < l.k; ++a)
-          for (int64_t b = 0; b < l.k; ++b)
-            h_s[a * l.k + b] = state.hessian[a * l.k + b] / (static_cast<double>(state.s[a]) * state.s[b]);
-        const OutputError e = OutputErrorFromHessian(h_s, l.k, w_s, w_hat, l.n);
+        // ||X W - X W~|| with X W = (X / s)(diag(s) W): the scaled weight against H_s.
+        const OutputError e = OutputErrorFromHessian(state.h_s, l.k, w_s, w_hat, l.n);
         r.output_rel_error = e.rel_error;
         r.sqnr_db = e.sqnr_db;
         r.notes.push_back(state.note);

@@ -135,15 +135,9 @@ struct CudaExecutor::Impl {
     return Status::Ok();
   }
 
-  // Runs step `index` with its fused epilogue; *fused is false (and nothing ran) when the kernel
-  // declines the shapes or s_x is not computed yet, so the steps run one by one.
-  Status RunFused(int index, Run& r, bool* fused) const {
-    const Plan::Step& step = plan->steps()[index];
-    StepInfo& info = steps[index];
-    const Epilogue& e = info.epilogue;
-    *fused = false;
-    if (!r.frame[e.row].defined() || !r.frame[e.col].defined()) return Status::Ok();
-    cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
+  // The step's inputs for its CUDA kernel: on the device, except those the kernel's host_inputs
+  // mask asks for on the host; and which of them are session constants.
+  Status BindKernelInputs(const Plan::Step& step, const StepInfo& info, Run& r, cuda::OpContext& ctx) const {
     for (size_t i = 0; i < step.in.size(); ++i) {
       const int s = step.in[i];
       ctx.constant.push_back(s >= 0 && constant[s]);
@@ -155,6 +149,19 @@ struct CudaExecutor::Impl {
       QC_ASSIGN_OR_RETURN(const Tensor* t, host ? HostOf(r, s) : DeviceOf(r, s));
       ctx.inputs.push_back(t);
     }
+    return Status::Ok();
+  }
+
+  // Runs step `index` with its fused epilogue; *fused is false (and nothing ran) when the kernel
+  // declines the shapes or s_x is not computed yet, so the steps run one by one.
+  Status RunFused(int index, Run& r, bool* fused) const {
+    const Plan::Step& step = plan->steps()[index];
+    StepInfo& info = steps[index];
+    const Epilogue& e = info.epilogue;
+    *fused = false;
+    if (!r.frame[e.row].defined() || !r.frame[e.col].defined()) return Status::Ok();
+    cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
+    QC_RETURN_IF_ERROR(BindKernelInputs(step, info, r, ctx));
     QC_ASSIGN_OR_RETURN(const Tensor* col, DeviceOf(r, e.col));
     QC_ASSIGN_OR_RETURN(const Tensor* row, DeviceOf(r, e.row));
     QC_RETURN_IF_ERROR(cuda::MatMulIntegerScaledCuda(ctx, *col, *row));
@@ -215,17 +222,7 @@ struct CudaExecutor::Impl {
       std::string declined = info.kernel ? "" : "no CUDA kernel";
       if (info.kernel && !small_on_host) {
         cuda::OpContext ctx{*step.node, {}, {}, std::vector<Tensor>(step.out.size()), step.opset, *cuda, info.state, {}};
-        for (size_t i = 0; i < step.in.size(); ++i) {
-          const int s = step.in[i];
-          ctx.constant.push_back(s >= 0 && constant[s]);
-          if (s < 0) {
-            ctx.inputs.push_back(nullptr);
-            continue;
-          }
-          const bool host = i < 32 && (info.kernel->host_inputs >> i) & 1u;
-          QC_ASSIGN_OR_RETURN(const Tensor* t, host ? HostOf(r, s) : DeviceOf(r, s));
-          ctx.inputs.push_back(t);
-        }
+        QC_RETURN_IF_ERROR(BindKernelInputs(step, info, r, ctx));
         QC_RETURN_IF_ERROR(info.kernel->fn(ctx));
         declined = ctx.declined;
         if (declined.empty()) {

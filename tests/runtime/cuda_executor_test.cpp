@@ -58,6 +58,26 @@ struct OpCase {
 
 // Runs the single-node graph with the CPU reference kernels and on the GPU; every output must
 // match, and the GPU session must have run the node's CUDA kernel (no CPU fallback).
+// `model` run with the same feeds by the CPU executor (its reference kernels when asked) and on
+// the GPU, with the GPU session's DeviceSummary().
+struct CpuAndGpu {
+  std::vector<Tensor> cpu, gpu;
+  std::vector<std::string> summary;
+};
+StatusOr<CpuAndGpu> RunCpuAndGpu(const Model& model, const NamedTensors& feeds, bool reference_cpu = false) {
+  SessionOptions cpu_options;
+  cpu_options.use_reference_kernels = reference_cpu;
+  QC_ASSIGN_OR_RETURN(auto cpu, Session::Create(model, cpu_options));
+  SessionOptions gpu_options;
+  gpu_options.device = Device::kCuda;
+  QC_ASSIGN_OR_RETURN(auto gpu, Session::Create(model, gpu_options));
+  CpuAndGpu out;
+  QC_ASSIGN_OR_RETURN(out.cpu, cpu->Run(feeds));
+  QC_ASSIGN_OR_RETURN(out.gpu, gpu->Run(feeds));
+  out.summary = gpu->DeviceSummary();
+  return out;
+}
+
 void ExpectMatchesReference(const OpCase& c) {
   GraphBuilder b(1);
   std::vector<std::string> names;
@@ -88,26 +108,18 @@ void ExpectMatchesReference(const OpCase& c) {
   if (!c.domain.empty()) opsets.push_back({c.domain, 1});
   auto model = b.Build(opsets);
   ASSERT_TRUE(model.ok()) << model.status().message();
-  SessionOptions cpu_options;
-  cpu_options.use_reference_kernels = true;
-  auto cpu = Session::Create(*model, cpu_options);
-  ASSERT_TRUE(cpu.ok()) << cpu.status().message();
-  SessionOptions gpu_options;
-  gpu_options.device = Device::kCuda;
-  auto gpu = Session::Create(*model, gpu_options);
-  ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-  auto want = (*cpu)->Run(feeds);
-  ASSERT_TRUE(want.ok()) << want.status().message();
-  auto got = (*gpu)->Run(feeds);
-  ASSERT_TRUE(got.ok()) << got.status().message();
-  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, feeds, /*reference_cpu=*/true);
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  const std::vector<Tensor>& want = ran->cpu;
+  const std::vector<Tensor>& got = ran->gpu;
+  const std::vector<std::string>& summary = ran->summary;
   ASSERT_FALSE(summary.empty());
   EXPECT_NE(summary[0].find(" 1 CUDA kernels"), std::string::npos) << summary[0];
   for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
-  ASSERT_EQ(want->size(), got->size());
-  for (size_t o = 0; o < want->size(); ++o) {
-    const Tensor& w = (*want)[o];
-    const Tensor& g = (*got)[o];
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t o = 0; o < want.size(); ++o) {
+    const Tensor& w = want[o];
+    const Tensor& g = got[o];
     ASSERT_FALSE(g.on_device());
     ASSERT_EQ(w.dtype(), g.dtype()) << c.op << " output " << o;
     ASSERT_EQ(w.shape(), g.shape()) << c.op << " output " << o;
@@ -329,18 +341,11 @@ TEST(CudaOps, RangeFromDeviceScalars) {
   b.AddOutput(floats, DType::kFloat32, {});
   auto model = b.Build({{"", 17}});
   ASSERT_TRUE(model.ok()) << model.status().message();
-  SessionOptions options;
-  options.device = Device::kCuda;
-  auto gpu = Session::Create(*model, options);
-  auto cpu = Session::Create(*model);
-  ASSERT_TRUE(gpu.ok() && cpu.ok());
-  const NamedTensors feeds = {{"x", Random({300, 257}, 150, 0.0f, 1000.0f)}};
-  auto want = (*cpu)->Run(feeds);
-  auto got = (*gpu)->Run(feeds);
-  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
-  EXPECT_TRUE((*want)[0].BitEqual((*got)[0]));
-  EXPECT_TRUE((*want)[1].BitEqual((*got)[1]));
-  for (const std::string& line : (*gpu)->DeviceSummary()) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+  StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", Random({300, 257}, 150, 0.0f, 1000.0f)}});
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  EXPECT_TRUE(ran->cpu[0].BitEqual(ran->gpu[0]));
+  EXPECT_TRUE(ran->cpu[1].BitEqual(ran->gpu[1]));
+  for (const std::string& line : ran->summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
 }
 
 // Integer products bit-exact against the CPU reference on awkward shapes: m = 1, 3, 17, 118, K
@@ -381,21 +386,14 @@ TEST(CudaOps, W8A8Subgraph) {
   b.AddOutput(y, DType::kFloat32, {});
   auto model = b.Build({{"", 18}});
   ASSERT_TRUE(model.ok()) << model.status().message();
-  SessionOptions options;
-  options.device = Device::kCuda;
-  auto gpu = Session::Create(*model, options);
-  auto cpu = Session::Create(*model);
-  ASSERT_TRUE(gpu.ok() && cpu.ok());
   Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
   for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token
-  const NamedTensors feeds = {{"x", xv}};
-  auto want = (*cpu)->Run(feeds);
-  auto got = (*gpu)->Run(feeds);
-  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
-  const std::vector<float> w = (*want)[0].ToFloats(), g = (*got)[0].ToFloats();
+  StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}});
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  const std::vector<float> w = ran->cpu[0].ToFloats(), g = ran->gpu[0].ToFloats();
   ASSERT_EQ(w.size(), g.size());
   for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], g[i], 1e-5f * std::max(1.0f, std::fabs(w[i]))) << i;
-  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  const std::vector<std::string>& summary = ran->summary;
   for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
   // Cast, Mul(s_w) and Mul(s_x) ran inside the integer GEMM's epilogue.
   EXPECT_NE(summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << summary[0];
@@ -415,20 +413,11 @@ TEST(CudaExecutor, ViewsHostStepsAndFallbacks) {
   b.AddOutput(y, DType::kFloat32, {});
   auto model = b.Build({{"", 17}});
   ASSERT_TRUE(model.ok()) << model.status().message();
-  SessionOptions options;
-  options.device = Device::kCuda;
-  auto gpu = Session::Create(*model, options);
-  ASSERT_TRUE(gpu.ok()) << gpu.status().message();
-  auto cpu = Session::Create(*model);
-  ASSERT_TRUE(cpu.ok());
-  const NamedTensors feeds = {{"x", Random({4, 33, 129}, 3, -5.0f, 5.0f)}};
-  auto want = (*cpu)->Run(feeds);
-  auto got = (*gpu)->Run(feeds);
-  ASSERT_TRUE(want.ok() && got.ok()) << got.status().message();
-  EXPECT_TRUE((*want)[0].BitEqual((*got)[0]));
-  const std::vector<std::string> summary = (*gpu)->DeviceSummary();
+  StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", Random({4, 33, 129}, 3, -5.0f, 5.0f)}});
+  ASSERT_TRUE(ran.ok()) << ran.status().message();
+  EXPECT_TRUE(ran->cpu[0].BitEqual(ran->gpu[0]));
   std::string all;
-  for (const auto& line : summary) all += line + "\n";
+  for (const auto& line : ran->summary) all += line + "\n";
   EXPECT_NE(all.find("CPU fallback Floor: no CUDA kernel (1 calls)"), std::string::npos) << all;
 }
 

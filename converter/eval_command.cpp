@@ -14,6 +14,8 @@ namespace qc {
 Status RunEval(const EvalOptions& options) {
   QC_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadIds(options.data, options.tokenizer));
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
+  // Score in the graph: on the GPU the logits then never leave the device.
+  QC_RETURN_IF_ERROR(AddNextTokenNll(model));
   SessionOptions so;
   so.profile = options.profile;
   so.device = options.device == "cuda" ? Device::kCuda : Device::kCpu;

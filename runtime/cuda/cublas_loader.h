@@ -16,6 +16,11 @@ struct CublasApi {
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
+  // Calibration statistics and the GPTQ solver (calibrate/cuda, passes/cuda).
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasSsyrk_v2) ssyrk = nullptr;
+  decltype(&cublasDtrsm_v2) dtrsm = nullptr;
+  decltype(&cublasDgemm_v2) dgemm = nullptr;
   decltype(&cublasGetStatusName) status_name = nullptr;
   decltype(&cublasGetStatusString) status_string = nullptr;
 };

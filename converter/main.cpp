@@ -160,7 +160,6 @@ int main(int argc, char** argv) {
       ->default_str("8");
   conv_cmd->add_option("--device", conv.device,
                        "Where passes run: cpu, or cuda (gptq: calibration runs, Hessians and solver on the GPU)")
-      ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
   conv_cmd->add_option("--calib-device-memory", conv.calib_device_mib,
                        "With --device cuda: MiB of calibration activations kept on the GPU between layer groups "

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "passes/cuda/gptq_block.h"
 #include "passes/gptq_solver_cuda.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/cuda_check.h"
@@ -22,141 +23,10 @@ int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); 
       return Internal("cuSOLVER error " + std::to_string(static_cast<int>(qc_cusolver_status_)) + " in " #expr); \
   } while (0)
 
-// The group quantization of passes/weight_quant.cpp, operation for operation (ParamsFromRange,
-// QuantizeValue, ComputeGroupParams with its optional range search): the spec is the host code.
-struct DeviceQuantSpec {
-  int bits = 4;
-  bool sym = true;
-  bool scale_search = false;
-  int search_steps = 100;
-  float search_span = 0.2f;
-};
-struct DeviceGroupParams {
-  float scale;
-  int zero_point;
-};
-
-__device__ DeviceGroupParams ParamsFromRangeDevice(float lo, float hi, int bits, bool sym) {
-  DeviceGroupParams p;
-  if (sym) {
-    const float extreme = fabsf(hi) > fabsf(lo) ? hi : lo;
-    p.scale = extreme / static_cast<float>(-(1 << (bits - 1)));
-    p.zero_point = 1 << (bits - 1);
-    return p;
-  }
-  lo = 0.0f < lo ? 0.0f : lo;  // std::min(lo, 0.0f)
-  hi = hi < 0.0f ? 0.0f : hi;  // std::max(hi, 0.0f)
-  const int max_code = (1 << bits) - 1;
-  p.scale = (hi - lo) / static_cast<float>(max_code);
-  const float zp = p.scale != 0.0f ? -lo / p.scale : 0.0f;
-  p.zero_point = zp <= 0.0f ? 0 : zp >= static_cast<float>(max_code) ? max_code : static_cast<int>(roundf(zp));
-  return p;
-}
-
-__device__ int QuantizeValueDevice(float w, DeviceGroupParams p, int bits) {
-  if (p.scale == 0.0f) return p.zero_point;
-  const float r = roundf(w / p.scale) + static_cast<float>(p.zero_point);  // half away from zero, as std::round
-  if (!(r > 0.0f)) return 0;
-  const int max_code = (1 << bits) - 1;
-  return r >= static_cast<float>(max_code) ? max_code : static_cast<int>(r);
-}
-
-__device__ float DequantizeValueDevice(int q, DeviceGroupParams p) { return static_cast<float>(q - p.zero_point) * p.scale; }
-
-__device__ double GroupSquaredError(const float* w, int64_t count, int64_t stride, DeviceGroupParams p, int bits) {
-  double sse = 0;
-  for (int64_t i = 0; i < count; ++i) {
-    const float v = w[i * stride];
-    const double e = static_cast<double>(v) - DequantizeValueDevice(QuantizeValueDevice(v, p, bits), p);
-    sse += e * e;
-  }
-  return sse;
-}
-
-__device__ DeviceGroupParams ComputeGroupParamsDevice(const float* w, int64_t count, int64_t stride, DeviceQuantSpec spec) {
-  float lo = INFINITY, hi = -INFINITY;
-  for (int64_t i = 0; i < count; ++i) {
-    const float v = w[i * stride];
-    lo = v < lo ? v : lo;  // std::min(lo, v)
-    hi = hi < v ? v : hi;  // std::max(hi, v)
-  }
-  if (count == 0) lo = hi = 0.0f;
-  DeviceGroupParams best = ParamsFromRangeDevice(lo, hi, spec.bits, spec.sym);
-  if (!spec.scale_search) return best;
-  double best_err = GroupSquaredError(w, count, stride, best, spec.bits);
-  for (int i = 1; i < spec.search_steps; ++i) {
-    const float shrink = 1.0f - spec.search_span * static_cast<float>(i) / static_cast<float>(spec.search_steps);
-    const DeviceGroupParams p = ParamsFromRangeDevice(lo * shrink, hi * shrink, spec.bits, spec.sym);
-    const double err = GroupSquaredError(w, count, stride, p, spec.bits);
-    if (err < best_err) {
-      best_err = err;
-      best = p;
-    }
-  }
-  return best;
-}
-
-// What the block kernel reads and writes. Matrices are row-major with n columns (one per output
-// column) unless said otherwise; "position" is the processing order (act-order) of an input row.
-struct BlockArgs {
-  int64_t k, n;
-  float* w;              // [k, n] by position, updated in place (SolveChunk's W)
-  const float* u;        // [k, k] U by position, upper triangular
-  float* err;            // [block, n]: E of Algorithm 1
-  float* group_rows;     // [rows_per_group, n]: a group's rows while its parameters are computed
-  const int64_t* perm;   // position -> input row
-  const int64_t* group_of;    // position -> group
-  const int* opens;           // position -> 1 where its group's first position is
-  const int64_t* member_begin;  // group -> offset into member_pos ([groups + 1])
-  const int64_t* member_pos;    // the groups' positions, ascending within each group
-  float* scale;               // [groups, n]
-  int* zero_point;            // [groups, n]
-  uint8_t* codes;             // [k, n] by input row
-  float* w_hat;               // [k, n] by input row
-  DeviceQuantSpec spec;
-};
-
-// Positions [i1, i2) of every output column: SolveChunk's loop body for one column (thread j).
-__global__ void GptqBlockKernel(BlockArgs a, int64_t i1, int64_t i2) {
+// One thread per output column (gptq_block.h holds the loop body, shared with the host test).
+__global__ void GptqBlockKernel(gptq_block::BlockArgs a, int64_t i1, int64_t i2) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= a.n) return;
-  const int64_t k = a.k, n = a.n;
-  for (int64_t i = 0; i < i2 - i1; ++i) {
-    const int64_t pos = i1 + i;
-    const int64_t g = a.group_of[pos];
-    if (a.opens[pos]) {
-      // The group's parameters from its rows as updated by every row quantized so far. Rows of
-      // this block already carry those updates; rows after it still lack this block's pending
-      // E · U[i1:pos, p], added here.
-      const int64_t m0 = a.member_begin[g], m1 = a.member_begin[g + 1];
-      for (int64_t r = 0; r < m1 - m0; ++r) {
-        const int64_t p = a.member_pos[m0 + r];
-        float v = a.w[p * n + j];
-        if (!(p < i2 || i == 0)) {
-          float pending = 0.0f;
-          for (int64_t t = 0; t < i; ++t) pending += a.u[(i1 + t) * k + p] * a.err[t * n + j];
-          v -= pending;
-        }
-        a.group_rows[r * n + j] = v;
-      }
-      const DeviceGroupParams p = ComputeGroupParamsDevice(a.group_rows + j, m1 - m0, n, a.spec);
-      a.scale[g * n + j] = p.scale;
-      a.zero_point[g * n + j] = p.zero_point;
-    }
-    const DeviceGroupParams p{a.scale[g * n + j], a.zero_point[g * n + j]};
-    // Algorithm 1, lines 6-7: q = quant(w), E = (w - q) / [H^-1]_jj (U's diagonal).
-    const float d = a.u[pos * k + pos];
-    const int64_t row = a.perm[pos];
-    const float value = a.w[pos * n + j];
-    const int code = QuantizeValueDevice(value, p, a.spec.bits);
-    const float dq = DequantizeValueDevice(code, p);
-    a.codes[row * n + j] = static_cast<uint8_t>(code);
-    a.w_hat[row * n + j] = dq;
-    const float e = (value - dq) / d;
-    a.err[i * n + j] = e;
-    // Line 8: the rest of the block absorbs the error, W[pos+1:i2] -= U[pos, pos+1:i2]ᵀ E_pos.
-    for (int64_t r = pos + 1; r < i2; ++r) a.w[r * n + j] -= a.u[pos * k + r] * e;
-  }
+  if (j < a.n) gptq_block::SolveBlockColumn(a, i1, i2, j);
 }
 
 __global__ void IdentityKernel(int64_t k, double* x) {
@@ -171,7 +41,7 @@ __global__ void UpperFromInverseKernel(int64_t k, const double* __restrict__ x, 
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t r = blockIdx.y;
   if (c >= k) return;
-  const double v = x[(k - 1 - r) + (k - 1 - c) * k];
+  const double v = x[gptq_block::UpperFromInverseIndex(k, r, c)];
   if (!isfinite(v) || (r == c && !(v > 0))) *bad = 1;  // every writer writes 1: the race is benign
   u[r * k + c] = static_cast<float>(v);
 }
@@ -302,16 +172,7 @@ StatusOr<GptqResult> GptqCudaSolver::Quantize(const std::vector<float>& w, int64
   const int64_t block = std::min<int64_t>(std::max<int64_t>(1, spec.block_size), k);
 
   // Host-side tables, then everything to the device.
-  std::vector<float> w_pos(kn);  // W in processing order
-  for (int64_t a = 0; a < k; ++a) std::copy_n(plan.w0.begin() + plan.perm[a] * n, n, w_pos.begin() + a * n);
-  std::vector<int> opens(k, 0);
-  std::vector<int64_t> member_begin(groups + 1, 0), member_pos;
-  member_pos.reserve(k);
-  for (int64_t g = 0; g < groups; ++g) {
-    if (!plan.members[g].empty()) opens[plan.members[g].front()] = 1;  // members ascend: the first is where it opens
-    member_pos.insert(member_pos.end(), plan.members[g].begin(), plan.members[g].end());
-    member_begin[g + 1] = static_cast<int64_t>(member_pos.size());
-  }
+  const gptq_block::Tables tables = gptq_block::MakeTables(plan);
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_w, m.Allocate(kn * sizeof(float)));
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_err, m.Allocate(static_cast<size_t>(block * n) * sizeof(float)));
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_group, m.Allocate(static_cast<size_t>(plan.rows_per_group * n) * sizeof(float)));
@@ -324,14 +185,14 @@ StatusOr<GptqResult> GptqCudaSolver::Quantize(const std::vector<float>& w, int64
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_zero_point, m.Allocate(static_cast<size_t>(groups * n) * sizeof(int)));
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_codes, m.Allocate(kn));
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer d_w_hat, m.Allocate(kn * sizeof(float)));
-  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_w, w_pos.data(), kn));
+  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_w, tables.w_pos.data(), kn));
   QC_RETURN_IF_ERROR(CopyToDevice(stream, d_perm, plan.perm.data(), k));
   QC_RETURN_IF_ERROR(CopyToDevice(stream, d_group_of, plan.group_of.data(), k));
-  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_opens, opens.data(), k));
-  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_member_begin, member_begin.data(), groups + 1));
-  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_member_pos, member_pos.data(), k));
+  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_opens, tables.opens.data(), k));
+  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_member_begin, tables.member_begin.data(), groups + 1));
+  QC_RETURN_IF_ERROR(CopyToDevice(stream, d_member_pos, tables.member_pos.data(), k));
 
-  BlockArgs args;
+  gptq_block::BlockArgs args;
   args.k = k;
   args.n = n;
   args.w = d_w.as<float>();
@@ -347,25 +208,20 @@ StatusOr<GptqResult> GptqCudaSolver::Quantize(const std::vector<float>& w, int64
   args.zero_point = d_zero_point.as<int>();
   args.codes = d_codes.as<uint8_t>();
   args.w_hat = d_w_hat.as<float>();
-  args.spec = DeviceQuantSpec{spec.quant.bits, spec.quant.sym, spec.quant.scale_search, spec.quant.search_steps,
+  args.spec = gptq_block::QuantSpec{spec.quant.bits, spec.quant.sym, spec.quant.scale_search, spec.quant.search_steps,
                               spec.quant.search_span};
-  const int ki = static_cast<int>(k), ni = static_cast<int>(n);
   for (int64_t i1 = 0; i1 < k; i1 += block) {
-    const int64_t i2 = std::min(i1 + block, k), count = i2 - i1;
+    const int64_t i2 = std::min(i1 + block, k);
     GptqBlockKernel<<<Blocks(n), kThreads, 0, stream>>>(args, i1, i2);
     QC_CUDA_RETURN_IF_LAUNCH_ERROR("GptqBlockKernel");
     if (i2 >= k) continue;
-    // Line 10: the rows after the block, W[i2:] -= U[i1:i2, i2:]ᵀ E. Column-major, W[i2:] is the
-    // n x (k - i2) matrix Wᵀ, E the n x count matrix Eᵀ, and U[i1:i2, i2:] (ld k) read transposed.
-    const float minus_one = -1.0f, one = 1.0f;
-    QC_CUBLAS_RETURN_IF_ERROR(m.ctx->blas().sgemm(m.ctx->cublas(), CUBLAS_OP_N, CUBLAS_OP_T, ni, static_cast<int>(k - i2),
-                                                  static_cast<int>(count), &minus_one, d_err.as<float>(), ni,
-                                                  u.as<float>() + i1 * k + i2, ki, &one, d_w.as<float>() + i2 * n, ni));
+    const gptq_block::GemmCall<float> g = gptq_block::LazyBatchUpdate(k, n, i1, i2, d_err.as<float>(), u.as<float>(), d_w.as<float>());
+    QC_CUBLAS_RETURN_IF_ERROR(m.ctx->blas().sgemm(m.ctx->cublas(), g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                                  g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, g.m, g.n, g.k, &g.alpha, g.a,
+                                                  g.lda, g.b, g.ldb, &g.beta, g.c, g.ldc));
   }
 
   GptqResult result = std::move(plan.result);
-  QuantizedWeight& qw = result.weight;
-  const int64_t nb = qw.n_blocks();
   std::vector<uint8_t> codes(kn);
   std::vector<float> scale(static_cast<size_t>(groups * n));
   std::vector<int> zero_point(static_cast<size_t>(groups * n));
@@ -375,17 +231,7 @@ StatusOr<GptqResult> GptqCudaSolver::Quantize(const std::vector<float>& w, int64
   QC_RETURN_IF_ERROR(CopyToHost(stream, zero_point.data(), d_zero_point, zero_point.size()));
   QC_RETURN_IF_ERROR(CopyToHost(stream, result.w_hat.data(), d_w_hat, kn));
   QC_RETURN_IF_ERROR(m.ctx->Synchronize());  // surfaces kernel faults; the buffers are freed after this
-  qw.q.resize(kn);
-  for (int64_t row = 0; row < k; ++row)
-    for (int64_t j = 0; j < n; ++j) qw.q[j * k + row] = codes[row * n + j];
-  qw.scales.assign(n * nb, 0.0f);
-  if (!spec.quant.sym) qw.zero_points.assign(n * nb, 0);
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t j = 0; j < n; ++j)
-      for (int64_t b = plan.blocks[g].first; b <= plan.blocks[g].second; ++b) {
-        qw.scales[j * nb + b] = scale[g * n + j];
-        if (!spec.quant.sym) qw.zero_points[j * nb + b] = static_cast<uint8_t>(zero_point[g * n + j]);
-      }
+  gptq_block::StoreResult(plan, codes, scale, zero_point, spec.quant.sym, &result);
   if (!m.solver) result.notes.push_back("GPU solver: H^-1 factored on the host (cuSOLVER could not be loaded)");
   return result;
 }

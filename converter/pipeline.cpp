@@ -340,7 +340,8 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   if (DeviceOf(o) == Device::kCuda) {
     const CudaMemoryStats mem = CudaMemory();
     say("device memory: peak " + std::to_string(mem.peak_bytes_in_use >> 20) + " MiB in use (" +
-        std::to_string(mem.bytes_cached >> 20) + " MiB cached now)");
+        std::to_string(mem.bytes_cached >> 20) + " MiB cached now; " + std::to_string(mem.pinned_host_bytes >> 20) +
+        " MiB of page-locked host memory for parked activations)");
   }
   StatusOr<std::unique_ptr<Session>> session = Session::Create(*written, EvalSessionOptions(o));
   if (!session.ok()) return Internal("the written artifact does not load in our runtime: " + session.status().message());

@@ -13,6 +13,7 @@
 #ifdef QC_HAVE_CUDA
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/ops/op_kernel.h"
+#include "runtime/cuda/pinned_pool.h"
 #endif
 
 namespace qc {
@@ -375,8 +376,6 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
 Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
   std::unique_ptr<CudaRunState> run = Begin(frame.size());
-  for (size_t s = 0; s < frame.size(); ++s)
-    if (m.constant[s] && m.device_constants[s].defined()) run->mirror[s] = m.device_constants[s];
   QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
   Impl::Run r{frame, run->mirror, run->overridden};
   for (int s : m.plan->output_slots()) {
@@ -395,7 +394,8 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
 
 CudaMemoryStats CudaMemory() {
   const cuda::CachingAllocator::Stats s = cuda::CachingAllocator::Default().stats();
-  return {static_cast<int64_t>(s.bytes_in_use), static_cast<int64_t>(s.peak_bytes_in_use), static_cast<int64_t>(s.bytes_cached)};
+  return {static_cast<int64_t>(s.bytes_in_use), static_cast<int64_t>(s.peak_bytes_in_use), static_cast<int64_t>(s.bytes_cached),
+          cuda::PinnedPoolBytes()};
 }
 
 CudaRunState::~CudaRunState() {
@@ -410,6 +410,9 @@ std::unique_ptr<CudaRunState> CudaExecutor::Begin(size_t slots) const {
   run->mirror.resize(slots);
   run->skip.assign(impl_->plan->steps().size(), 0);
   run->overridden.assign(slots, 0);
+  // Constants uploaded at creation are every run's device copies.
+  for (size_t s = 0; s < slots && s < impl_->device_constants.size(); ++s)
+    if (impl_->constant[s] && impl_->device_constants[s].defined()) run->mirror[s] = impl_->device_constants[s];
   impl_->live.push_back(run.get());
   return run;
 }
@@ -463,21 +466,25 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
 
 Status CudaExecutor::Park(std::vector<Tensor>& frame, CudaRunState& run) const {
   Impl& m = *impl_;
+  // Copies into page-locked memory, queued together; the device tensors are kept until they are
+  // done (one synchronisation for the whole frame).
+  std::vector<Tensor> moved;
   for (size_t s = 0; s < frame.size(); ++s) {
     if (m.constant[s] || run.overridden[s]) continue;  // shared by every run: stays where it is
     Tensor& mirror = run.mirror[s];
     if (frame[s].defined() && frame[s].on_device()) {
+      moved.push_back(frame[s]);
       if (mirror.defined() && !mirror.on_device()) {
         frame[s] = mirror;
       } else {
-        QC_ASSIGN_OR_RETURN(frame[s], m.cuda->Download(frame[s]));
+        QC_ASSIGN_OR_RETURN(frame[s], cuda::DownloadToPinnedAsync(*m.cuda, frame[s]));
         m.to_host.count++;
         m.to_host.bytes += frame[s].nbytes();
       }
     }
     mirror = Tensor();
   }
-  return Status::Ok();
+  return m.cuda->Synchronize();
 }
 
 int64_t CudaExecutor::DeviceBytes(const std::vector<Tensor>& frame, const CudaRunState& run) const {

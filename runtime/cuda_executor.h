@@ -50,6 +50,7 @@ struct CudaMemoryStats {
   int64_t bytes_in_use = 0;
   int64_t peak_bytes_in_use = 0;
   int64_t bytes_cached = 0;
+  int64_t pinned_host_bytes = 0;  // page-locked host memory for parked activations (kept for reuse)
 };
 CudaMemoryStats CudaMemory();
 

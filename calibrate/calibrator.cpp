@@ -270,6 +270,8 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
     if (device_accumulator) {
       QC_ASSIGN_OR_RETURN(stats, device_accumulator->Finish());
       device_accumulator.reset();
+      // The forward passes' blocks go back to the driver before the solver allocates its own.
+      QC_RETURN_IF_ERROR(ReleaseCachedDeviceMemory());
     } else {
       stats = accumulator.Finish();
     }
@@ -297,6 +299,7 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       }
       for (auto& run : runs) QC_RETURN_IF_ERROR(run->SetValue(read_name, replacement));
     }
+    if (device) QC_RETURN_IF_ERROR(ReleaseCachedDeviceMemory());
   }
   return Status::Ok();
 }

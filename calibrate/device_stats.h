@@ -40,4 +40,10 @@ class DeviceStatsAccumulator {
   std::unique_ptr<Impl> impl_;
 };
 
+/// Returns the device allocator's cached free blocks to the driver (cudaFree; waits for the
+/// device). Sequential calibration calls it before and after each group's visitor (the solver): the forward passes, the statistics
+/// and the solver use blocks of different sizes, and a cache holding the largest of each would
+/// hold more than any one phase needs. A no-op without CUDA.
+Status ReleaseCachedDeviceMemory();
+
 }  // namespace qc

@@ -8,6 +8,7 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 
 #include "calibrate/device_stats.h"
 #include "runtime/cpu/gemm_core.h"
@@ -243,10 +244,13 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       log_("calibrating " + group.layers.front().node_name + " (" + std::to_string(i + 1) + "/" +
            std::to_string(order.size()) + ")");
     const int64_t k = group.layers.front().k;
-    StatsAccumulator accumulator(group.input, k, request);
+    // One of the two: the host one would hold a K x K float64 H of its own.
+    std::optional<StatsAccumulator> accumulator;
     std::unique_ptr<DeviceStatsAccumulator> device_accumulator;
     if (device) {
       QC_ASSIGN_OR_RETURN(device_accumulator, DeviceStatsAccumulator::Create(*device, group.input, k, request));
+    } else {
+      accumulator.emplace(group.input, k, request);
     }
     std::vector<const Tensor*> inputs;
     int64_t resident_bytes = 0;  // device activations of the windows not parked
@@ -261,7 +265,7 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
         if (resident_bytes + bytes > activation_budget_) QC_RETURN_IF_ERROR(run->Park());
         else resident_bytes += bytes;
       } else {
-        QC_RETURN_IF_ERROR(accumulator.Add(*x, &scratch));
+        QC_RETURN_IF_ERROR(accumulator->Add(*x, &scratch));
       }
       inputs.push_back(x);
     }
@@ -273,7 +277,7 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       // The forward passes' blocks go back to the driver before the solver allocates its own.
       QC_RETURN_IF_ERROR(ReleaseCachedDeviceMemory());
     } else {
-      stats = accumulator.Finish();
+      stats = accumulator->Finish();
     }
     QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, stats, inputs));
 #ifdef __GLIBC__

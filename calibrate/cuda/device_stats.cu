@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "calibrate/cuda/stats_columns.h"
 #include "calibrate/device_stats.h"
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/cuda_check.h"
@@ -11,66 +12,31 @@
 namespace qc {
 namespace {
 
-// Rows one thread reduces per column before its partial result is folded in: fixed (not derived
-// from the device), so the order of the float64 sums, and every bit of the result, depends only
-// on the window's shape. 256 rows give a 2048-row window 8-fold parallelism over its columns.
-constexpr int64_t kRowsPerChunk = 256;
+using stats_columns::kRowsPerChunk;
 constexpr int kThreads = 256;
 
-// Per column j and chunk c of rows: max |x|, the float64 sum of |x| and the count of |x| >
-// threshold over rows [c * kRowsPerChunk, ...), in row order, as the CPU's loop does per window.
 __global__ void ColumnPartialsKernel(const float* __restrict__ x, int64_t rows, int64_t k, float threshold,
                                      float* __restrict__ part_max, double* __restrict__ part_sum,
                                      long long* __restrict__ part_count, int* __restrict__ nonfinite) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  const int64_t c = blockIdx.y;
   if (j >= k) return;
-  const int64_t t0 = c * kRowsPerChunk, t1 = min(rows, t0 + kRowsPerChunk);
-  float mx = 0.0f;
-  double sum = 0.0;
-  long long count = 0;
-  bool bad = false;
-  for (int64_t t = t0; t < t1; ++t) {
-    const float a = fabsf(x[t * k + j]);
-    bad |= !isfinite(a);
-    mx = a > mx ? a : mx;
-    sum += a;
-    count += a > threshold;
-  }
-  part_max[c * k + j] = mx;
-  part_sum[c * k + j] = sum;
-  part_count[c * k + j] = count;
-  if (bad) *nonfinite = 1;  // every writer writes 1: the race is benign
+  if (!stats_columns::ColumnPartials(x, rows, k, threshold, j, blockIdx.y, part_max, part_sum, part_count))
+    *nonfinite = 1;  // every writer writes 1: the race is benign
 }
 
-// Folds the chunks of one window into the running statistics, chunk by chunk.
 __global__ void FoldPartialsKernel(int64_t chunks, int64_t k, const float* __restrict__ part_max,
                                    const double* __restrict__ part_sum, const long long* __restrict__ part_count,
                                    float* abs_max, double* abs_sum, long long* outlier_count) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (j >= k) return;
-  float mx = abs_max[j];
-  double sum = abs_sum[j];
-  long long count = outlier_count[j];
-  for (int64_t c = 0; c < chunks; ++c) {
-    const float m = part_max[c * k + j];
-    mx = m > mx ? m : mx;
-    sum += part_sum[c * k + j];
-    count += part_count[c * k + j];
-  }
-  abs_max[j] = mx;
-  abs_sum[j] = sum;
-  outlier_count[j] = count;
+  if (j < k) stats_columns::FoldPartials(chunks, k, j, part_max, part_sum, part_count, abs_max, abs_sum, outlier_count);
 }
 
-// H += S for the symmetric S whose lower triangle SSYRK wrote column-major (S(i, j) at i + j k
-// for i >= j); H is row-major (and symmetric, so either order).
+// H += S for the symmetric S whose lower triangle SSYRK wrote column-major; H is row-major (and
+// symmetric, so either order).
 __global__ void AddSymmetricKernel(int64_t k, const float* __restrict__ s, double* __restrict__ h) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t r = blockIdx.y;
-  if (c >= k) return;
-  const int64_t hi = r > c ? r : c, lo = r > c ? c : r;
-  h[r * k + c] += static_cast<double>(s[hi + lo * k]);
+  if (c < k) h[r * k + c] += static_cast<double>(s[stats_columns::LowerIndex(k, r, c)]);
 }
 
 int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }

@@ -9,12 +9,7 @@
 #include <vector>
 
 #include "passes/gptq_solver.h"
-
-#ifdef __CUDACC__
-#define QC_HD __host__ __device__
-#else
-#define QC_HD
-#endif
+#include "runtime/cuda/host_device.h"
 
 namespace qc::gptq_block {
 

@@ -41,9 +41,11 @@ class DeviceStatsAccumulator {
 };
 
 /// Returns the device allocator's cached free blocks to the driver (cudaFree; waits for the
-/// device). Sequential calibration calls it before and after each group's visitor (the solver): the forward passes, the statistics
-/// and the solver use blocks of different sizes, and a cache holding the largest of each would
-/// hold more than any one phase needs. A no-op without CUDA.
-Status ReleaseCachedDeviceMemory();
+/// device) when they exceed `above_bytes`. Sequential calibration calls it before and after each
+/// group's visitor (the solver): the forward passes, the statistics and the solver use blocks of
+/// different sizes, and a cache holding the largest of each would hold more than any one phase
+/// needs. Below the threshold the blocks are kept (each cudaFree, and the cudaMalloc that later
+/// replaces it, costs time). A no-op without CUDA.
+Status ReleaseCachedDeviceMemory(int64_t above_bytes = int64_t{256} << 20);
 
 }  // namespace qc

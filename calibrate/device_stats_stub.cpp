@@ -13,7 +13,7 @@ StatusOr<std::unique_ptr<DeviceStatsAccumulator>> DeviceStatsAccumulator::Create
 }
 Status DeviceStatsAccumulator::Add(const Tensor&) { return FailedPrecondition("built without CUDA"); }
 StatusOr<InputStats> DeviceStatsAccumulator::Finish() { return FailedPrecondition("built without CUDA"); }
-Status ReleaseCachedDeviceMemory() { return Status::Ok(); }
+Status ReleaseCachedDeviceMemory(int64_t) { return Status::Ok(); }
 
 }  // namespace qc
 #endif  // QC_HAVE_CUDA

@@ -170,6 +170,10 @@ StatusOr<InputStats> DeviceStatsAccumulator::Finish() {
   return stats;
 }
 
-Status ReleaseCachedDeviceMemory() { return cuda::CachingAllocator::Default().EmptyCache(); }
+Status ReleaseCachedDeviceMemory(int64_t above_bytes) {
+  cuda::CachingAllocator& allocator = cuda::CachingAllocator::Default();
+  if (static_cast<int64_t>(allocator.stats().bytes_cached) <= above_bytes) return Status::Ok();
+  return allocator.EmptyCache();
+}
 
 }  // namespace qc

@@ -49,10 +49,14 @@ StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std:
     Tensor input = Tensor::FromVector<int32_t>(window, {1, options.seqlen});
     QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input));
     QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
-    const Tensor& logits = outs[0];
-    if (logits.dtype() != DType::kFloat32 || logits.rank() != 3 || logits.dim(1) != options.seqlen)
-      return InvalidArgument("output '" + logits_name + "' is " + DTypeName(logits.dtype()) + " " + ShapeToString(logits.shape()) +
-                             "; expected float32 logits [1, " + std::to_string(options.seqlen) + ", vocab]");
+    Tensor logits = outs[0];
+    const DType dtype = logits.dtype();
+    const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
+    if ((dtype != DType::kFloat32 && !half) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
+      return InvalidArgument("output '" + logits_name + "' is " + DTypeName(dtype) + " " + ShapeToString(logits.shape()) +
+                             "; expected float logits [1, " + std::to_string(options.seqlen) + ", vocab]");
+    // A float16/bfloat16 model's logits are scored in float32 (widening is exact).
+    if (half) logits = Tensor::Adopt<float>(logits.ToFloats(), logits.shape());
     QC_ASSIGN_OR_RETURN(double sum, SumNextTokenNll(logits.data<float>(), options.seqlen, logits.dim(2), window.data()));
     nll_sum += sum;
     scored += options.seqlen - 1;

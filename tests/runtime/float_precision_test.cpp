@@ -216,8 +216,9 @@ TEST(FloatPrecisionTest, SharedLlamaPerplexityIn16BitTypes) {
   const double f32 = ppl(DType::kFloat32), f16 = ppl(DType::kFloat16), bf16 = ppl(DType::kBFloat16);
   std::printf("docs-llama-12m, %lld windows: float32 %.6f, float16 %.6f (%+.3f%%), bfloat16 %.6f (%+.3f%%)\n",
               static_cast<long long>(po.max_windows), f32, f16, 100 * (f16 / f32 - 1), bf16, 100 * (bf16 / f32 - 1));
-  EXPECT_NEAR(f16, f32, 3e-3 * f32);
-  EXPECT_NEAR(bf16, f32, 1.5e-2 * f32);
+  // 4 windows: float16 +0.001%, bfloat16 -0.11%; 48 windows: +0.002%, +0.015%.
+  EXPECT_NEAR(f16, f32, 5e-4 * f32);
+  EXPECT_NEAR(bf16, f32, 5e-3 * f32);
 }
 
 }  // namespace

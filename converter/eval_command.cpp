@@ -19,6 +19,8 @@ Status RunEval(const EvalOptions& options) {
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
   const DType own = ModelFloatDType(model.graph);
   const DType compute = so.compute_dtype != DType::kUndefined ? so.compute_dtype : own;
+  // Score in the graph: on the GPU the logits then never leave the device.
+  QC_RETURN_IF_ERROR(AddNextTokenNll(model));
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   PerplexityOptions po;
   po.seqlen = options.seqlen;

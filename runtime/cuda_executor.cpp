@@ -26,7 +26,7 @@ CudaExecutor::~CudaExecutor() = default;
 StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan&, const Graph&, const SessionOptions&) {
   return FailedPrecondition("this qconvert was built without the CUDA backend (nvcc was not found at build time); use --device cpu");
 }
-Status CudaExecutor::Run(std::vector<Tensor>&) const { return FailedPrecondition("built without CUDA"); }
+Status CudaExecutor::Run(std::vector<Tensor>&, const std::vector<int>&) const { return FailedPrecondition("built without CUDA"); }
 std::vector<OpProfile> CudaExecutor::Profile() const { return {}; }
 std::vector<std::string> CudaExecutor::Summary() const { return {}; }
 
@@ -347,7 +347,7 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
   return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(impl)));
 }
 
-Status CudaExecutor::Run(std::vector<Tensor>& frame) const {
+Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
   Impl::Run r{frame, std::vector<Tensor>(frame.size())};
   for (size_t s = 0; s < frame.size(); ++s)
@@ -382,6 +382,10 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame) const {
   }
   for (int s : m.plan->output_slots()) {
     if (!frame[s].defined() || !frame[s].on_device()) continue;
+    if (std::find(wanted.begin(), wanted.end(), s) == wanted.end()) {
+      frame[s] = r.mirror[s] = Tensor();
+      continue;
+    }
     QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
     frame[s] = *host;
   }

@@ -37,8 +37,9 @@ class CudaExecutor {
   ~CudaExecutor();
 
   /// Runs every step of the plan. `frame` holds the feeds and constants on the host (as
-  /// Session::BindFeeds makes it); on return the plan's output slots hold host tensors.
-  Status Run(std::vector<Tensor>& frame) const;
+  /// Session::BindFeeds makes it); on return the `wanted` output slots hold host tensors and the
+  /// plan's other outputs are dropped, never copied (perplexity asks for the NLLs, not the logits).
+  Status Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const;
   /// Per-op timings (each step synchronised) when SessionOptions::profile is set.
   std::vector<OpProfile> Profile() const;
   /// Fallback ops and host/device copies, one line each.

@@ -410,19 +410,20 @@ StatusOr<std::vector<Tensor>> Session::BindFeeds(const NamedTensors& feeds) cons
 }
 
 namespace {
-StatusOr<std::vector<Tensor>> CollectOutputs(const Graph& graph, const Plan& plan, const std::vector<Tensor>& frame,
-                                             const std::vector<std::string>& output_names) {
+// The frame slots of the named graph outputs (every output when `output_names` is empty).
+StatusOr<std::vector<int>> WantedSlots(const Graph& graph, const Plan& plan, const std::vector<std::string>& output_names) {
+  if (output_names.empty()) return plan.output_slots();
   std::vector<int> wanted;
-  if (output_names.empty()) {
-    wanted = plan.output_slots();
-  } else {
-    for (const auto& name : output_names) {
-      bool is_output = false;
-      for (const auto& o : graph.outputs) is_output |= o.name == name;
-      if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
-      wanted.push_back(plan.SlotOf(name));
-    }
+  for (const auto& name : output_names) {
+    bool is_output = false;
+    for (const auto& o : graph.outputs) is_output |= o.name == name;
+    if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
+    wanted.push_back(plan.SlotOf(name));
   }
+  return wanted;
+}
+
+StatusOr<std::vector<Tensor>> CollectOutputs(const std::vector<int>& wanted, const std::vector<Tensor>& frame) {
   std::vector<Tensor> result;
   for (int s : wanted) {
     if (!frame[s].defined()) return Internal("output slot " + std::to_string(s) + " was not computed");
@@ -434,19 +435,15 @@ StatusOr<std::vector<Tensor>> CollectOutputs(const Graph& graph, const Plan& pla
 
 StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std::vector<std::string>& output_names,
                                            const NodeObserver* observer) const {
-  for (const auto& name : output_names) {
-    bool is_output = false;
-    for (const auto& o : model_.graph.outputs) is_output |= o.name == name;
-    if (!is_output) return InvalidArgument("model has no output named '" + name + "'");
-  }
+  QC_ASSIGN_OR_RETURN(std::vector<int> wanted, WantedSlots(model_.graph, *plan_, output_names));
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
   if (cuda_) {
     if (observer) return Unimplemented("node observers (calibration) run on the CPU only, not with --device cuda");
-    QC_RETURN_IF_ERROR(cuda_->Run(frame));
+    QC_RETURN_IF_ERROR(cuda_->Run(frame, wanted));
   } else {
     QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
   }
-  QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, CollectOutputs(model_.graph, *plan_, frame, output_names));
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, CollectOutputs(wanted, frame));
   if (converted_to_ != DType::kUndefined) {
     // Declared outputs were cast back in the graph; undeclared ones are converted here.
     for (size_t i = 0; i < outputs.size(); ++i) {
@@ -481,7 +478,8 @@ Status Execution::RunUntil(int step, const NodeObserver* observer) {
 
 StatusOr<std::vector<Tensor>> Execution::Finish(const std::vector<std::string>& output_names) {
   QC_RETURN_IF_ERROR(RunUntil(session_->plan_->num_steps()));
-  return CollectOutputs(session_->model_.graph, *session_->plan_, frame_, output_names);
+  QC_ASSIGN_OR_RETURN(std::vector<int> wanted, WantedSlots(session_->model_.graph, *session_->plan_, output_names));
+  return CollectOutputs(wanted, frame_);
 }
 
 const Tensor* Execution::Value(const std::string& name) const {

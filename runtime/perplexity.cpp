@@ -4,8 +4,7 @@
 #include <chrono>
 #include <cmath>
 
-#include <Eigen/Core>
-
+#include "runtime/cpu/next_token_nll.h"
 #include "runtime/input_binding.h"
 
 namespace qc {
@@ -16,19 +15,45 @@ StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab
       return InvalidArgument("token id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(vocab));
   std::vector<double> nll(seq > 0 ? seq - 1 : 0);
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < seq - 1; ++t) {
-    const float* row = logits + t * vocab;
-    // Vectorised float exp of (logit - max) <= 0, summed in double: the terms are in (0, 1], so
-    // float exp's relative error (~1e-7) leaves the NLL exact to ~1e-7 absolute.
-    Eigen::Map<const Eigen::ArrayXf> logits_row(row, vocab);
-    const float max = logits_row.maxCoeff();
-    const double sum = (logits_row - max).exp().cast<double>().sum();
-    nll[t] = std::log(sum) + max - row[targets[t + 1]];
-  }
+  for (int64_t t = 0; t < seq - 1; ++t) nll[t] = NextTokenNllRow(logits + t * vocab, vocab, targets[t + 1]);
   // Summed serially in position order so the result does not depend on the thread count.
   double total = 0;
   for (double v : nll) total += v;
   return total;
+}
+
+Status AddNextTokenNll(Model& model) {
+  Graph& g = model.graph;
+  if (g.outputs.empty()) return InvalidArgument("the model has no output to score");
+  for (const ValueInfo& v : g.inputs)
+    if (v.name == kNllTargetsInput) return InvalidArgument("the model already has an input named " + std::string(kNllTargetsInput));
+  for (const ValueInfo& v : g.outputs)
+    if (v.name == kNllOutput) return InvalidArgument("the model already has an output named " + std::string(kNllOutput));
+  std::string logits = g.outputs.front().name;
+  for (const ValueInfo& v : g.outputs)
+    if (v.name == "logits") logits = v.name;
+
+  ValueInfo targets;
+  targets.name = kNllTargetsInput;
+  targets.dtype = DType::kInt32;
+  targets.has_shape = true;
+  targets.shape = {Dim{-1, "batch"}, Dim{-1, "sequence"}};
+  g.inputs.push_back(targets);
+  Node score;
+  score.name = "qconvert.next_token_nll";
+  score.op_type = "NextTokenNll";
+  score.domain = "qconvert.eval";
+  score.inputs = {logits, kNllTargetsInput};
+  score.outputs = {kNllOutput};
+  g.nodes.push_back(std::move(score));
+  ValueInfo nll;
+  nll.name = kNllOutput;
+  nll.dtype = DType::kFloat64;
+  g.outputs.push_back(nll);
+  bool imported = false;
+  for (const OpsetImport& o : model.opset_imports) imported |= o.domain == "qconvert.eval";
+  if (!imported) model.opset_imports.push_back({"qconvert.eval", 1});
+  return Status::Ok();
 }
 
 namespace {
@@ -45,6 +70,12 @@ Tensor WidenLogits(const Tensor& t) {
   return Tensor::Adopt<float>(std::move(out), t.shape());
 }
 
+bool HasOutput(const Session& session, const std::string& name) {
+  for (const ValueInfo& v : session.outputs())
+    if (v.name == name) return true;
+  return false;
+}
+
 }  // namespace
 
 StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std::vector<int32_t>& ids,
@@ -55,6 +86,7 @@ StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std:
   if (windows == 0)
     return InvalidArgument("the data has " + std::to_string(ids.size()) + " tokens, fewer than one window of " +
                            std::to_string(options.seqlen));
+  const bool scored_in_graph = HasOutput(session, kNllOutput);
   const int logits_index = LogitsOutputIndex(session);
   const std::string logits_name = session.outputs()[logits_index].name;
   const auto start = std::chrono::steady_clock::now();
@@ -63,17 +95,28 @@ StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std:
   for (int64_t w = 0; w < windows; ++w) {
     std::vector<int32_t> window(ids.begin() + w * options.seqlen, ids.begin() + (w + 1) * options.seqlen);
     Tensor input = Tensor::FromVector<int32_t>(window, {1, options.seqlen});
-    QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input));
-    QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
-    Tensor logits = outs[0];
-    const DType dtype = logits.dtype();
-    const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
-    if ((dtype != DType::kFloat32 && !half) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
-      return InvalidArgument("output '" + logits_name + "' is " + DTypeName(dtype) + " " + ShapeToString(logits.shape()) +
-                             "; expected float logits [1, " + std::to_string(options.seqlen) + ", vocab]");
-    // A float16/bfloat16 model's logits are scored in float32 (widening is exact).
-    if (half) logits = WidenLogits(logits);
-    QC_ASSIGN_OR_RETURN(double sum, SumNextTokenNll(logits.data<float>(), options.seqlen, logits.dim(2), window.data()));
+    double sum = 0;
+    if (scored_in_graph) {
+      QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input, {{kNllTargetsInput, input}}));
+      QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {kNllOutput}));
+      const Tensor& nll = outs[0];
+      if (nll.dtype() != DType::kFloat64 || nll.numel() != options.seqlen - 1)
+        return Internal(std::string(kNllOutput) + " is " + DTypeName(nll.dtype()) + " " + ShapeToString(nll.shape()));
+      // Summed serially in position order, as SumNextTokenNll does.
+      for (int64_t t = 0; t < options.seqlen - 1; ++t) sum += nll.data<double>()[t];
+    } else {
+      QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input));
+      QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
+      Tensor logits = outs[0];
+      const DType dtype = logits.dtype();
+      const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
+      if ((dtype != DType::kFloat32 && !half) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
+        return InvalidArgument("output '" + logits_name + "' is " + DTypeName(dtype) + " " + ShapeToString(logits.shape()) +
+                               "; expected float logits [1, " + std::to_string(options.seqlen) + ", vocab]");
+      // A float16/bfloat16 model's logits are scored in float32 (widening is exact).
+      if (half) logits = WidenLogits(logits);
+      QC_ASSIGN_OR_RETURN(sum, SumNextTokenNll(logits.data<float>(), options.seqlen, logits.dim(2), window.data()));
+    }
     nll_sum += sum;
     scored += options.seqlen - 1;
     if (options.progress) options.progress(w + 1, windows);

@@ -26,9 +26,23 @@ struct PerplexityResult {
   double tokens_per_second = 0;  // tokens fed through the model per second
 };
 
+/// The graph input and output AddNextTokenNll adds.
+inline constexpr char kNllTargetsInput[] = "qconvert.nll_targets";
+inline constexpr char kNllOutput[] = "qconvert.nll";
+
+/// Appends the scoring of a window to the model: qconvert.eval.NextTokenNll(logits, targets)
+/// (runtime/cpu/next_token_nll.cpp), reading the logits output (named "logits", else the first)
+/// and a new input kNllTargetsInput (int32 [batch, seq], the window's ids), giving a new output
+/// kNllOutput (float64 [batch, seq-1]). A session of the model then scores where the logits
+/// are: on the GPU only seq-1 numbers come back to the host instead of [seq, vocab] logits.
+/// Errors when the model already has those names or no output.
+Status AddNextTokenNll(Model& model);
+
 /// Cuts `ids` into windows of `seqlen` (dropping the remainder), runs each as one sequence,
 /// scores every position but the first: ppl = exp(mean NLL). NLLs are summed in double in a
-/// fixed order, so the result is deterministic.
+/// fixed order, so the result is deterministic. A session of a model prepared by AddNextTokenNll
+/// is asked for the per-position NLLs alone; any other for its logits, scored on the host (the
+/// same numbers: both use NextTokenNllRow).
 StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std::vector<int32_t>& ids,
                                               const PerplexityOptions& options);
 

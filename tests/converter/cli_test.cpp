@@ -211,6 +211,26 @@ TEST_F(CliTest, EvalStories260kMatchesPyTorch) {
   EXPECT_NEAR(ppl, 4.1637, 4.1637 * 1e-3);
 }
 
+// The three-input export (input_ids, attention_mask, position_ids) is the same model: with the
+// mask and positions bound to ones and 0..S-1 it gives the one-input export's logits and perplexity.
+TEST_F(CliTest, MaskPositionExportMatchesPlainExport_Stories260k) {
+  REQUIRE_SHARED();
+  std::string m = Model("stories260k");
+  auto plain = Run("run " + m + "/stories260k.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("plain.npy"));
+  auto mask_pos = Run("run " + m + "/stories260k.mask-pos.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("mp.npy"));
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  ExpectLogitsMatch(this, mask_pos, m + "/sample_logits.npy", Path("mp.npy"));
+  auto a = ReadNpy(Path("plain.npy")), b = ReadNpy(Path("mp.npy"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_LE(MaxAbsDiff(*a, *b), 1e-5);
+
+  auto r = Run("eval " + m + "/stories260k.mask-pos.onnx --data " + m + "/tinystories-valid.ids.npy --seqlen 256 --max-windows 48 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_NEAR(static_cast<double>(j["ppl"]), 4.1637, 4.1637 * 1e-3);
+  EXPECT_EQ(j["windows"], 48);
+}
+
 TEST_F(CliTest, InspectListsLinearLayers) {
   REQUIRE_SHARED();
   auto r = Run("inspect " + Model("docs-gpt2-10m") + "/model.onnx");

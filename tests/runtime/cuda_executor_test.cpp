@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "formats/model_builder.h"
@@ -366,6 +367,20 @@ TEST(CudaOps, RotaryEmbedding) {
                           {{Random({2, 4, 65, 32}, 193)}, {Tensor::Scalar<int64_t>(3), true}, {Random({128, 8}, 194), true}, {Random({128, 8}, 195), true}},
                           {{"interleaved", AttrInt(1)}, {"num_heads", AttrInt(4)}, {"rotary_embedding_dim", AttrInt(16)}},
                           "com.microsoft"});
+}
+
+// Perplexity scoring (runtime/perplexity.h): vocabularies not a multiple of the block, logits
+// far from 0, targets given as int64 and int32.
+TEST(CudaOps, NextTokenNll) {
+  SKIP_WITHOUT_DEVICE();
+  for (const auto& [batch, seq, vocab] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 17, 32000}, {2, 5, 2001}, {1, 3, 6007}}) {
+    std::vector<int64_t> ids(batch * seq);
+    for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int64_t>((i * 7919) % vocab);
+    std::vector<int32_t> ids32(ids.begin(), ids.end());
+    const Tensor logits = Random({batch, seq, vocab}, 200 + static_cast<uint32_t>(vocab), -30.0f, 30.0f);
+    ExpectMatchesReference({"NextTokenNll", {{logits}, {Tensor::FromVector<int64_t>(ids, {batch, seq})}}, {}, "qconvert.eval"});
+    ExpectMatchesReference({"NextTokenNll", {{logits}, {Tensor::FromVector<int32_t>(ids32, {batch, seq}), true}}, {}, "qconvert.eval"});
+  }
 }
 
 // Range runs on the GPU when its scalars come from the device (here a ReduceMax of a fed tensor).

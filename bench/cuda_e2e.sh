@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# End-to-end GPU benchmark (issue 5): `qconvert eval --device cuda` tokens/s on a ~1B-parameter
+# Llama, side by side with ONNX Runtime's CUDA execution provider on the same ONNX files, in one
+# run on the GPU machine. The model is made there: transformers' random initialisation with
+# TinyLlama-1.1B's dimensions, exported by torch.onnx.export(dynamo=True) with external data, in
+# float32 and in float16 (tools/export_llama.py). Our tool quantizes the float32 export to
+# w4 g128 (absmax) and W8A8 (smoothquant). PyTorch on the same weights is the framework
+# baseline (tools/torch_eval.py); ONNX Runtime's CUDA provider runs the same ONNX files where the
+# machine's onnxruntime has it (tools/ort_eval.py). Prints a markdown table.
+#
+# Usage: bench/cuda_e2e.sh [WORK_DIR]      (default /tmp/qconvert-e2e; files are reused if present)
+#   QCONVERT=PATH   the qconvert binary (default: build/qconvert)
+#   SEQLEN, WINDOWS evaluation windows (default 1024 x 32); the ids are seeded random tokens
+#   (the model is random too: perplexity is only compared between the two runtimes).
+# Needs: an NVIDIA GPU, python3 with torch, transformers, onnx and onnxruntime (CUDA provider).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+work="${1:-/tmp/qconvert-e2e}"
+qc="${QCONVERT:-$root/build/qconvert}"
+seqlen="${SEQLEN:-1024}"
+windows="${WINDOWS:-32}"
+mkdir -p "$work"
+log() { echo "[$(date +%T)] $*" >&2; }
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+python3 -c 'import torch, transformers, onnxruntime as o; print("torch", torch.__version__, "transformers", transformers.__version__, "onnxruntime", o.__version__, o.get_available_providers())'
+"$qc" --version
+
+# 1. The models.
+for dtype in float32 float16; do
+  if [ ! -f "$work/$dtype/model.onnx" ]; then
+    log "export $dtype"
+    python3 "$root/tools/export_llama.py" "$work/$dtype/model.onnx" --preset tinyllama-1.1b --dtype "$dtype"
+  fi
+done
+python3 - "$work/ids.npy" "$((seqlen * windows))" <<'EOF'
+import sys, numpy as np
+np.save(sys.argv[1], np.random.default_rng(0).integers(0, 32000, int(sys.argv[2]), dtype=np.int32))
+EOF
+if [ ! -f "$work/w4/model.onnx" ]; then
+  log "quantize w4 g128"
+  mkdir -p "$work/w4"
+  /usr/bin/time -f "w4: %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass absmax --bits 4 --group-size 128 \
+    -o "$work/w4/model.onnx" --no-progress
+fi
+if [ ! -f "$work/w8a8/model.onnx" ]; then
+  log "quantize W8A8"
+  mkdir -p "$work/w8a8"
+  /usr/bin/time -f "w8a8: %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass smoothquant \
+    --calib "$work/ids.npy" --nsamples 8 --seqlen 128 -o "$work/w8a8/model.onnx" --no-progress
+fi
+
+# 2. Each runtime on each file: qconvert, ONNX Runtime's CUDA provider when this machine's
+# onnxruntime has it, and PyTorch on the float models (the same weights, rebuilt from the seed).
+failed='{"ppl": "failed", "tokens_per_second": 0}'
+json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
+ort_cuda="$(python3 -c 'import onnxruntime as o; print(int("CUDAExecutionProvider" in o.get_available_providers()))')"
+rows=()
+for model in float32 float16 w4 w8a8; do
+  file="$work/$model/model.onnx"
+  log "eval $model: qconvert"
+  ours="$("$qc" eval "$file" --device cuda --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
+    ours="$failed"
+  echo "$model qconvert: $ours" >&2
+  theirs="$failed"
+  if [ "$ort_cuda" = 1 ]; then
+    log "eval $model: onnxruntime"
+    theirs="$(python3 "$root/tools/ort_eval.py" "$file" "$work/ids.npy" "$seqlen" "$windows" --provider cuda)" || theirs="$failed"
+    echo "$model onnxruntime: $theirs" >&2
+  fi
+  torch="$failed"
+  if [ "$model" = float32 ] || [ "$model" = float16 ]; then
+    log "eval $model: pytorch"
+    torch="$(python3 "$root/tools/torch_eval.py" "$work/ids.npy" "$seqlen" "$windows" --dtype "$model")" || torch="$failed"
+    echo "$model pytorch: $torch" >&2
+  fi
+  rows+=("$model|$(json_field ppl <<<"$ours")|$(json_field tokens_per_second <<<"$ours")|$(json_field ppl <<<"$theirs")|$(json_field tokens_per_second <<<"$theirs")|$(json_field ppl <<<"$torch")|$(json_field tokens_per_second <<<"$torch")")
+done
+
+echo
+echo "model: TinyLlama-1.1B dimensions (hidden 2048, 22 layers, 32 heads, 4 KV heads, vocab 32000), random init, dynamo export"
+echo "eval: $windows windows of $seqlen tokens (seeded random ids), one window per run; ONNX Runtime CUDA provider available: $ort_cuda"
+echo
+echo "| model file | qconvert ppl | qconvert tok/s | ORT CUDA ppl | ORT CUDA tok/s | PyTorch ppl | PyTorch tok/s | qconvert / ORT | qconvert / PyTorch |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+for row in "${rows[@]}"; do
+  python3 - "$row" <<'EOF'
+import sys
+m, p1, t1, p2, t2, p3, t3 = sys.argv[1].split("|")
+fmt = lambda p: "-" if p == "failed" else f"{float(p):.4f}"
+tps = lambda t: "-" if float(t) == 0 else f"{float(t):.0f}"
+ratio = lambda a, b: f"{float(a) / float(b):.2f}x" if float(a) > 0 and float(b) > 0 else "-"
+print(f"| {m} | {fmt(p1)} | {tps(t1)} | {fmt(p2)} | {tps(t2)} | {fmt(p3)} | {tps(t3)} | {ratio(t1, t2)} | {ratio(t1, t3)} |")
+EOF
+done

@@ -1,0 +1,93 @@
+// qconvert.eval.NextTokenNll on the GPU: one block per scored position, so a perplexity window
+// returns seq-1 doubles to the host instead of its [seq, vocab] logits (runtime/perplexity.h).
+// runtime/cpu/next_token_nll.cpp is the numeric spec: max in float, exp(x - max) in float,
+// summed in double (here per thread in float over ~vocab/256 terms in (0, 1], then in double).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+constexpr int kNllThreads = 256;
+
+__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float Load(const __half* p, int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float Load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
+
+__device__ __forceinline__ double BlockSumDouble(double v, double* scratch) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block r scores position t = r % (seq - 1) of batch row b = r / (seq - 1) against target
+// targets[b, t + 1] (range-checked on the host).
+template <typename T>
+__global__ void NextTokenNllKernel(const T* logits, const int32_t* targets, double* out, int64_t seq, int64_t vocab) {
+  __shared__ float scratch_f[32];
+  __shared__ double scratch_d[32];
+  const int64_t r = blockIdx.x, scored = seq - 1;
+  const int64_t b = r / scored, t = r % scored;
+  const T* row = logits + (b * seq + t) * vocab;
+  float mx = -INFINITY;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) mx = fmaxf(mx, Load(row, v));
+  mx = BlockMax(mx, scratch_f);
+  float partial = 0.0f;
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) partial += expf(Load(row, v) - mx);
+  const double sum = BlockSumDouble(static_cast<double>(partial), scratch_d);
+  if (threadIdx.x == 0) out[r] = log(sum) + static_cast<double>(mx) - static_cast<double>(Load(row, targets[b * seq + t + 1]));
+}
+
+}  // namespace
+
+Status NextTokenNllCuda(OpContext& ctx) {
+  if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
+  const Tensor& logits = ctx.input(0);
+  const Tensor& targets = ctx.input(1);  // on the host
+  const DType t = logits.dtype();
+  if (t != DType::kFloat32 && t != DType::kFloat16 && t != DType::kBFloat16) return ctx.Decline("dtype " + DTypeName(t));
+  if (targets.dtype() != DType::kInt32 && targets.dtype() != DType::kInt64)
+    return ctx.Error("targets must be int32 or int64, got " + DTypeName(targets.dtype()));
+  if (logits.rank() != 3 || targets.rank() != 2 || targets.dim(0) != logits.dim(0) || targets.dim(1) != logits.dim(1))
+    return ctx.Error("expected logits [B, S, V] and targets [B, S], got " + ShapeToString(logits.shape()) + " and " +
+                     ShapeToString(targets.shape()));
+  const int64_t batch = logits.dim(0), seq = logits.dim(1), vocab = logits.dim(2);
+  const int64_t scored = seq > 0 ? seq - 1 : 0;
+  std::vector<int64_t> ids = targets.ToInt64s();
+  std::vector<int32_t> ids32(ids.size());
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < seq; ++i) {
+      const int64_t id = ids[b * seq + i];
+      if (i > 0 && (id < 0 || id >= vocab))
+        return InvalidArgument("token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(vocab));
+      ids32[b * seq + i] = static_cast<int32_t>(id);
+    }
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat64, {batch, scored}));
+  const int64_t rows = batch * scored;
+  if (rows == 0 || vocab == 0) return Status::Ok();
+  if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 positions");
+  QC_ASSIGN_OR_RETURN(Tensor dev_ids, ctx.cuda.Upload(Tensor::FromVector<int32_t>(ids32, {batch, seq})));
+  const int32_t* ip = dev_ids.device_data<int32_t>();
+  double* out = y->mutable_device_data<double>();
+  const unsigned grid = static_cast<unsigned>(rows);
+  if (t == DType::kFloat32)
+    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(logits.device_data<float>(), ip, out, seq, vocab);
+  else if (t == DType::kFloat16)
+    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const __half*>(logits.raw()), ip, out, seq, vocab);
+  else
+    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const __nv_bfloat16*>(logits.raw()), ip, out,
+                                                                  seq, vocab);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("NextTokenNllKernel");
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

@@ -56,14 +56,18 @@ failed='{"ppl": "failed", "tokens_per_second": 0}'
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 ort_cuda="$(python3 -c 'import onnxruntime as o; print(int("CUDAExecutionProvider" in o.get_available_providers()))')"
 rows=()
-for model in float32 float16 w4 w8a8; do
-  file="$work/$model/model.onnx"
+# "float32@float16": the float32 file computed in float16 by qconvert (--dtype float16); the
+# other runtimes have no such switch, so only the float16 export compares with them.
+for model in float32 float16 float32@float16 w4 w8a8; do
+  file="$work/${model%@*}/model.onnx"
+  dtype_args=()
+  [ "$model" = float32@float16 ] && dtype_args=(--dtype float16)
   log "eval $model: qconvert"
-  ours="$("$qc" eval "$file" --device cuda --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
+  ours="$("$qc" eval "$file" --device cuda "${dtype_args[@]}" --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
     ours="$failed"
   echo "$model qconvert: $ours" >&2
   theirs="$failed"
-  if [ "$ort_cuda" = 1 ]; then
+  if [ "$ort_cuda" = 1 ] && [ "$model" != float32@float16 ]; then
     log "eval $model: onnxruntime"
     theirs="$(python3 "$root/tools/ort_eval.py" "$file" "$work/ids.npy" "$seqlen" "$windows" --provider cuda)" || theirs="$failed"
     echo "$model onnxruntime: $theirs" >&2

@@ -449,24 +449,38 @@ TEST(CudaOps, MatMulIntegerBitExact) {
                                             {RandomBytes(DType::kUInt8, {17}, 170), true}, {RandomBytes(DType::kUInt8, {257}, 171), true}}});
 }
 
+// The W8A8 layer of docs/FORMAT.md on x [2, 59, 200] -> [2, 59, 333]: per-token quantization
+// (s_x), the integer product (acc) and the two scales; weights and s_w seeded.
+struct W8A8Layer {
+  Model model;
+  std::string acc, s_x;
+  Tensor s_w;
+};
+StatusOr<W8A8Layer> BuildW8A8Layer() {
+  GraphBuilder b(4);
+  W8A8Layer layer;
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{200, ""}});
+  const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
+  const std::string m = b.Op("Max", {b.Op("ReduceMax", {b.Op("Abs", {x}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}}), b.AddScalar(1e-30f)});
+  layer.s_x = b.Op("Div", {m, b.AddScalar(127.0f)});
+  const std::string codes = b.Op("Add", {b.Op("Round", {b.Op("Div", {x, layer.s_x})}), b.AddScalar(128.0f)});
+  const std::string x_q = b.Op("Cast", {codes}, {{"to", AttrInt(static_cast<int64_t>(DType::kUInt8))}});
+  layer.acc = b.Op("MatMulInteger", {x_q, b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {200, 333}, 180)), zp, zp});
+  layer.s_w = Random({333}, 181, 0.001f, 0.01f);
+  const std::string s_w = b.AddInitializer("s_w", layer.s_w);
+  const std::string y = b.Op("Mul", {b.Op("Mul", {b.Op("Cast", {layer.acc}, {{"to", AttrInt(1)}}), s_w}), layer.s_x});
+  b.AddOutput(y, DType::kFloat32, {});
+  QC_ASSIGN_OR_RETURN(layer.model, b.Build({{"", 18}}));
+  return layer;
+}
+
 // The W8A8 layer of docs/FORMAT.md end to end: per-token quantization, integer product, scales;
 // every step on the GPU, the result the CPU's.
 TEST(CudaOps, W8A8Subgraph) {
   SKIP_WITHOUT_DEVICE();
-  GraphBuilder b(4);
-  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{200, ""}});
-  const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
-  const std::string m = b.Op("Max", {b.Op("ReduceMax", {b.Op("Abs", {x}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}}), b.AddScalar(1e-30f)});
-  const std::string s_x = b.Op("Div", {m, b.AddScalar(127.0f)});
-  const std::string codes = b.Op("Add", {b.Op("Round", {b.Op("Div", {x, s_x})}), b.AddScalar(128.0f)});
-  const std::string x_q = b.Op("Cast", {codes}, {{"to", AttrInt(static_cast<int64_t>(DType::kUInt8))}});
-  const std::string w_q = b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {200, 333}, 180));
-  const std::string acc = b.Op("MatMulInteger", {x_q, w_q, zp, zp});
-  const std::string s_w = b.AddInitializer("s_w", Random({333}, 181, 0.001f, 0.01f));
-  const std::string y = b.Op("Mul", {b.Op("Mul", {b.Op("Cast", {acc}, {{"to", AttrInt(1)}}), s_w}), s_x});
-  b.AddOutput(y, DType::kFloat32, {});
-  auto model = b.Build({{"", 18}});
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  StatusOr<W8A8Layer> layer = BuildW8A8Layer();
+  ASSERT_TRUE(layer.ok()) << layer.status().message();
+  const Model* model = &layer->model;
   Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
   for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token
   StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}});
@@ -487,20 +501,12 @@ TEST(CudaOps, W8A8Subgraph) {
 // type must then equal the GPU's exactly (an unfused float16 Cast of the sums would overflow).
 TEST(CudaOps, W8A8SubgraphInHalfTypes) {
   SKIP_WITHOUT_DEVICE();
-  GraphBuilder b(4);
-  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{200, ""}});
-  const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
-  const std::string m = b.Op("Max", {b.Op("ReduceMax", {b.Op("Abs", {x}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}}), b.AddScalar(1e-30f)});
-  const std::string s_x = b.Op("Div", {m, b.AddScalar(127.0f)});
-  const std::string codes = b.Op("Add", {b.Op("Round", {b.Op("Div", {x, s_x})}), b.AddScalar(128.0f)});
-  const std::string x_q = b.Op("Cast", {codes}, {{"to", AttrInt(static_cast<int64_t>(DType::kUInt8))}});
-  const std::string acc = b.Op("MatMulInteger", {x_q, b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {200, 333}, 180)), zp, zp});
-  const Tensor s_w_value = Random({333}, 181, 0.001f, 0.01f);
-  const std::string s_w = b.AddInitializer("s_w", s_w_value);
-  const std::string y = b.Op("Mul", {b.Op("Mul", {b.Op("Cast", {acc}, {{"to", AttrInt(1)}}), s_w}), s_x});
-  b.AddOutput(y, DType::kFloat32, {});
-  auto model = b.Build({{"", 18}});
-  ASSERT_TRUE(model.ok()) << model.status().message();
+  StatusOr<W8A8Layer> layer = BuildW8A8Layer();
+  ASSERT_TRUE(layer.ok()) << layer.status().message();
+  const Model* model = &layer->model;
+  const std::string& acc = layer->acc;
+  const std::string& s_x = layer->s_x;
+  const Tensor& s_w_value = layer->s_w;
   Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
   for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token: s_x = 0 in float16, output 0
   for (const HalfType& h : kHalfTypes) {

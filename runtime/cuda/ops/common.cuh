@@ -151,15 +151,16 @@ inline bool IsKernelFloat(DType t) { return t == DType::kFloat32 || t == DType::
 namespace qc::cuda {
 
 /// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-/// `scratch` holds 32 floats of shared memory; the block must call it uniformly.
-__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+/// `scratch` holds 32 values of shared memory; the block must call it uniformly. T: float or double.
+template <typename T>
+__device__ __forceinline__ T BlockSum(T v, T* scratch) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
+  v = lane < warps ? scratch[lane] : T(0);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

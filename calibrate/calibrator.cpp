@@ -11,6 +11,7 @@
 
 #include "runtime/cpu/gemm_core.h"
 #include "runtime/executor.h"
+#include "runtime/float_precision.h"
 #include "runtime/input_binding.h"
 
 namespace qc {
@@ -32,14 +33,17 @@ class StatsAccumulator {
   /// a CollectStats run does not keep K x K floats per group.
   Status Add(const Tensor& x, std::vector<float>* scratch) {
     const int64_t k = stats_.k;
-    if (x.dtype() != DType::kFloat32)
-      return Unimplemented("calibration needs float32 activations, but '" + stats_.input + "' is " +
+    if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat16 && x.dtype() != DType::kBFloat16)
+      return Unimplemented("calibration needs float activations, but '" + stats_.input + "' is " +
                            DTypeName(x.dtype()));
     if (x.rank() < 1 || x.dim(-1) != k)
       return InvalidArgument("activation '" + stats_.input + "' has shape " + ShapeToString(x.shape()) +
                              ", expected a last axis of " + std::to_string(k));
     const int64_t rows = x.numel() / k;
-    const float* data = x.data<float>();
+    // A float16/bfloat16 model's activations are widened exactly; statistics are float32/float64.
+    std::vector<float> widened;
+    if (x.dtype() != DType::kFloat32) widened = x.ToFloats();
+    const float* data = widened.empty() ? x.data<float>() : widened.data();
     for (int64_t t = 0; t < rows; ++t) {
       const float* row = data + t * k;
       for (int64_t j = 0; j < k; ++j) {
@@ -260,7 +264,10 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       if (static_cast<int64_t>(weights[l].size()) != layer.k * layer.n)
         return Internal("replacement weight of " + layer.node_name + " has the wrong size");
       const auto& [read_name, reads_nk] = read_as[g][l];
-      const Tensor replacement = WeightAsRead(reads_nk, layer, std::move(weights[l]));
+      Tensor replacement = WeightAsRead(reads_nk, layer, std::move(weights[l]));
+      // A float16/bfloat16 model reads its weights in that type: the replacement is rounded to it.
+      const Tensor* stored = model.graph.FindInitializer(layer.weight);
+      if (stored != nullptr && stored->dtype() != DType::kFloat32) replacement = ConvertFloatTensor(replacement, stored->dtype());
       for (auto& run : runs) QC_RETURN_IF_ERROR(run->SetValue(read_name, replacement));
     }
   }

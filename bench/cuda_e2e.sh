@@ -4,7 +4,8 @@
 # run on the GPU machine. The model is made there: transformers' random initialisation with
 # TinyLlama-1.1B's dimensions, exported by torch.onnx.export(dynamo=True) with external data, in
 # float32 and in float16 (tools/export_llama.py). Our tool quantizes the float32 export to
-# w4 g128 (absmax) and W8A8 (smoothquant). PyTorch on the same weights is the framework
+# w4 g128 (absmax) and W8A8 (smoothquant), and the float16 export to w4 g128 (float16 scales and
+# activations, the usual form for GPU serving). PyTorch on the same weights is the framework
 # baseline (tools/torch_eval.py); ONNX Runtime's CUDA provider runs the same ONNX files where the
 # machine's onnxruntime has it (tools/ort_eval.py). Prints a markdown table.
 #
@@ -43,6 +44,12 @@ if [ ! -f "$work/w4/model.onnx" ]; then
   /usr/bin/time -f "w4: %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass absmax --bits 4 --group-size 128 \
     -o "$work/w4/model.onnx" --no-progress
 fi
+if [ ! -f "$work/w4-float16/model.onnx" ]; then
+  log "quantize w4 g128 (float16 export)"
+  mkdir -p "$work/w4-float16"
+  /usr/bin/time -f "w4-float16: %e s wall, %M KB peak RSS" "$qc" "$work/float16/model.onnx" --pass absmax --bits 4 --group-size 128 \
+    -o "$work/w4-float16/model.onnx" --no-progress
+fi
 if [ ! -f "$work/w8a8/model.onnx" ]; then
   log "quantize W8A8"
   mkdir -p "$work/w8a8"
@@ -56,14 +63,18 @@ failed='{"ppl": "failed", "tokens_per_second": 0}'
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 ort_cuda="$(python3 -c 'import onnxruntime as o; print(int("CUDAExecutionProvider" in o.get_available_providers()))')"
 rows=()
-for model in float32 float16 w4 w8a8; do
-  file="$work/$model/model.onnx"
+# "float32@float16": the float32 file computed in float16 by qconvert (--dtype float16); the
+# other runtimes have no such switch, so only the float16 export compares with them.
+for model in float32 float16 float32@float16 w4 w4-float16 w8a8; do
+  file="$work/${model%@*}/model.onnx"
+  dtype_args=()
+  [ "$model" = float32@float16 ] && dtype_args=(--dtype float16)
   log "eval $model: qconvert"
-  ours="$("$qc" eval "$file" --device cuda --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
+  ours="$("$qc" eval "$file" --device cuda "${dtype_args[@]}" --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
     ours="$failed"
   echo "$model qconvert: $ours" >&2
   theirs="$failed"
-  if [ "$ort_cuda" = 1 ]; then
+  if [ "$ort_cuda" = 1 ] && [ "$model" != float32@float16 ]; then
     log "eval $model: onnxruntime"
     theirs="$(python3 "$root/tools/ort_eval.py" "$file" "$work/ids.npy" "$seqlen" "$windows" --provider cuda)" || theirs="$failed"
     echo "$model onnxruntime: $theirs" >&2

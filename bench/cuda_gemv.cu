@@ -214,10 +214,21 @@ struct Result {
   bool ok = true;
 };
 
-// W`bits` g128, symmetric (ONNX Runtime's and absmax's default): R rotated copies, checked, timed.
+// One MatMulNBits problem: N x K weights, W`bits` g128 symmetric (ONNX Runtime's and absmax's
+// default), `m` activation rows.
+struct Problem {
+  int64_t n = 0, k = 0;
+  int bits = 4;
+  int64_t m = 1;
+};
+
+// R rotated copies of the weights, each variant (options) checked against a host reference and
+// timed on them; one Result per variant.
 template <typename TA>
-Result RunNBits(int64_t n, int64_t k, int bits, cudaStream_t stream, qc::cuda::NBitsWorkspace& ws,
-                qc::cuda::NBitsOptions options = {}) {
+std::vector<Result> RunNBits(const Problem& pr, cudaStream_t stream, qc::cuda::NBitsWorkspace& ws,
+                             const std::vector<qc::cuda::NBitsOptions>& variants) {
+  const int64_t n = pr.n, k = pr.k, m = pr.m;
+  const int bits = pr.bits;
   qc::cuda::NBitsLayout layout{k, n, bits, 128};
   const size_t b_bytes = static_cast<size_t>(n * layout.row_bytes());
   const size_t s_count = static_cast<size_t>(n * layout.k_blocks());
@@ -243,58 +254,84 @@ Result RunNBits(int64_t n, int64_t k, int bits, cudaStream_t stream, qc::cuda::N
   float* x32;
   TA* x;
   TA* y;
-  CHECK_CUDA(cudaMalloc(&x32, k * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&x, k * sizeof(TA)));
-  CHECK_CUDA(cudaMalloc(&y, n * sizeof(TA)));
-  FillFloats<<<64, 256, 0, stream>>>(x32, k, 7, -1.0f, 1.0f);
+  CHECK_CUDA(cudaMalloc(&x32, m * k * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(TA)));
+  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(TA)));
+  FillFloats<<<64, 256, 0, stream>>>(x32, m * k, 7, -1.0f, 1.0f);
   if constexpr (std::is_same_v<TA, float>) {
-    CHECK_CUDA(cudaMemcpyAsync(x, x32, k * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+    CHECK_CUDA(cudaMemcpyAsync(x, x32, m * k * sizeof(float), cudaMemcpyDeviceToDevice, stream));
   } else {
-    ToHalves<<<64, 256, 0, stream>>>(x32, x, k);
+    ToHalves<<<64, 256, 0, stream>>>(x32, x, m * k);
   }
   CHECK_CUDA(cudaGetLastError());
-
-  // Check copy 0 on sampled columns against a host dequantise-and-multiply in double.
-  Result res;
-  CHECK_OK(qc::cuda::MatMulNBits(views[0], x, y, 1, ws, stream, options));
+  std::vector<TA> xh(m * k);
   CHECK_CUDA(cudaStreamSynchronize(stream));
-  std::vector<TA> yh(n), xh(k);
-  CHECK_CUDA(cudaMemcpy(yh.data(), y, n * sizeof(TA), cudaMemcpyDeviceToHost));
-  CHECK_CUDA(cudaMemcpy(xh.data(), x, k * sizeof(TA), cudaMemcpyDeviceToHost));
+  CHECK_CUDA(cudaMemcpy(xh.data(), x, m * k * sizeof(TA), cudaMemcpyDeviceToHost));
+  // Host reference of sampled columns of copy 0 (double), every row.
   const int64_t row_bytes = layout.row_bytes(), kb = layout.k_blocks();
-  std::vector<uint8_t> brow(row_bytes);
-  std::vector<float> srow(kb);
-  for (int i = 0; i < kCheckColumns; ++i) {
-    const int64_t col = (i * 2654435761ull) % n;
-    CHECK_CUDA(cudaMemcpy(brow.data(), views[0].b + col * row_bytes, row_bytes, cudaMemcpyDeviceToHost));
-    CHECK_CUDA(cudaMemcpy(srow.data(), views[0].scales + col * kb, kb * sizeof(float), cudaMemcpyDeviceToHost));
-    double sum = 0, abs_sum = 0;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const int64_t bit = kk * bits;
-      const int q = (brow[bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
-      const double w = (q - (1 << (bits - 1))) * double(srow[kk / 128]);
-      double xv;
-      if constexpr (std::is_same_v<TA, float>) xv = xh[kk];
-      else xv = __half2float(xh[kk]);
-      sum += xv * w;
-      abs_sum += std::fabs(xv * w);
+  std::vector<int64_t> cols;
+  std::vector<double> want, abs_want;  // [col][row]
+  {
+    std::vector<uint8_t> brow(row_bytes);
+    std::vector<float> srow(kb);
+    for (int i = 0; i < kCheckColumns; ++i) {
+      const int64_t col = (i * 2654435761ull) % n;
+      cols.push_back(col);
+      CHECK_CUDA(cudaMemcpy(brow.data(), views[0].b + col * row_bytes, row_bytes, cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(srow.data(), views[0].scales + col * kb, kb * sizeof(float), cudaMemcpyDeviceToHost));
+      for (int64_t r = 0; r < m; ++r) {
+        double sum = 0, abs_sum = 0;
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const int64_t bit = kk * bits;
+          const int q = (brow[bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
+          const double w = (q - (1 << (bits - 1))) * double(srow[kk / 128]);
+          double xv;
+          if constexpr (std::is_same_v<TA, float>) xv = xh[r * k + kk];
+          else xv = __half2float(xh[r * k + kk]);
+          sum += xv * w;
+          abs_sum += std::fabs(xv * w);
+        }
+        want.push_back(sum);
+        abs_want.push_back(abs_sum);
+      }
     }
-    double got;
-    if constexpr (std::is_same_v<TA, float>) got = yh[col];
-    else got = __half2float(yh[col]);
-    const double tol = std::is_same_v<TA, float> ? 4e-6 * abs_sum : 4e-6 * abs_sum + 1e-3 * std::fabs(sum);
-    const double err = std::fabs(got - sum);
-    res.max_err = std::max(res.max_err, err / std::max(abs_sum, 1e-30));
-    if (!(err <= tol)) res.ok = false;
   }
-
-  if (g_profile_one) {  // plain launches for a profiler (no graph), then stop
-    for (int i = 0; i < 5; ++i) CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, 1, ws, stream, options));
+  std::vector<Result> results;
+  for (const qc::cuda::NBitsOptions& options : variants) {
+    Result res;
+    CHECK_CUDA(cudaMemsetAsync(y, 0xff, m * n * sizeof(TA), stream));  // NaN: an unwritten output fails
+    if (const qc::Status st = qc::cuda::MatMulNBits(views[0], x, y, m, ws, stream, options); !st.ok()) {
+      std::printf("(variant skipped: %s)\n", st.message().c_str());  // e.g. a forced configuration that cannot run
+      res.us = res.gbs = std::nan("");
+      results.push_back(res);
+      continue;
+    }
     CHECK_CUDA(cudaStreamSynchronize(stream));
-    std::exit(0);
+    std::vector<TA> yh(m * n);
+    CHECK_CUDA(cudaMemcpy(yh.data(), y, m * n * sizeof(TA), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < cols.size(); ++i)
+      for (int64_t r = 0; r < m; ++r) {
+        const double sum = want[i * m + r], abs_sum = abs_want[i * m + r];
+        double got;
+        if constexpr (std::is_same_v<TA, float>) got = yh[r * n + cols[i]];
+        else got = __half2float(yh[r * n + cols[i]]);
+        const double tol = std::is_same_v<TA, float> ? 4e-6 * abs_sum : 4e-6 * abs_sum + 1e-3 * std::fabs(sum);
+        const double err = std::fabs(got - sum);
+        res.max_err = std::max(res.max_err, err / std::max(abs_sum, 1e-30));
+        if (!(err <= tol)) res.ok = false;
+      }
+    if (g_profile_one) {  // plain launches for a profiler (no graph), then stop
+      for (int i = 0; i < 5; ++i) CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, m, ws, stream, options));
+      CHECK_CUDA(cudaStreamSynchronize(stream));
+      std::exit(0);
+    }
+    res.us = TimeGraph(stream, [&](int i) {
+      CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, m, ws, stream, options));
+    });
+    const double bytes = double(b_bytes) + s_count * sizeof(float) + m * k * sizeof(TA);
+    res.gbs = bytes / (res.us * 1e-6) / 1e9;
+    results.push_back(res);
   }
-  res.us = TimeGraph(stream,
-                     [&](int i) { CHECK_OK(qc::cuda::MatMulNBits(views[i % copies], x, y, 1, ws, stream, options)); });
   if (g_pattern && bits == 4 && std::is_same_v<TA, float>) {
     uint32_t* out;
     CHECK_CUDA(cudaMalloc(&out, sizeof(uint32_t)));
@@ -306,13 +343,11 @@ Result RunNBits(int64_t n, int64_t k, int bits, cudaStream_t stream, qc::cuda::N
                 static_cast<long long>(k), us, b_bytes / (us * 1e-6) / 1e9);
     CHECK_CUDA(cudaFree(out));
   }
-  const double bytes = double(b_bytes) + s_count * sizeof(float) + k * sizeof(TA);
-  res.gbs = bytes / (res.us * 1e-6) / 1e9;
   for (void* p : bufs) CHECK_CUDA(cudaFree(p));
   CHECK_CUDA(cudaFree(x32));
   CHECK_CUDA(cudaFree(x));
   CHECK_CUDA(cudaFree(y));
-  return res;
+  return results;
 }
 
 // cuBLAS fp16 GEMV (cublasGemmEx, m = 1, fp32 accumulation), weights [n, k] fp16 rotated likewise.
@@ -346,15 +381,28 @@ Result RunCublas(int64_t n, int64_t k, cudaStream_t stream, cublasHandle_t handl
   return res;
 }
 
+// The variants a row of the table runs: the default call (kAuto), the GEMV kernel with its
+// default geometry, the same without programmatic dependent launch (one call timed in isolation),
+// and the tensor-core kernel kMma (the default before the GEMV kernel), all in the same session.
+std::vector<qc::cuda::NBitsOptions> TableVariants() {
+  qc::cuda::NBitsOptions gemv, isolated;
+  gemv.kernel = isolated.kernel = qc::cuda::NBitsKernel::kGemv;
+  isolated.programmatic_launch = false;
+  return {qc::cuda::NBitsOptions{}, gemv, isolated, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  // --sweep: also time W4 (fp32 activations) for fixed split-K factors, to tune the default.
+  // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
+  // split-K factors, to tune the defaults. --rows M: batch M instead of 1.
   bool sweep = false;
+  int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
     g_pattern = g_pattern || std::strcmp(argv[i], "--pattern") == 0;
+    if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) rows = std::atoll(argv[++i]);
   }
   if (qc::cuda::DeviceCount() == 0) {
     std::fprintf(stderr, "no CUDA device\n");
@@ -372,7 +420,7 @@ int main(int argc, char** argv) {
   CHECK_CUBLAS(cublasSetStream(handle, stream));
   qc::cuda::NBitsWorkspace ws;
 
-  if (g_profile_one) (void)RunNBits<float>(8192, 8192, 4, stream, ws);
+  if (g_profile_one) (void)RunNBits<float>(Problem{8192, 8192, 4, rows}, stream, ws, {qc::cuda::NBitsOptions{}});
   const double copy = CopyBandwidth(stream);
   std::printf("device: %s, sm_%d%d, %d SMs, L2 %.0f MB, %.0f GiB; CUDA runtime %d, driver %d\n", info->name.c_str(),
               info->major, info->minor, info->sm_count, info->l2_bytes / 1e6, info->global_memory_bytes / 1073741824.0,
@@ -380,51 +428,87 @@ int main(int argc, char** argv) {
   std::printf("copy bandwidth (cudaMemcpy device to device, 1 GiB, read + write): %.0f GB/s\n", copy);
   std::printf("read bandwidth (streaming 16-byte loads, 1 GiB; for context): %.0f GB/s\n",
               ReadBandwidth(stream, info->sm_count));
-  std::printf("batch m = 1; W = MatMulNBits g128 symmetric, fp32 scales; bandwidth = (packed weights + scales + x) "
-              "bytes / time; weights rotated over > 256 MiB; median of %d graph replays of %d launches\n\n",
-              kReplays, kGraphLaunches);
-  std::printf("| N (out) | K (in) | layer | kernel | us | GB/s | %% of copy | cuBLAS fp16 us | speed-up | check |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+  std::printf("batch m = %lld; W = MatMulNBits g128 symmetric, fp32 scales; bandwidth = (packed weights + scales + x) "
+              "bytes / time; weights rotated over > 256 MiB; median of %d graph replays of %d launches; "
+              "'kernel': what kAuto runs; 'gemv': the kGemv kernel forced, 'isolated' the same without "
+              "programmatic dependent launch (no overlap with the call before); 'mma': the kMma kernel "
+              "forced (the default before kGemv)\n\n",
+              static_cast<long long>(rows), kReplays, kGraphLaunches);
+  std::printf("| N (out) | K (in) | layer | weights | kernel | us | GB/s | %% of copy | cuBLAS fp16 us | speed-up | "
+              "check | gemv us | gemv %% of copy | gemv isolated us | mma us | mma %% of copy |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
   struct Shape {
     int64_t n, k;
     const char* name;
   };
   const Shape shapes[] = {{4096, 4096, "7B q/k/v/o"}, {4096, 11008, "7B down"}, {11008, 4096, "7B gate/up"},
                           {8192, 8192, "70B q/o"}};
+  struct Variant {
+    const char* name;
+    int bits;
+    bool half;
+  };
+  const Variant kinds[] = {{"W4 fp32 act", 4, false}, {"W4 fp16 act", 4, true}, {"W8 fp32 act", 8, false},
+                           {"W8 fp16 act", 8, true}};
   bool all_ok = true;
+  auto run = [&](const Variant& v, const Shape& s, const std::vector<qc::cuda::NBitsOptions>& variants) {
+    const Problem pr{s.n, s.k, v.bits, rows};
+    std::vector<Result> r = v.half ? RunNBits<__half>(pr, stream, ws, variants) : RunNBits<float>(pr, stream, ws, variants);
+    for (const Result& x : r) all_ok = all_ok && x.ok;
+    return r;
+  };
   for (const Shape& s : shapes) {
     const Result cub = RunCublas(s.n, s.k, stream, handle);
-    struct Variant {
-      const char* name;
-      int bits;
-      bool half;
-    };
-    for (Variant v : {Variant{"W4 fp32 act", 4, false}, Variant{"W4 fp16 act", 4, true}, Variant{"W8 fp32 act", 8, false}}) {
-      const Result r = v.half ? RunNBits<__half>(s.n, s.k, v.bits, stream, ws) : RunNBits<float>(s.n, s.k, v.bits, stream, ws);
-      all_ok = all_ok && r.ok;
-      std::printf("| %lld | %lld | %s | %s | %.2f | %.0f | %.1f%% | %.2f | %.2fx | %s (%.1e) |\n",
-                  static_cast<long long>(s.n), static_cast<long long>(s.k), s.name, v.name, r.us, r.gbs,
-                  100.0 * r.gbs / copy, cub.us, cub.us / r.us, r.ok ? "ok" : "FAIL", r.max_err);
+    for (const Variant& v : kinds) {
+      const std::vector<Result> r = run(v, s, TableVariants());
+      const bool ok = r[0].ok && r[1].ok && r[2].ok && r[3].ok;
+      qc::cuda::NBitsWeightsView probe;  // what kAuto picks (B from cudaMalloc: aligned)
+      probe.layout = qc::cuda::NBitsLayout{s.k, s.n, v.bits, 128};
+      probe.b = reinterpret_cast<const uint8_t*>(uintptr_t{256});
+      const char* chosen = qc::cuda::NBitsKernelName(qc::cuda::SelectNBitsKernel(probe, rows, v.half));
+      std::printf("| %lld | %lld | %s | %s | %s | %.2f | %.0f | %.1f%% | %.2f | %.2fx | %s (%.1e) | %.2f | %.1f%% | %.2f | "
+                  "%.2f | %.1f%% |\n",
+                  static_cast<long long>(s.n), static_cast<long long>(s.k), s.name, v.name, chosen, r[0].us, r[0].gbs,
+                  100.0 * r[0].gbs / copy, cub.us, cub.us / r[0].us, ok ? "ok" : "FAIL",
+                  std::max({r[0].max_err, r[1].max_err, r[2].max_err, r[3].max_err}), r[1].us, 100.0 * r[1].gbs / copy,
+                  r[2].us, r[3].us, 100.0 * r[3].gbs / copy);
+      std::fflush(stdout);
     }
-    std::printf("| %lld | %lld | %s | cuBLAS fp16 | %.2f | %.0f | %.1f%% | | | |\n", static_cast<long long>(s.n),
+    std::printf("| %lld | %lld | %s | fp16 | cuBLAS | %.2f | %.0f | %.1f%% | | | | | | | | |\n", static_cast<long long>(s.n),
                 static_cast<long long>(s.k), s.name, cub.us, cub.gbs, 100.0 * cub.gbs / copy);
   }
   if (sweep) {
-    std::printf("\nW4 fp32 act, us per call by split-K factor (auto = the default above)\n\n| N | K |");
-    const int splits[] = {1, 2, 4, 8, 12, 16, 24, 32};
-    for (int sk : splits) std::printf(" %d |", sk);
-    std::printf("\n| --- | --- |");
-    for (int i = 0; i < 8; ++i) std::printf(" --- |");
-    std::printf("\n");
-    for (const Shape& s : shapes) {
-      std::printf("| %lld | %lld |", static_cast<long long>(s.n), static_cast<long long>(s.k));
-      for (int sk : splits) {
-        const Result r = RunNBits<float>(s.n, s.k, 4, stream, ws, {qc::cuda::NBitsKernel::kMma, sk});
-        all_ok = all_ok && r.ok;
-        std::printf(" %.2f |", r.us);
+    // GEMV kernel, us per call by (16-column tiles per block, K slices); auto = the default.
+    const int tiles[] = {0, 1, 2, 4};
+    const int splits[] = {0, 1, 2, 3, 4, 6, 8};
+    std::printf("\nGEMV kernel sweep, us per call: rows = tiles per block, columns = K slices (0: the kernel's "
+                "choice)\n");
+    for (const Variant& v : kinds)
+      for (const Shape& s : shapes) {
+        std::vector<qc::cuda::NBitsOptions> variants;
+        for (int t : tiles)
+          for (int sk : splits) {
+            qc::cuda::NBitsOptions o;
+            o.kernel = qc::cuda::NBitsKernel::kGemv;
+            o.split_k = sk;
+            o.gemv_tiles = t;
+            variants.push_back(o);
+          }
+        const std::vector<Result> r = run(v, s, variants);
+        std::printf("\n%s, %lld x %lld\n\n| tiles \\ splits |", v.name, static_cast<long long>(s.n),
+                    static_cast<long long>(s.k));
+        for (int sk : splits) std::printf(" %d |", sk);
+        std::printf("\n| --- |");
+        for (size_t i = 0; i < std::size(splits); ++i) std::printf(" --- |");
+        std::printf("\n");
+        size_t i = 0;
+        for (int t : tiles) {
+          std::printf("| %d |", t);
+          for (size_t j = 0; j < std::size(splits); ++j, ++i) std::printf(" %.2f%s |", r[i].us, r[i].ok ? "" : " FAIL");
+          std::printf("\n");
+        }
+        std::fflush(stdout);
       }
-      std::printf("\n");
-    }
   }
   CHECK_CUBLAS(cublasDestroy(handle));
   CHECK_CUDA(cudaStreamDestroy(stream));

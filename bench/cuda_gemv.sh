@@ -3,9 +3,11 @@
 # achieved bandwidth against a device-to-device copy measured in the same run and as time against
 # cuBLAS fp16 GEMV; every kernel's output is checked first. Prints a markdown table.
 # Needs an NVIDIA GPU (sm_90 code plus PTX) and cuBLAS 13.
-# Usage: bench/cuda_gemv.sh [--sweep] [--pattern] [--profile-one]
-#   --sweep: also time W4 with fixed split-K factors; --pattern: also time the weight loads alone;
-#   --profile-one: only 5 plain launches of 8192 x 8192 W4 (run under ncu -k regex:NBitsMma).
+# Usage: bench/cuda_gemv.sh [--sweep] [--rows M] [--pattern] [--profile-one]
+#   --sweep: also time the GEMV kernel (kGemv) over tiles per block x K slices, every weight and
+#   activation type; --rows M: batch M instead of 1; --pattern: also time the weight loads alone;
+#   --profile-one: only 5 plain launches of the default 8192 x 8192 W4 call (run under
+#   ncu -k regex:NBitsGemv).
 #   QC_CUDA_GEMV_BENCH=PATH   run a prebuilt cuda_gemv_bench (e.g. one carried to the GPU machine);
 #   otherwise it is built: with CMake into build-cuda/ where the project's dependencies are
 #   installed, else with nvcc alone (it needs only runtime/cuda and formats/status.h).

@@ -13,6 +13,7 @@
 #include "calibrate/device_stats.h"
 #include "runtime/cpu/gemm_core.h"
 #include "runtime/executor.h"
+#include "runtime/float_precision.h"
 #include "runtime/input_binding.h"
 
 namespace qc {
@@ -34,14 +35,17 @@ class StatsAccumulator {
   /// a CollectStats run does not keep K x K floats per group.
   Status Add(const Tensor& x, std::vector<float>* scratch) {
     const int64_t k = stats_.k;
-    if (x.dtype() != DType::kFloat32)
-      return Unimplemented("calibration needs float32 activations, but '" + stats_.input + "' is " +
+    if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat16 && x.dtype() != DType::kBFloat16)
+      return Unimplemented("calibration needs float activations, but '" + stats_.input + "' is " +
                            DTypeName(x.dtype()));
     if (x.rank() < 1 || x.dim(-1) != k)
       return InvalidArgument("activation '" + stats_.input + "' has shape " + ShapeToString(x.shape()) +
                              ", expected a last axis of " + std::to_string(k));
     const int64_t rows = x.numel() / k;
-    const float* data = x.data<float>();
+    // A float16/bfloat16 model's activations are widened exactly; statistics are float32/float64.
+    std::vector<float> widened;
+    if (x.dtype() != DType::kFloat32) widened = x.ToFloats();
+    const float* data = widened.empty() ? x.data<float>() : widened.data();
     for (int64_t t = 0; t < rows; ++t) {
       const float* row = data + t * k;
       for (int64_t j = 0; j < k; ++j) {
@@ -259,7 +263,14 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       const Tensor* x = run->Value(group.input);
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
       if (device_accumulator) {
-        QC_RETURN_IF_ERROR(device_accumulator->Add(*x));
+        if (x->dtype() == DType::kFloat32 || !(x->dtype() == DType::kFloat16 || x->dtype() == DType::kBFloat16)) {
+          QC_RETURN_IF_ERROR(device_accumulator->Add(*x));  // float32, or the accumulator's dtype error
+        } else {
+          // A float16/bfloat16 model's activations, widened exactly on the host as the CPU path
+          // does (a device widening kernel would save the round trip).
+          QC_ASSIGN_OR_RETURN(Tensor host, session->ToHost(*x));
+          QC_RETURN_IF_ERROR(device_accumulator->Add(Tensor::FromVector(host.ToFloats(), host.shape())));
+        }
         // Parking keeps the slot (the pointer stays valid) and moves its value to the host.
         const int64_t bytes = run->DeviceBytes();
         if (resident_bytes + bytes > activation_budget_) QC_RETURN_IF_ERROR(run->Park());
@@ -297,6 +308,9 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
         return Internal("replacement weight of " + layer.node_name + " has the wrong size");
       const auto& [read_name, reads_nk] = read_as[g][l];
       Tensor replacement = WeightAsRead(reads_nk, layer, std::move(weights[l]));
+      // A float16/bfloat16 model reads its weights in that type: the replacement is rounded to it.
+      const Tensor* stored = model.graph.FindInitializer(layer.weight);
+      if (stored != nullptr && stored->dtype() != DType::kFloat32) replacement = ConvertFloatTensor(replacement, stored->dtype());
       // One device copy shared by every window (freed once all have run the layer).
       if (device) {
         QC_ASSIGN_OR_RETURN(replacement, session->ToDevice(replacement));

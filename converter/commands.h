@@ -7,6 +7,7 @@
 
 #include "formats/status.h"
 #include "passes/quant_options.h"
+#include "runtime/executor.h"
 
 namespace qc {
 
@@ -21,6 +22,7 @@ struct RunOptions {
   std::string output;               // logits .npy
   bool reference = false;           // run the reference kernels
   std::string device = "cpu";       // cpu | cuda
+  std::string dtype;                // float32 | float16 | bfloat16; empty: the model's own
 };
 
 struct TokenizeOptions {
@@ -39,6 +41,7 @@ struct EvalOptions {
   bool progress = true;
   bool profile = false;  // print time per op type to stderr
   std::string device = "cpu";  // cpu | cuda
+  std::string dtype;           // float32 | float16 | bfloat16; empty: the model's own
 };
 
 /// `qconvert MODEL.onnx --pass ...` (also `qconvert convert ...`): see converter/pipeline.h.
@@ -99,6 +102,10 @@ Status RunConvert(const ConvertOptions& options);
 StatusOr<bool> RunDiff(const DiffOptions& options);
 /// `qconvert --list-passes`: one line per registered pass.
 void PrintPasses();
+
+/// SessionOptions for --device (cpu | cuda) and --dtype (float32 | float16 | bfloat16, or empty
+/// for the model's own precision); InvalidArgument for a 16-bit dtype on the CPU.
+StatusOr<SessionOptions> DeviceSessionOptions(const std::string& device, const std::string& dtype);
 
 /// Loads token ids from a .npy file or tokenizes a text file; shared by eval and calibration.
 StatusOr<std::vector<int32_t>> LoadIds(const std::string& data, const std::string& tokenizer);

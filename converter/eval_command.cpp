@@ -7,18 +7,20 @@
 
 #include "converter/commands.h"
 #include "formats/onnx_reader.h"
+#include "runtime/float_precision.h"
 #include "runtime/perplexity.h"
 
 namespace qc {
 
 Status RunEval(const EvalOptions& options) {
+  QC_ASSIGN_OR_RETURN(SessionOptions so, DeviceSessionOptions(options.device, options.dtype));
+  so.profile = options.profile;
   QC_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadIds(options.data, options.tokenizer));
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
+  const DType own = ModelFloatDType(model.graph);
+  const DType compute = so.compute_dtype != DType::kUndefined ? so.compute_dtype : own;
   // Score in the graph: on the GPU the logits then never leave the device.
   QC_RETURN_IF_ERROR(AddNextTokenNll(model));
-  SessionOptions so;
-  so.profile = options.profile;
-  so.device = options.device == "cuda" ? Device::kCuda : Device::kCpu;
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   PerplexityOptions po;
   po.seqlen = options.seqlen;
@@ -56,6 +58,7 @@ Status RunEval(const EvalOptions& options) {
     j["seconds"] = r.seconds;
     j["tokens_per_second"] = r.tokens_per_second;
     j["device"] = options.device;
+    j["dtype"] = compute == DType::kUndefined ? "none" : DTypeName(compute);
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("perplexity %.4f over %lld windows of %lld (%lld tokens scored) in %.2f s, %.0f tokens/s\n", r.ppl,

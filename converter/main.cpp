@@ -88,6 +88,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("-o,--output", run.output, "Output .npy for the logits (float32)")->required();
   run_cmd->add_flag("--reference", run.reference, "Use the scalar reference kernels (slow; the numeric spec)");
   run_cmd->add_option("--device", run.device, "Run on the CPU or a CUDA GPU")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
+  run_cmd->add_option("--dtype", run.dtype, "Compute in this float type (float16/bfloat16 need --device cuda; default: the model's own)")
+      ->check(CLI::IsMember({"float32", "float16", "bfloat16"}));
 
   qc::TokenizeOptions tok;
   auto* tok_cmd = app.add_subcommand("tokenize", "Encode a text file with a Hugging Face tokenizer.json");
@@ -108,6 +110,10 @@ int main(int argc, char** argv) {
   eval_cmd->add_option("--device", eval.device, "Run on the CPU or a CUDA GPU (ops without a CUDA kernel run on the CPU; a summary goes to stderr)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();
+  eval_cmd->add_option("--dtype", eval.dtype,
+                       "Compute in this float type: weights and activations in float16/bfloat16 on the GPU, float32 accumulation, "
+                       "logits back in the model's output type (needs --device cuda; default: the model's own)")
+      ->check(CLI::IsMember({"float32", "float16", "bfloat16"}));
 
   qc::ConvertOptions conv;
   conv.tool_version = QC_VERSION;

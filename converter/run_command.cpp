@@ -9,6 +9,20 @@
 
 namespace qc {
 
+StatusOr<SessionOptions> DeviceSessionOptions(const std::string& device, const std::string& dtype) {
+  SessionOptions so;
+  so.device = device == "cuda" ? Device::kCuda : Device::kCpu;
+  if (dtype.empty()) return so;
+  if (dtype == "float32") so.compute_dtype = DType::kFloat32;
+  else if (dtype == "float16") so.compute_dtype = DType::kFloat16;
+  else if (dtype == "bfloat16") so.compute_dtype = DType::kBFloat16;
+  else return InvalidArgument("--dtype must be float32, float16 or bfloat16, got '" + dtype + "'");
+  if (so.compute_dtype != DType::kFloat32 && so.device != Device::kCuda)
+    return InvalidArgument("--dtype " + dtype + " needs --device cuda: the CPU kernels compute in float32 (a " + dtype +
+                           " model runs on the CPU as it is, without --dtype)");
+  return so;
+}
+
 Status RunRun(const RunOptions& options) {
   QC_ASSIGN_OR_RETURN(Tensor ids, ReadNpy(options.input_ids));
   NamedTensors overrides;
@@ -19,9 +33,8 @@ Status RunRun(const RunOptions& options) {
     overrides.emplace_back(spec.substr(0, eq), std::move(t));
   }
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
-  SessionOptions so;
+  QC_ASSIGN_OR_RETURN(SessionOptions so, DeviceSessionOptions(options.device, options.dtype));
   so.use_reference_kernels = options.reference;
-  so.device = options.device == "cuda" ? Device::kCuda : Device::kCpu;
   if (options.reference && so.device == Device::kCuda) return InvalidArgument("--reference runs the CPU reference kernels; it cannot be combined with --device cuda");
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   auto feeds = BindInputs(*session, ids, overrides);

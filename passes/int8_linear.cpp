@@ -129,11 +129,13 @@ StatusOr<OutputError> MeasureW8A8Error(const std::vector<const Tensor*>& inputs,
   double signal = 0, noise = 0;
   std::vector<float> x_r, x_o, q_x, s_x, y, y_q, y_o;
   std::vector<int8_t> codes(kr);
+  std::vector<float> widened;
   for (const Tensor* input : inputs) {
-    if (input == nullptr || input->dtype() != DType::kFloat32 || input->rank() < 1 || input->dim(-1) != k)
-      return Internal("measuring the W8A8 error: the layer input is not a float32 [.., " + std::to_string(k) +
-                      "] tensor");
-    const float* x = input->data<float>();
+    if (input == nullptr || !IsFloatingPoint(input->dtype()) || input->rank() < 1 || input->dim(-1) != k)
+      return Internal("measuring the W8A8 error: the layer input is not a float [.., " + std::to_string(k) + "] tensor");
+    // A float16/bfloat16 model's X, widened: its W8A8 subgraph computes in float32 too.
+    if (input->dtype() != DType::kFloat32) widened = input->ToFloats();
+    const float* x = input->dtype() == DType::kFloat32 ? input->data<float>() : widened.data();
     const int64_t rows = input->numel() / k;
     y.resize(rows * n);
     GemmF32(false, false, rows, n, k, 1.0f, x, k, p.w->data(), n, 0.0f, y.data(), n, /*threaded=*/true);
@@ -218,6 +220,25 @@ std::string W8A8Rewriter::FloatScalar(float v) {
   const std::string name = AddInitializer("w8a8_const_f32", Tensor::Scalar<float>(v));
   scalars_[text] = name;
   return name;
+}
+
+DType W8A8Rewriter::LayerType(const LinearLayer& layer) const {
+  const Tensor* w = model_->graph.FindInitializer(layer.weight);
+  return w != nullptr ? w->dtype() : DType::kFloat32;
+}
+
+std::string W8A8Rewriter::AsFloat32(const std::string& x, DType type, int user, const std::string& scope) {
+  if (type == DType::kFloat32) return x;
+  auto it = casts_.find(x);
+  if (it == casts_.end()) {
+    SharedNodes c;
+    c.value = UniqueName(x + "_float");
+    c.nodes.push_back(MakeNode(UniqueName(scope + "/CastToFloat"), "Cast", {x}, c.value,
+                               {{"to", AttrInt(static_cast<int64_t>(DType::kFloat32))}}));
+    it = casts_.emplace(x, std::move(c)).first;
+  }
+  it->second.first_user = it->second.first_user < 0 ? user : std::min(it->second.first_user, user);
+  return it->second.value;
 }
 
 std::string W8A8Rewriter::GatherChannels(const std::string& x, const std::vector<int64_t>& channels, int user,
@@ -320,30 +341,41 @@ std::string W8A8Rewriter::AppendInt8Product(const LinearLayer& layer, const Shar
   return y;
 }
 
-void W8A8Rewriter::AppendBias(const LinearLayer& layer, const std::string& product, std::vector<Node>* out) {
+void W8A8Rewriter::AppendBias(const LinearLayer& layer, const std::string& product, DType type, std::vector<Node>* out) {
   Graph& g = model_->graph;
   const Node& old = g.nodes[layer.node_index];
   const std::string base = layer.node_name.empty() ? layer.weight : layer.node_name;
-  const std::string& output = old.outputs[0];
+  const std::string& layer_output = old.outputs[0];
+  // A 16-bit model: the float32 result is cast back to the model's type into the layer's output.
+  const std::string output = type == DType::kFloat32 ? layer_output : UniqueName(layer_output + "_float");
+  auto finish = [&] {
+    if (type == DType::kFloat32) return;
+    out->push_back(MakeNode(UniqueName(base + "/CastToModelType"), "Cast", {output}, layer_output,
+                            {{"to", AttrInt(static_cast<int64_t>(type))}}));
+  };
   if (layer.op_type != "Gemm" || layer.bias.empty()) {
     QC_CHECK(!out->empty() && out->back().outputs[0] == product);
     out->back().outputs[0] = output;  // the node computing the product writes the layer's output
+    finish();
     return;
   }
   const float beta = old.GetFloat("beta", 1.0f);
   std::string addend = layer.bias;
-  if (beta != 1.0f) {
-    if (const Tensor* c = g.FindInitializer(layer.bias)) {
-      std::vector<float> scaled = c->ToFloats();
-      for (float& v : scaled) v *= beta;
-      addend = AddInitializer(layer.bias + "_times_beta", Tensor::FromVector<float>(scaled, c->shape()));
-      dropped_weights_.insert(layer.bias);
-    } else {
-      addend = UniqueName(base + "_beta_c");
-      out->push_back(MakeNode(UniqueName(base + "/MulBeta"), "Mul", {layer.bias, FloatScalar(beta)}, addend));
+  if (const Tensor* c = g.FindInitializer(layer.bias); c != nullptr && (beta != 1.0f || c->dtype() != DType::kFloat32)) {
+    std::vector<float> scaled = c->ToFloats();
+    for (float& v : scaled) v *= beta;
+    addend = AddInitializer(layer.bias + (beta != 1.0f ? "_times_beta" : "_float"), Tensor::FromVector<float>(scaled, c->shape()));
+    dropped_weights_.insert(layer.bias);
+  } else if (c == nullptr) {
+    addend = AsFloat32(layer.bias, type, layer.node_index, base);
+    if (beta != 1.0f) {
+      const std::string scaled = UniqueName(base + "_beta_c");
+      out->push_back(MakeNode(UniqueName(base + "/MulBeta"), "Mul", {addend, FloatScalar(beta)}, scaled));
+      addend = scaled;
     }
   }
   out->push_back(MakeNode(UniqueName(base + "/AddBias"), "Add", {product, addend}, output));
+  finish();
 }
 
 void W8A8Rewriter::MarkReplaced(const LinearLayer& layer, std::vector<Node> nodes) {
@@ -361,10 +393,11 @@ Status W8A8Rewriter::Replace(const LinearLayer& layer, const Int8Weight& w, cons
   const Node& old = model_->graph.nodes[layer.node_index];
   const float alpha = layer.op_type == "Gemm" ? old.GetFloat("alpha", 1.0f) : 1.0f;
   const std::string base = layer.node_name.empty() ? layer.weight : layer.node_name;
-  const SharedNodes& act = QuantizeActivation(layer.input, {}, layer.node_index, base);
+  const DType type = LayerType(layer);
+  const SharedNodes& act = QuantizeActivation(AsFloat32(layer.input, type, layer.node_index, base), {}, layer.node_index, base);
   std::vector<Node> nodes;
   const std::string y = AppendInt8Product(layer, act, w, alpha, doc, &nodes);
-  AppendBias(layer, y, &nodes);
+  AppendBias(layer, y, type, &nodes);
   MarkReplaced(layer, std::move(nodes));
   return Status::Ok();
 }
@@ -390,8 +423,10 @@ Status W8A8Rewriter::ReplaceWithOutliers(const LinearLayer& layer, const std::ve
     if (i < n_out && outliers[i] == c) ++i;
     else rest.push_back(c);
   }
-  const SharedNodes& act = QuantizeActivation(layer.input, rest, layer.node_index, base);
-  const std::string x_o = GatherChannels(layer.input, outliers, layer.node_index, base + "/outliers");
+  const DType type = LayerType(layer);
+  const std::string x = AsFloat32(layer.input, type, layer.node_index, base);
+  const SharedNodes& act = QuantizeActivation(x, rest, layer.node_index, base);
+  const std::string x_o = GatherChannels(x, outliers, layer.node_index, base + "/outliers");
 
   std::vector<Node> nodes;
   const std::string y_int8 = AppendInt8Product(layer, act, w_rest, alpha, doc, &nodes);
@@ -402,7 +437,7 @@ Status W8A8Rewriter::ReplaceWithOutliers(const LinearLayer& layer, const std::ve
   nodes.push_back(MakeNode(UniqueName(base + "/MatMulOutliers"), "MatMul", {x_o, w_o_name}, y_float));
   const std::string y = UniqueName(base + "_int8_plus_outliers");
   nodes.push_back(MakeNode(UniqueName(base + "/AddOutliers"), "Add", {y_int8, y_float}, y));
-  AppendBias(layer, y, &nodes);
+  AppendBias(layer, y, type, &nodes);
   MarkReplaced(layer, std::move(nodes));
   return Status::Ok();
 }
@@ -411,10 +446,11 @@ void W8A8Rewriter::Finish() {
   QC_CHECK(!finished_);
   finished_ = true;
   Graph& g = model_->graph;
-  // Shared nodes go in front of their first reader: Gathers first (activation quantization of a
-  // channel subset reads its Gather), then the activation quantization.
+  // Shared nodes go in front of their first reader: Casts to float32 first (16-bit models), then
+  // Gathers (activation quantization of a channel subset reads its Gather), then the activation
+  // quantization.
   std::map<int, std::vector<Node>> before;
-  for (auto* table : {&gathers_, &act_})
+  for (auto* table : {&casts_, &gathers_, &act_})
     for (auto& [key, a] : *table) {
       auto& slot = before[a.first_user];
       for (Node& n : a.nodes) slot.push_back(std::move(n));

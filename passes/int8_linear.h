@@ -97,6 +97,9 @@ StatusOr<OutputError> MeasureW8A8Error(const std::vector<const Tensor*>& inputs,
 /// of its first reader, splices the per-layer nodes in place of the MatMul/Gemm (keeping its
 /// output value, so the graph interface and every other node are unchanged), and removes the
 /// float weights and weight Transposes nothing reads any more (a tied embedding keeps its table).
+/// In a float16/bfloat16 model (the layer's weight in that type) the subgraph computes in float32
+/// between a Cast of X (shared by X's readers) and a Cast of the output back to the model's type:
+/// the integer sums exceed float16's range, and ONNX Runtime runs the same float32 arithmetic.
 class W8A8Rewriter {
  public:
   /// Fails when the model's default opset is below 11 (Round) or a linear layer is unsupported.
@@ -133,6 +136,8 @@ class W8A8Rewriter {
   // The shared quantization of `x` (of its channels `channels` when non-empty).
   SharedNodes& QuantizeActivation(const std::string& x, const std::vector<int64_t>& channels, int user,
                                const std::string& scope);
+  // `x` itself in a float32 model; else the shared Cast of `x` to float32.
+  std::string AsFloat32(const std::string& x, DType type, int user, const std::string& scope);
   // The shared Gather of `channels` of `x`.
   std::string GatherChannels(const std::string& x, const std::vector<int64_t>& channels, int user,
                              const std::string& scope);
@@ -141,13 +146,16 @@ class W8A8Rewriter {
   std::string AppendInt8Product(const LinearLayer& layer, const SharedNodes& act, const Int8Weight& w, float alpha,
                                 const std::string& doc, std::vector<Node>* out);
   // Adds beta * C to `product` when the layer is a Gemm with C; either way the last node of `out`
-  // then writes the layer's own output value.
-  void AppendBias(const LinearLayer& layer, const std::string& product, std::vector<Node>* out);
+  // then writes the layer's own output value (through a Cast back to `type` when not float32).
+  void AppendBias(const LinearLayer& layer, const std::string& product, DType type, std::vector<Node>* out);
+  // The float type of the layer's weight (its activations' type too).
+  DType LayerType(const LinearLayer& layer) const;
   void MarkReplaced(const LinearLayer& layer, std::vector<Node> nodes);
 
   Model* model_;
   int64_t opset_ = 0;
   std::set<std::string> names_;
+  std::map<std::string, SharedNodes> casts_;    // key: x (16-bit models: X cast to float32)
   std::map<std::string, SharedNodes> act_;      // key: x + channel list
   std::map<std::string, SharedNodes> gathers_;  // key: x + channel list
   std::map<int, std::vector<Node>> replacement_;  // node index -> nodes replacing it

@@ -11,6 +11,7 @@
 
 #include "formats/model_builder.h"
 #include "passes/tied_embedding.h"
+#include "runtime/float_precision.h"
 
 namespace qc {
 namespace {
@@ -306,15 +307,15 @@ StatusOr<MatMulNBitsTensors> PackMatMulNBits(const QuantizedWeight& qw) {
 std::optional<std::string> MatMulNBitsUnsupportedReason(const Graph& graph, const LinearLayer& layer) {
   const Tensor* w = graph.FindInitializer(layer.weight);
   if (!w) return "weight '" + layer.weight + "' is not an initializer";
-  if (w->dtype() != DType::kFloat32)
-    return "weight '" + layer.weight + "' is " + DTypeName(w->dtype()) + "; only float32 weights are quantized";
+  if (w->dtype() != DType::kFloat32 && w->dtype() != DType::kFloat16 && w->dtype() != DType::kBFloat16)
+    return "weight '" + layer.weight + "' is " + DTypeName(w->dtype()) + "; only float32, float16 and bfloat16 weights are quantized";
   for (const ValueInfo& in : graph.inputs)
     if (in.name == layer.weight)
       return "weight '" + layer.weight + "' is also a graph input, so callers may replace it at run time";
   if (layer.op_type == "Gemm" && !layer.bias.empty()) {
     const Tensor* c = graph.FindInitializer(layer.bias);
-    if (c && c->dtype() != DType::kFloat32)
-      return "Gemm bias '" + layer.bias + "' is " + DTypeName(c->dtype()) + ", not float32";
+    if (c && c->dtype() != w->dtype())
+      return "Gemm bias '" + layer.bias + "' is " + DTypeName(c->dtype()) + ", not " + DTypeName(w->dtype()) + " like its weight";
   }
   return std::nullopt;
 }
@@ -372,17 +373,23 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
                     std::to_string(qw.n) + ", the layer is " + std::to_string(layer.k) + "x" + std::to_string(layer.n));
   if (auto reason = MatMulNBitsUnsupportedReason(g, layer)) return Unimplemented(layer.node_name + ": " + *reason);
   QC_ASSIGN_OR_RETURN(MatMulNBitsTensors t, PackMatMulNBits(qw));
+  // MatMulNBits' T is A's type, the weight's: a float16/bfloat16 model gets scales (and float
+  // zero points, bias) of its own type, rounded once from the float32 the passes computed.
+  const DType type = g.FindInitializer(layer.weight)->dtype();
+  auto in_type = [type](const Tensor& f32) { return type == DType::kFloat32 ? f32 : ConvertFloatTensor(f32, type); };
 
   const Node old = g.nodes[layer.node_index];
   const bool gemm = layer.op_type == "Gemm";
   const float alpha = gemm ? old.GetFloat("alpha", 1.0f) : 1.0f;
   const float beta = gemm ? old.GetFloat("beta", 1.0f) : 1.0f;
-  const Tensor unscaled = t.scales;  // what a tied embedding's rows need (alpha scales the head only)
+  const Tensor unscaled = in_type(t.scales);  // what a tied embedding's rows need (alpha scales the head only)
   if (alpha != 1.0f) {  // alpha * A (W~) = A ((q - zp) * (alpha * scale))
     Tensor scaled = t.scales.Clone();
     for (int64_t i = 0; i < scaled.numel(); ++i) scaled.mutable_data<float>()[i] *= alpha;
     t.scales = scaled;
   }
+  t.scales = in_type(t.scales);
+  if (t.zero_points.defined() && t.zero_points.dtype() == DType::kFloat32) t.zero_points = in_type(t.zero_points);
 
   const std::string& base = layer.weight;
   std::vector<std::string> inputs = {old.inputs[0], AddOrReuseInitializer(base + "_Q" + std::to_string(t.storage_bits), t.b),
@@ -409,18 +416,18 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
     } else if (row) {
       std::vector<float> bias = c->ToFloats();
       for (float& v : bias) v *= beta;
-      inputs[5] = AddOrReuseInitializer(layer.node_name + "_bias", Tensor::FromVector<float>(bias, {layer.n}));
+      inputs[5] = AddOrReuseInitializer(layer.node_name + "_bias", in_type(Tensor::FromVector<float>(bias, {layer.n})));
     } else {
       std::string addend = layer.bias;
       if (beta != 1.0f && c) {
-        Tensor scaled = c->Clone();
-        for (int64_t i = 0; i < scaled.numel(); ++i) scaled.mutable_data<float>()[i] *= beta;
-        addend = AddOrReuseInitializer(layer.bias + "_times_beta", scaled);
+        std::vector<float> scaled = c->ToFloats();
+        for (float& v : scaled) v *= beta;
+        addend = AddOrReuseInitializer(layer.bias + "_times_beta", in_type(Tensor::FromVector<float>(scaled, c->shape())));
       } else if (beta != 1.0f) {
         Node mul;
         mul.name = UniqueName(layer.node_name + "_beta");
         mul.op_type = "Mul";
-        mul.inputs = {layer.bias, AddOrReuseInitializer(layer.node_name + "_beta_value", Tensor::Scalar<float>(beta))};
+        mul.inputs = {layer.bias, AddOrReuseInitializer(layer.node_name + "_beta_value", in_type(Tensor::Scalar<float>(beta)))};
         mul.outputs = {UniqueName(layer.node_name + "_beta_c")};
         addend = mul.outputs[0];
         after.push_back(std::move(mul));
@@ -447,7 +454,7 @@ Status MatMulNBitsRewriter::Replace(const LinearLayer& layer, const QuantizedWei
   node.attributes["N"] = AttrInt(layer.n);
   node.attributes["bits"] = AttrInt(t.storage_bits);
   node.attributes["block_size"] = AttrInt(t.block_size);
-  node.attributes["accuracy_level"] = AttrInt(0);  // A stays float32: no int8 rounding of activations
+  node.attributes["accuracy_level"] = AttrInt(0);  // A keeps its float type: no int8 rounding of activations
   node.doc_string = doc;
   node.metadata_props = old.metadata_props;
   g.nodes[layer.node_index] = std::move(node);

@@ -9,6 +9,7 @@
 #include <set>
 
 #include "runtime/cpu/broadcast.h"
+#include "runtime/cpu/half_widening.h"
 #include "runtime/plan.h"
 
 #ifdef QC_HAVE_CUDA
@@ -85,6 +86,7 @@ struct CudaExecutor::Impl {
     int steps[3] = {-1, -1, -1};  // Cast, Mul, Mul
     int col = -1, row = -1;       // slots of s_w and s_x
     int out = -1;                 // the second Mul's output
+    DType dtype = DType::kFloat32;  // the Cast's target: float32, or the compute type of --dtype
   };
   struct StepInfo {
     const cuda::OpKernel* kernel = nullptr;
@@ -155,9 +157,11 @@ struct CudaExecutor::Impl {
     return &r.mirror[s];
   }
 
-  Status RunCpu(const Plan::Step& step, Run& r, std::vector<const Tensor*> inputs, std::vector<Tensor>* outputs) const {
+  // `widen`: host inputs of float16/bfloat16 may be widened for a kernel without a 16-bit path
+  // (runtime/cpu/half_widening.h); a view's input may be on the device and is never read.
+  Status RunCpu(const Plan::Step& step, Run& r, std::vector<const Tensor*> inputs, std::vector<Tensor>* outputs, bool widen) const {
     KernelContext ctx{*step.node, std::move(inputs), std::vector<Tensor>(step.out.size()), step.opset, nullptr};
-    QC_RETURN_IF_ERROR(step.fn(ctx));
+    QC_RETURN_IF_ERROR(widen ? RunKernelWidening(step.fn, ctx) : step.fn(ctx));
     *outputs = std::move(ctx.outputs);
     return Status::Ok();
   }
@@ -191,7 +195,7 @@ struct CudaExecutor::Impl {
     QC_RETURN_IF_ERROR(BindKernelInputs(step, info, r, ctx));
     QC_ASSIGN_OR_RETURN(const Tensor* col, DeviceOf(r, e.col));
     QC_ASSIGN_OR_RETURN(const Tensor* row, DeviceOf(r, e.row));
-    QC_RETURN_IF_ERROR(cuda::MatMulIntegerScaledCuda(ctx, *col, *row));
+    QC_RETURN_IF_ERROR(cuda::MatMulIntegerScaledCuda(ctx, *col, *row, e.dtype));
     if (!ctx.declined.empty()) return Status::Ok();
     r.frame[e.out] = std::move(ctx.outputs[0]);
     r.mirror[e.out] = Tensor();
@@ -238,7 +242,7 @@ struct CudaExecutor::Impl {
           in.push_back(t);
         }
       }
-      QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs));
+      QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs, /*widen=*/false));
     } else {
       bool small_on_host = true;
       int64_t bytes = 0;
@@ -263,7 +267,7 @@ struct CudaExecutor::Impl {
         *where = small_on_host ? Where::kHost : Where::kFallback;
         if (!small_on_host) fallbacks[step.node->op_type + ": " + declined]++;
         QC_ASSIGN_OR_RETURN(std::vector<const Tensor*> in, host_inputs());
-        QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs));
+        QC_RETURN_IF_ERROR(RunCpu(step, r, std::move(in), &outputs, /*widen=*/true));
       }
     }
     for (size_t i = 0; i < step.out.size(); ++i) {
@@ -284,8 +288,10 @@ namespace {
 
 bool IsOp(const Node& node, const char* op_type) { return (node.domain.empty() || node.domain == "ai.onnx") && node.op_type == op_type; }
 
-// Marks MatMulInteger -> Cast<float> -> Mul(constant s_w) -> Mul(s_x) chains whose intermediate
-// values have no other reader (and are no graph output) for the fused epilogue.
+// Marks MatMulInteger -> Cast<F> -> Mul(constant s_w) -> Mul(s_x) chains (F float32, or float16 /
+// bfloat16 under --dtype) whose intermediate values have no other reader (and are no graph
+// output) for the fused epilogue. In float16 the unfused Cast of the int32 sums could overflow
+// (65504); the epilogue computes in float32 and rounds once.
 void FindEpilogues(const Plan& plan, CudaExecutor::Impl& impl) {
   const auto& steps = plan.steps();
   std::vector<int> readers(plan.slots(), 0), reader(plan.slots(), -1);
@@ -306,7 +312,9 @@ void FindEpilogues(const Plan& plan, CudaExecutor::Impl& impl) {
   for (size_t i = 0; i < steps.size(); ++i) {
     if (!steps[i].fn || !impl.steps[i].kernel || !IsOp(*steps[i].node, "MatMulInteger") || steps[i].out.size() != 1) continue;
     const int cast = sole_reader(steps[i].out[0], "Cast", 1);
-    if (cast < 0 || steps[cast].node->GetInt("to", 0) != static_cast<int64_t>(DType::kFloat32)) continue;
+    if (cast < 0) continue;
+    const DType to = static_cast<DType>(steps[cast].node->GetInt("to", 0));
+    if (to != DType::kFloat32 && to != DType::kFloat16 && to != DType::kBFloat16) continue;
     const int mul_col = sole_reader(steps[cast].out[0], "Mul", 2);
     if (mul_col < 0) continue;
     const int col = other_input(mul_col, steps[cast].out[0]);
@@ -316,7 +324,7 @@ void FindEpilogues(const Plan& plan, CudaExecutor::Impl& impl) {
     const int row = other_input(mul_row, steps[mul_col].out[0]);
     if (row < 0 || steps[mul_row].out[0] < 0) continue;
     CudaExecutor::Impl::Epilogue& e = impl.steps[i].epilogue;
-    e = {{cast, mul_col, mul_row}, col, row, steps[mul_row].out[0]};
+    e = {{cast, mul_col, mul_row}, col, row, steps[mul_row].out[0], to};
   }
 }
 

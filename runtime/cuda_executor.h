@@ -12,6 +12,9 @@
 //   - or, when the op has no CUDA kernel or the kernel declines the dtype/shape, its CPU kernel
 //     with explicit copies: a fallback, counted per op type in Summary() so gaps are visible.
 // A value copied to the other side is kept there too (a mirror) until the value is freed.
+// With SessionOptions::compute_dtype float16/bfloat16 the plan is that of the rewritten graph
+// (runtime/float_precision.h) and the kernels take those types; a host step or fallback whose CPU
+// kernel has no 16-bit path runs it on widened inputs (runtime/cpu/half_widening.h).
 #pragma once
 
 #include <memory>

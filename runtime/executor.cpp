@@ -7,8 +7,10 @@
 #include <set>
 #include <unordered_map>
 
+#include "runtime/cpu/half_widening.h"
 #include "runtime/cpu/kernel.h"
 #include "runtime/cuda_executor.h"
+#include "runtime/float_precision.h"
 #include "runtime/graph_fusion.h"
 #include "runtime/plan.h"
 
@@ -184,7 +186,7 @@ StatusOr<std::unique_ptr<Plan>> Plan::Compile(const Graph& graph, const OpsetMap
       if (all_const) {
         KernelContext ctx{*step.node, {}, std::vector<Tensor>(step.out.size()), step.opset, nullptr};
         for (int s : step.in) ctx.inputs.push_back(s >= 0 ? &plan->constants_[s] : nullptr);
-        QC_RETURN_IF_ERROR(step.fn(ctx));
+        QC_RETURN_IF_ERROR(RunKernelWidening(step.fn, ctx));
         QC_RETURN_IF_ERROR(CheckProduced(*step.node, ctx.outputs));
         int64_t bytes = 0;
         for (const auto& t : ctx.outputs) bytes += t.defined() ? t.nbytes() : 0;
@@ -273,12 +275,12 @@ Status Plan::RunStep(const Step& step, std::vector<Tensor>& frame, const std::fu
   if (step.fn) {
     if (profiling_) {
       auto t0 = std::chrono::steady_clock::now();
-      QC_RETURN_IF_ERROR(step.fn(ctx));
+      QC_RETURN_IF_ERROR(RunKernelWidening(step.fn, ctx));
       OpProfile& p = profile_[step.node->op_type];
       p.calls++;
       p.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     } else {
-      QC_RETURN_IF_ERROR(step.fn(ctx));
+      QC_RETURN_IF_ERROR(RunKernelWidening(step.fn, ctx));
     }
   } else {
     QC_RETURN_IF_ERROR(RunIf(step, frame, parent, &ctx.outputs));
@@ -323,6 +325,20 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
   session->options_ = options;
   // The reference kernels run the graph exactly as written: they are the numeric spec.
   if (!options.use_reference_kernels && options.fuse_ops) FuseForExecution(session->model_.graph);
+  if (options.compute_dtype != DType::kUndefined) {
+    const DType to = options.compute_dtype;
+    if (to != DType::kFloat32 && to != DType::kFloat16 && to != DType::kBFloat16)
+      return InvalidArgument("compute dtype must be float32, float16 or bfloat16, got " + DTypeName(to));
+    if (to != DType::kFloat32 && options.device != Device::kCuda)
+      return InvalidArgument("computing in " + DTypeName(to) + " needs the GPU (--device cuda): the CPU kernels compute in float32 " +
+                             "and would only round their results to " + DTypeName(to) + ", slower and no smaller");
+    const DType from = ModelFloatDType(session->model_.graph);
+    if (from != DType::kUndefined && from != to) {
+      QC_RETURN_IF_ERROR(ConvertFloatPrecision(session->model_.graph, from, to));
+      session->converted_from_ = from;
+      session->converted_to_ = to;
+    }
+  }
   OpsetMap opsets;
   for (const auto& o : model.opset_imports) opsets[o.domain] = o.version;
   if (!opsets.count("")) return InvalidArgument("model imports no default-domain opset");
@@ -351,7 +367,13 @@ std::vector<OpProfile> Session::Profile() const {
   return out;
 }
 
-std::vector<std::string> Session::DeviceSummary() const { return cuda_ ? cuda_->Summary() : std::vector<std::string>{}; }
+std::vector<std::string> Session::DeviceSummary() const {
+  if (!cuda_) return {};
+  std::vector<std::string> lines = cuda_->Summary();
+  if (converted_to_ != DType::kUndefined)
+    lines.push_back("cuda: computing in " + DTypeName(converted_to_) + " (the model's " + DTypeName(converted_from_) + " rewritten)");
+  return lines;
+}
 
 namespace {
 Status CheckFeed(const ValueInfo& info, const Tensor& t) {
@@ -421,7 +443,17 @@ StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std:
   } else {
     QC_RETURN_IF_ERROR(plan_->Execute(frame, nullptr, observer));
   }
-  return CollectOutputs(wanted, frame);
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, CollectOutputs(wanted, frame));
+  if (converted_to_ != DType::kUndefined) {
+    // Declared outputs were cast back in the graph; undeclared ones are converted here.
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::string& name = output_names.empty() ? model_.graph.outputs[i].name : output_names[i];
+      for (const ValueInfo& o : model_.graph.outputs)
+        if (o.name == name && o.dtype == DType::kUndefined && outputs[i].dtype() == converted_to_)
+          outputs[i] = ConvertFloatTensor(outputs[i], converted_from_);
+    }
+  }
+  return outputs;
 }
 
 StatusOr<std::unique_ptr<Execution>> Session::Start(const NamedTensors& feeds) const {

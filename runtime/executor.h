@@ -40,6 +40,11 @@ struct SessionOptions {
   /// uploading every constant at creation. Sequential calibration of a model whose float weights
   /// do not fit on the device (or should not: the solver needs room) sets it.
   bool stream_constants = false;
+  /// The float type the model computes in (runtime/float_precision.h): float32, float16 or
+  /// bfloat16; kUndefined runs the model in its own precision. The graph's inputs and declared
+  /// outputs keep their dtypes. float16 and bfloat16 need Device::kCuda (InvalidArgument on the
+  /// CPU, which would only emulate them).
+  DType compute_dtype = DType::kUndefined;
 };
 
 /// Wall time spent per op type across all runs of a session.
@@ -157,6 +162,9 @@ class Session {
   std::unique_ptr<Plan> plan_;
   std::vector<ValueInfo> required_inputs_;
   std::unique_ptr<CudaExecutor> cuda_;  // set when options_.device is kCuda
+  // Set when the graph was converted to another float precision: outputs without a declared dtype
+  // come back from `converted_to_` to `converted_from_`.
+  DType converted_from_ = DType::kUndefined, converted_to_ = DType::kUndefined;
 };
 
 }  // namespace qc

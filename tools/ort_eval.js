@@ -23,6 +23,22 @@ function loadIds(file) {
   return ids;
 }
 
+// IEEE half (as ONNX Runtime hands float16 tensors to JavaScript: raw uint16 bits) to a number.
+function halfToNumber(h) {
+  const sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+// Logits of any float type as numbers (float16 models give float16 logits).
+function asFloats(tensor) {
+  if (tensor.type === 'float32') return tensor.data;
+  if (tensor.type === 'float16') return Float64Array.from(tensor.data, halfToNumber);
+  if (tensor.type === 'bfloat16') return Float64Array.from(tensor.data, (b) => new Float32Array(new Uint32Array([b << 16]).buffer)[0]);
+  throw new Error('logits of type ' + tensor.type + ' cannot be scored');
+}
+
 // Feeds for a prefill: ids, ones for attention_mask, 0..S-1 for position_ids.
 function feedsFor(session, window, seqlen) {
   const feeds = {};
@@ -50,7 +66,7 @@ async function main() {
     const t0 = process.hrtime.bigint();
     const result = await session.run(feedsFor(session, win, seqlen));
     runNs += process.hrtime.bigint() - t0;
-    const logits = result[out].data, vocab = result[out].dims[2];
+    const logits = asFloats(result[out]), vocab = result[out].dims[2];
     for (let t = 0; t < seqlen - 1; t++) {
       let max = -Infinity;
       for (let v = 0; v < vocab; v++) max = Math.max(max, logits[t * vocab + v]);

@@ -37,6 +37,7 @@ function loadOrt() {
 // listed: the C++ side writes those (formats/npy.h) and ORT's CPU EP takes nothing else here.
 const kNpyTypes = {
   '<f4': {ort: 'float32', array: Float32Array},
+  '<f2': {ort: 'float16', array: Uint16Array},  // IEEE half bits, as ONNX Runtime hands them over
   '<f8': {ort: 'float64', array: Float64Array},
   '<i8': {ort: 'int64', array: BigInt64Array},
   '<u8': {ort: 'uint64', array: BigUint64Array},

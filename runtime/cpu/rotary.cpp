@@ -17,7 +17,7 @@ StatusOr<RotaryArgs> ParseRotary(const KernelContext& ctx) {
   const Tensor& pos = ctx.input(1);
   const Tensor& cos = ctx.input(2);
   const Tensor& sin = ctx.input(3);
-  if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat64) return ctx.UnsupportedDType(x.dtype());
+  if (!IsFloatingPoint(x.dtype())) return ctx.UnsupportedDType(x.dtype());
   if (cos.dtype() != x.dtype() || sin.dtype() != x.dtype())
     return ctx.Error("cos_cache and sin_cache must have the input's dtype " + DTypeName(x.dtype()));
   if (pos.dtype() != DType::kInt64) return ctx.Error("position_ids must be int64, got " + DTypeName(pos.dtype()));
@@ -134,6 +134,8 @@ void RotaryImpl(const RotaryArgs& r, const T* x, const int64_t* pos, const T* co
 Status RunRotary(KernelContext& ctx, bool parallel) {
   QC_ASSIGN_OR_RETURN(RotaryArgs r, ParseRotary(ctx));
   const Tensor& x = ctx.input(0);
+  // float16/bfloat16 run widened (runtime/cpu/half_widening.h); ParseRotary accepts them for the GPU.
+  if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat64) return ctx.UnsupportedDType(x.dtype());
   Tensor y(x.dtype(), x.shape());
   DispatchFloat(x.dtype(), [&](auto tag) {
     using T = typename decltype(tag)::type;

@@ -18,7 +18,8 @@ struct RotaryArgs {
 };
 
 /// Validates the node's inputs (position_ids read on the host: every position must index the
-/// cos/sin caches) and derives the layout.
+/// cos/sin caches) and derives the layout. Any float type passes (the CPU kernel takes float32 and
+/// float64, the CUDA one float32, float16 and bfloat16).
 StatusOr<RotaryArgs> ParseRotary(const KernelContext& ctx);
 
 }  // namespace qc

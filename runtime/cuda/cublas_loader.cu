@@ -44,6 +44,7 @@ Loaded Load() {
   bind(out.api.ssyrk, "cublasSsyrk_v2");
   bind(out.api.dtrsm, "cublasDtrsm_v2");
   bind(out.api.dgemm, "cublasDgemm_v2");
+  bind(out.api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
   bind(out.api.status_name, "cublasGetStatusName");
   bind(out.api.status_string, "cublasGetStatusString");
   return out;

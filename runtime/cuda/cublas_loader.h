@@ -21,6 +21,11 @@ struct CublasApi {
   decltype(&cublasSsyrk_v2) ssyrk = nullptr;
   decltype(&cublasDtrsm_v2) dtrsm = nullptr;
   decltype(&cublasDgemm_v2) dgemm = nullptr;
+  /// float16/bfloat16 GEMMs with float32 accumulation (CUBLAS_COMPUTE_32F). Spelled out: the
+  /// header overloads the name with an inline cudaDataType-compute variant.
+  cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*, const void*,
+                                            cudaDataType, int, long long, const void*, cudaDataType, int, long long, const void*, void*,
+                                            cudaDataType, int, long long, int, cublasComputeType_t, cublasGemmAlgo_t) = nullptr;
   decltype(&cublasGetStatusName) status_name = nullptr;
   decltype(&cublasGetStatusString) status_string = nullptr;
 };

@@ -52,6 +52,7 @@ StatusOr<DeviceInfo> CurrentDeviceInfo() {
     info.l2_bytes = p.l2CacheSize;
     info.global_memory_bytes = static_cast<int64_t>(p.totalGlobalMem);
     info.max_shared_per_block = static_cast<int64_t>(p.sharedMemPerBlock);
+    info.max_shared_per_block_optin = static_cast<int64_t>(p.sharedMemPerBlockOptin);
   }
   return info;
 }

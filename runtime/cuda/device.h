@@ -22,6 +22,7 @@ struct DeviceInfo {
   int64_t l2_bytes = 0;
   int64_t global_memory_bytes = 0;
   int64_t max_shared_per_block = 0;  // without opting in to the larger dynamic limit
+  int64_t max_shared_per_block_optin = 0;  // with cudaFuncAttributeMaxDynamicSharedMemorySize
 };
 
 /// Properties of the current device (cudaGetDevice), cached after the first call per device.

@@ -1,8 +1,10 @@
 // MatMulNBits kernels (matmul_nbits.h): a tensor-core kernel that streams the packed weights once
 // and dequantises them in registers, for every batch size (GEMV tiles up to 16 rows, 32-row GEMM
-// tiles above), and a general CUDA-core kernel for the layouts the first cannot read.
+// tiles above); a one-launch GEMV kernel for up to 16 rows whose weights the copy engine stages in
+// shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights); and a
+// general CUDA-core kernel for the layouts the first two cannot read.
 //
-// Tensor-core path, two launches:
+// Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;
 //    fp32 rows become hi + lo halves of X * 2^e (e per row and 256 codes), so the products keep
 //    ~22 bits of the activations. It starts its dependent at once (programmatic dependent launch).
@@ -541,6 +543,447 @@ __global__ void __launch_bounds__(kThreads) NBitsGenericKernel(NBitsParams p, co
   }
 }
 
+// ---- GEMV kernel (m <= 16): weights staged in shared memory by the copy engine ------------------
+
+// A block: kGemvWarps warps on `tiles_per_block` 16-column tiles and one K slice (grid.x: tile
+// groups, grid.y: K slices). Before waiting for the previous kernel, warp 0 queues one bulk copy
+// (cp.async.bulk, global -> shared) per column and chunk of the slice (each chunk of a tile
+// completes on its own mbarrier) and every thread queues 4-byte cp.async copies of the scales: the
+// whole slice is in flight at once at no register cost, and with programmatic dependent launch the
+// next layer's copies overlap this layer's tail. After griddepcontrol.wait the block converts its
+// slice of X into shared memory (fp32: hi + lo fp16 halves of x * 2^e per row and 256 codes, as the
+// prologue of the kMma path does), then each warp takes every wpt-th iteration of its tile
+// (wpt = warps per tile): dequantise from shared memory into A fragments, mma with the
+// activations as B, fold the block's scale. Warps of a tile are summed in warp order
+// (deterministic); split-K slices by the last block of each tile group, in slice order.
+constexpr int kGemvWarps = 8;               // 8 warps: up to 8 tiles per block, or 8 K-interleaved warps on one
+constexpr int kGemvThreads = kGemvWarps * 32;
+constexpr int kGemvMaxRows = 16;            // one row tile: 4 fp32 row groups of 4, or 2 fp16 groups of 8
+constexpr int kGemvChunkBytes = 1024;       // per column and copy: the unit a warp waits for
+constexpr int kGemvTargetBytes = 32 << 10;  // packed weight bytes per block when the kernel picks split-K
+constexpr int kGemvWholeKBytes = 64 << 10;  // ... unless all of K fits in this with at most a block per SM
+
+// Host-computed geometry and shared-memory layout (byte offsets) of one GEMV launch.
+struct GemvPlan {
+  int tiles_per_block = 1;  // 16-column tiles per block (1, 2, 4 or 8)
+  int tiles_shift = 0;      // log2(tiles_per_block)
+  int slice_iters = 0;      // iterations (kIterCodes codes of one column) per K slice
+  int chunk_iters = 0;      // GemvChunkIters: iterations per bulk copy (one mbarrier per tile and chunk)
+  int chunks = 0;           // chunks of a full slice
+  int splits = 1;           // K slices (grid.y)
+  int slice_blocks = 0;     // scale slots per column: quantisation blocks a slice can touch
+  int x_groups = 0;         // 256-code activation groups per slice
+  int w_stride = 0;         // bytes per staged column (padded: conflict-free 16-byte reads)
+  int x_stride = 0;         // bytes per activation row part (likewise)
+  int bar_off = 0, w_off = 0, x_off = 0, inv_off = 0, sc_off = 0, zp_off = 0, smem = 0;
+};
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void MbarInit(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
+}
+// Makes the initialised barriers visible to the copy engine (the async proxy).
+__device__ __forceinline__ void FenceMbarInit() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
+}
+__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)), "r"(bytes) : "memory");
+}
+// Waits for the barrier's phase `parity`; the 10 ms suspend-time hint lets the warp sleep until the
+// copy lands instead of re-polling (no instruction issue while it waits).
+__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n"
+      "WAIT:\n\t"
+      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, 10000000;\n\t"
+      "@!p bra WAIT;\n}" ::"r"(SmemAddr(bar)),
+      "r"(parity)
+      : "memory");
+}
+// One bulk copy global -> shared (16-byte aligned, a multiple of 16 bytes), completing on `bar`.
+__device__ __forceinline__ void BulkCopy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   SmemAddr(dst)),
+               "l"(src), "r"(bytes), "r"(SmemAddr(bar))
+               : "memory");
+}
+__device__ __forceinline__ void CpAsync4(void* dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
+
+// Position (in halves) of slice code `kl` in a staged activation row part: iteration, then the
+// lane chunk's 16-byte (or 8-byte) vectors vector-major, so that the 4 lanes t of one read touch
+// consecutive vectors (conflict-free with the row stride at 64 mod 128 bytes).
+template <int kBits, int kLoadBytes>
+__device__ __forceinline__ int GemvXPos(int kl) {
+  constexpr int kCodesPerWord = 32 / kBits;
+  constexpr int kCodesPerLane = kLoadBytes * 8 / kBits;
+  constexpr int kIterCodes = 4 * kCodesPerLane;
+  constexpr int kVecHalves = kCodesPerLane >= 8 ? 8 : 4;
+  const int it = kl / kIterCodes, within = kl % kIterCodes;
+  const int t = within / kCodesPerLane, ci = within % kCodesPerLane;
+  const int i = (ci & ~(kCodesPerWord - 1)) + PermutedPos<kBits>(ci & (kCodesPerWord - 1));
+  return it * kIterCodes + (i / kVecHalves) * (4 * kVecHalves) + t * kVecHalves + i % kVecHalves;
+}
+
+// Iterations per bulk copy: kGemvChunkBytes per column, a power of two >= kGemvWarps (so the warps
+// of a tile split every chunk evenly).
+__host__ __device__ constexpr int GemvChunkIters(int iter_bytes) {
+  return kGemvChunkBytes / iter_bytes > kGemvWarps ? kGemvChunkBytes / iter_bytes : kGemvWarps;
+}
+
+// Code order within one 16-byte vector of a staged activation row part (kCodesPerLane >= 8 and
+// at most 8 codes per word): slot i holds code GemvVecOrder(codes_per_word, i) of 8 consecutive
+// codes, the order Dequant pairs them in (PermutedPos).
+__device__ __forceinline__ constexpr int GemvVecOrder(int codes_per_word, int i) {
+  return codes_per_word == 8 ? (i % 2) * 4 + i / 2                     // pairs (j, j + 4): 0 4 1 5 2 6 3 7
+                             : (i / 4) * 4 + (i % 2) * 2 + (i % 4) / 2;  // per word (j, j + 2): 0 2 1 3 4 6 5 7
+}
+
+__device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
+  uint32_t d;  // {hi, lo} -> fp16x2 with lo in the low half, round to nearest
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
+  return d;
+}
+
+template <int kBits, int kLoadBytes, typename TA, int kRowGroups, bool kHasZp>
+__global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, const TA* __restrict__ x,
+                                                               TA* __restrict__ y, int m, GemvPlan plan,
+                                                               float* __restrict__ partials, unsigned* counters) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int kParts = std::is_same_v<TA, float> ? 2 : 1;
+  constexpr int kRowsPerGroup = 8 / kParts;
+  constexpr int kAccs = kParts == 2 ? 2 : 4;
+  constexpr int kWords = kLoadBytes / 4;
+  constexpr int kCodesPerWord = 32 / kBits;
+  constexpr int kCodesPerLane = kLoadBytes * 8 / kBits;
+  constexpr int kIterCodes = 4 * kCodesPerLane;
+  constexpr int kIterBytes = 4 * kLoadBytes;
+  constexpr int kStepsPerWord = kCodesPerWord / 4;
+  constexpr int kVecHalves = kCodesPerLane >= 8 ? 8 : 4;
+  using BVec = std::conditional_t<kVecHalves == 8, uint4, uint2>;
+  constexpr int kStepsPerVec = kVecHalves / 4;
+  constexpr int kBVecs = kCodesPerLane / kVecHalves;
+  constexpr int kChunkIters = GemvChunkIters(kIterBytes);
+  constexpr bool kVecX = kCodesPerLane >= 8 && kCodesPerWord <= 8;  // 8 consecutive codes fill one vector
+  using Deq = Dequant<kBits>;
+  extern __shared__ __align__(128) uint8_t smem[];
+  __shared__ bool is_last;
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tiles = plan.tiles_per_block, tc_shift = plan.tiles_shift + 4;  // 16 columns per tile
+  const int col0 = blockIdx.x * tiles * kColsPerTile;
+  const int total_iters = p.k_padded / kIterCodes;
+  const int it0 = blockIdx.y * plan.slice_iters;
+  const int n_it = min(total_iters, it0 + plan.slice_iters) - it0;  // >= 1: the host makes no empty slice
+  const int chunks = (n_it + kChunkIters - 1) / kChunkIters;
+  const int k0 = it0 * kIterCodes;
+  const int blk0 = k0 >> p.block_shift;
+  const int nblk = ((k0 + n_it * kIterCodes - 1) >> p.block_shift) - blk0 + 1;
+  const int rows = m;
+
+  uint64_t* bars = reinterpret_cast<uint64_t*>(smem + plan.bar_off);
+  uint8_t* wsm = smem + plan.w_off;
+  __half* xsm = reinterpret_cast<__half*>(smem + plan.x_off);
+  float* inv = reinterpret_cast<float*>(smem + plan.inv_off);
+  float* scs = reinterpret_cast<float*>(smem + plan.sc_off);
+  uint8_t* zps = smem + plan.zp_off;
+  const int x_halves = plan.x_stride / 2;
+
+  AllowDependents();  // the next kernel may launch once every block of this one has started
+
+  // 1. Weights: nothing here depends on the previous kernel.
+  if (warp == 0) {
+    if (lane == 0) {
+      for (int i = 0; i < tiles * chunks; ++i) MbarInit(bars + i, 1);
+      FenceMbarInit();
+      for (int tile = 0; tile < tiles; ++tile) {
+        const int cols = max(0, min(kColsPerTile, p.n - col0 - tile * kColsPerTile));
+        for (int c = 0; c < chunks; ++c) {
+          const int iters = min(kChunkIters, n_it - c * kChunkIters);
+          MbarArriveExpectTx(bars + tile * chunks + c, static_cast<uint32_t>(cols * iters * kIterBytes));
+        }
+      }
+    }
+    __syncwarp();
+    // Chunk-major order: every column's first chunk is queued before any second chunk.
+    for (int i = lane; i < tiles * kColsPerTile * chunks; i += 32) {
+      const int tc = i & ((1 << tc_shift) - 1), c = i >> tc_shift;
+      const int col = col0 + tc;
+      if (col < p.n) {
+        const int iters = min(kChunkIters, n_it - c * kChunkIters);
+        BulkCopy(wsm + tc * plan.w_stride + c * kChunkIters * kIterBytes,
+                 p.b + col * p.row_bytes + static_cast<int64_t>(it0 + c * kChunkIters) * kIterBytes,
+                 static_cast<uint32_t>(iters * kIterBytes), bars + (tc / kColsPerTile) * chunks + c);
+      }
+    }
+  }
+  // Scales (and zero points) of the slice's blocks, [tile][block][g][lo/hi column] so that a lane
+  // reads its two columns' scales with one 8-byte load; columns past N get 0.
+  // A warp per column, lanes along its blocks (coalesced reads of the column's scales).
+  for (int tc = warp; tc < tiles * kColsPerTile; tc += kGemvWarps) {
+    const int col = col0 + tc, c = tc & (kColsPerTile - 1);
+    const int slot0 = (tc >> 4) * plan.slice_blocks * kColsPerTile + (c & 7) * 2 + (c >> 3);
+    for (int b = lane; b < nblk; b += 32) {
+      const int slot = slot0 + b * kColsPerTile;
+      if (col < p.n) {
+        CpAsync4(scs + slot, p.scales + static_cast<int64_t>(col) * p.k_blocks + blk0 + b);
+      } else {
+        scs[slot] = 0.0f;
+      }
+      if constexpr (kHasZp) {
+        int z = 0;
+        if (col < p.n) {
+          const uint8_t* zr = p.zp + static_cast<int64_t>(col) * p.zp_row_bytes;
+          const int bit = (blk0 + b) * kBits;
+          z = (__ldg(zr + (bit >> 3)) >> (bit & 7)) & ((1 << kBits) - 1);  // 2/4/8 bits never straddle a byte
+        }
+        zps[slot] = static_cast<uint8_t>(z);
+      }
+    }
+  }
+
+  // 2. Activations: X is the previous kernel's output.
+  WaitForPrologue();
+  const int groups = (n_it * kIterCodes + kActGroup - 1) / kActGroup;
+  const bool x_vec = p.k % 8 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0;  // 8 values in 16 or 32 bytes
+  for (int task = warp; task < rows * groups; task += kGemvWarps) {
+    const int r = task / groups, grp = task - r * groups;
+    const int kl0 = grp * kActGroup + lane * 8;
+    const int kk0 = k0 + kl0;
+    const TA* xr = x + static_cast<int64_t>(r) * p.k + kk0;
+    float v[8];
+    if (x_vec && kk0 + 8 <= p.k) {
+      if constexpr (std::is_same_v<TA, float>) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(xr)), b = __ldg(reinterpret_cast<const float4*>(xr) + 1);
+        v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+      } else {
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(xr));
+        const uint32_t w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&w[j]));
+          v[2 * j] = f.x, v[2 * j + 1] = f.y;
+        }
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = kk0 + j < p.k ? ToFloat(xr[j]) : 0.0f;
+    }
+    float scale = 1.0f;
+    if constexpr (kParts == 2) {
+      float mx = 0.0f;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fabsf(v[j]));
+      // Non-negative floats order like their bit patterns. The prologue's rule without frexpf: a
+      // normal mx is below 2^(biased exponent - 126); subnormals clamp to e = 120 either way;
+      // zero and Inf/NaN groups keep e = 0.
+      const uint32_t mb = __reduce_max_sync(0xffffffffu, __float_as_uint(mx));
+      const int biased = static_cast<int>(mb >> 23);
+      const int e = mb != 0 && biased != 255 ? max(-120, min(120, 15 - (biased - 126))) : 0;
+      scale = __uint_as_float(static_cast<uint32_t>(127 + e) << 23);  // 2^e, a normal float
+      if (lane == 0) inv[r * plan.x_groups + grp] = __uint_as_float(static_cast<uint32_t>(127 - e) << 23);
+    }
+    __half* hi = xsm + r * kParts * x_halves;
+    if constexpr (kVecX) {
+      // One 16-byte vector per row part: the 8 values in the order the lanes consume them.
+      float sv[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) sv[i] = v[GemvVecOrder(kCodesPerWord, i)] * scale;  // a power of two: exact
+      uint32_t h[4], l[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        h[j] = PackHalves(sv[2 * j], sv[2 * j + 1]);
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h[j]));
+        l[j] = PackHalves(sv[2 * j] - f.x, sv[2 * j + 1] - f.y);
+      }
+      const int pos = GemvXPos<kBits, kLoadBytes>(kl0);  // slot 0 holds code 0: the vector's start
+      *reinterpret_cast<uint4*>(hi + pos) = make_uint4(h[0], h[1], h[2], h[3]);
+      if constexpr (kParts == 2) *reinterpret_cast<uint4*>(hi + x_halves + pos) = make_uint4(l[0], l[1], l[2], l[3]);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const int pos = GemvXPos<kBits, kLoadBytes>(kl0 + j);
+        const float sj = v[j] * scale;
+        const __half h = __float2half_rn(sj);
+        hi[pos] = h;
+        if constexpr (kParts == 2) hi[x_halves + pos] = __float2half_rn(sj - __half2float(h));
+      }
+    }
+  }
+  CpAsyncWaitAll();
+  __syncthreads();
+
+  // 3. Main loop: warp `warp` works on tile warp % tiles, iterations kw, kw + wpt, ...
+  const int tile = warp & (tiles - 1), kw = warp >> plan.tiles_shift, wpt = kGemvWarps >> plan.tiles_shift;
+  const uint8_t* w_lo = wsm + (tile * kColsPerTile + g) * plan.w_stride + t * kLoadBytes;
+  const uint8_t* w_hi = w_lo + 8 * plan.w_stride;
+  const float* sc = scs + tile * plan.slice_blocks * kColsPerTile + g * 2;
+  const uint8_t* zq = zps + tile * plan.slice_blocks * kColsPerTile + g * 2;
+  // B column g of row group rg is row part rg * 8 + g (fp32: row rg*4 + g/2, hi or lo; fp16: row
+  // rg*8 + g); lanes past the rows use zeros.
+  const __half* bx[kRowGroups];
+  bool b_ok[kRowGroups];
+  const float* inv_row[kRowGroups];  // the fold's row rg*R + t (fp32)
+#pragma unroll
+  for (int rg = 0; rg < kRowGroups; ++rg) {
+    const int rp = rg * 8 + g;
+    b_ok[rg] = rp < rows * kParts;
+    bx[rg] = xsm + (b_ok[rg] ? rp : 0) * x_halves + t * kVecHalves;
+    inv_row[rg] = inv + min(rg * kRowsPerGroup + t, rows - 1) * plan.x_groups;
+  }
+  const int default_zp = 1 << (kBits - 1);
+  Deq deq_lo, deq_hi;
+  deq_lo.SetZeroPoint(default_zp);
+  deq_hi.SetZeroPoint(default_zp);
+
+  float acc[kRowGroups][kAccs];
+#pragma unroll
+  for (int rg = 0; rg < kRowGroups; ++rg)
+#pragma unroll
+    for (int j = 0; j < kAccs; ++j) acc[rg][j] = 0.0f;
+
+  // Chunk by chunk (each warp of the tile waits for each chunk; kChunkIters is a multiple of wpt).
+  for (int c = 0; c < chunks; ++c) {
+   MbarWait(bars + tile * chunks + c, 0);
+   const int c_end = min(n_it, (c + 1) * kChunkIters);
+#pragma unroll 2
+   for (int il = c * kChunkIters + kw; il < c_end; il += wpt) {
+    uint32_t wl[kWords], wh[kWords];
+    if constexpr (kWords == 4) {
+      const uint4 a = *reinterpret_cast<const uint4*>(w_lo + il * kIterBytes);
+      const uint4 b = *reinterpret_cast<const uint4*>(w_hi + il * kIterBytes);
+      wl[0] = a.x, wl[1] = a.y, wl[2] = a.z, wl[3] = a.w;
+      wh[0] = b.x, wh[1] = b.y, wh[2] = b.z, wh[3] = b.w;
+    } else if constexpr (kWords == 2) {
+      const uint2 a = *reinterpret_cast<const uint2*>(w_lo + il * kIterBytes);
+      const uint2 b = *reinterpret_cast<const uint2*>(w_hi + il * kIterBytes);
+      wl[0] = a.x, wl[1] = a.y;
+      wh[0] = b.x, wh[1] = b.y;
+    } else {
+      wl[0] = *reinterpret_cast<const uint32_t*>(w_lo + il * kIterBytes);
+      wh[0] = *reinterpret_cast<const uint32_t*>(w_hi + il * kIterBytes);
+    }
+    const int blk = ((k0 + il * kIterCodes) >> p.block_shift) - blk0;
+    const float2 s2 = *reinterpret_cast<const float2*>(sc + blk * kColsPerTile);
+    if constexpr (kHasZp) {
+      deq_lo.SetZeroPoint(zq[blk * kColsPerTile]);
+      deq_hi.SetZeroPoint(zq[blk * kColsPerTile + 1]);
+    }
+    BVec bcur[kRowGroups][kBVecs];
+    float icur[kRowGroups];
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+#pragma unroll
+      for (int q = 0; q < kBVecs; ++q) {
+        bcur[rg][q] = BVec{};
+        if (b_ok[rg]) bcur[rg][q] = *reinterpret_cast<const BVec*>(bx[rg] + il * kIterCodes + q * 4 * kVecHalves);
+      }
+      icur[rg] = kParts == 2 ? inv_row[rg][il * kIterCodes / kActGroup] : 1.0f;
+    }
+    float cacc[2][kRowGroups][4];
+#pragma unroll
+    for (int e = 0; e < 2; ++e)
+#pragma unroll
+      for (int rg = 0; rg < kRowGroups; ++rg)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) cacc[e][rg][j] = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < kWords; ++wi) {
+      uint32_t pl[Deq::kPairs], ph[Deq::kPairs];
+      deq_lo.Word(wl[wi], pl);
+      deq_hi.Word(wh[wi], ph);
+#pragma unroll
+      for (int s = 0; s < kStepsPerWord; ++s) {
+        const int st = wi * kStepsPerWord + s;
+#pragma unroll
+        for (int rg = 0; rg < kRowGroups; ++rg) {
+          uint32_t b0, b1;
+          if constexpr (kStepsPerVec == 2) {
+            const uint4& v = reinterpret_cast<const uint4&>(bcur[rg][st / 2]);
+            b0 = st % 2 ? v.z : v.x;
+            b1 = st % 2 ? v.w : v.y;
+          } else {
+            const uint2& v = reinterpret_cast<const uint2&>(bcur[rg][st]);
+            b0 = v.x;
+            b1 = v.y;
+          }
+          Mma16816(cacc[st % 2][rg], pl[2 * s], ph[2 * s], pl[2 * s + 1], ph[2 * s + 1], b0, b1);
+        }
+      }
+    }
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg) {
+      float cc[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) cc[j] = cacc[0][rg][j] + cacc[1][rg][j];
+      if constexpr (kParts == 2) {
+        acc[rg][0] = fmaf(cc[0] + cc[1], s2.x * icur[rg], acc[rg][0]);  // hi + lo, times 1 / 2^e
+        acc[rg][1] = fmaf(cc[2] + cc[3], s2.y * icur[rg], acc[rg][1]);
+      } else {
+        acc[rg][0] = fmaf(cc[0], s2.x, acc[rg][0]);
+        acc[rg][1] = fmaf(cc[1], s2.x, acc[rg][1]);
+        acc[rg][2] = fmaf(cc[2], s2.y, acc[rg][2]);
+        acc[rg][3] = fmaf(cc[3], s2.y, acc[rg][3]);
+      }
+    }
+   }
+  }
+
+  // 4. Sum the warps of each tile in warp order (the staged weights' space is free now).
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(wsm);  // [warp][rg][j][lane]
+#pragma unroll
+  for (int rg = 0; rg < kRowGroups; ++rg)
+#pragma unroll
+    for (int j = 0; j < kAccs; ++j) red[((warp * kRowGroups + rg) * kAccs + j) * 32 + lane] = acc[rg][j];
+  __syncthreads();
+  const bool split = gridDim.y > 1;
+  if (kw == 0) {
+    const int n0 = col0 + tile * kColsPerTile;
+#pragma unroll
+    for (int rg = 0; rg < kRowGroups; ++rg)
+#pragma unroll
+      for (int j = 0; j < kAccs; ++j) {
+        float v = acc[rg][j];
+        for (int w = 1; w < wpt; ++w) v += red[(((warp + w * tiles) * kRowGroups + rg) * kAccs + j) * 32 + lane];
+        // fp32: lane (g, t) holds row rg*4 + t x columns g, g + 8. fp16: rows rg*8 + 2t, 2t + 1.
+        const int r = kParts == 2 ? rg * kRowsPerGroup + t : rg * kRowsPerGroup + 2 * t + (j & 1);
+        const int col = n0 + g + ((kParts == 2 ? j : j / 2) == 0 ? 0 : 8);
+        if (r >= rows || col >= p.n) continue;
+        if (split) {
+          partials[(static_cast<int64_t>(blockIdx.y) * m + r) * p.n + col] = v;
+        } else {
+          const float bias = p.bias != nullptr ? p.bias[col] : 0.0f;
+          y[static_cast<int64_t>(r) * p.n + col] = FromFloat<TA>(v + bias);
+        }
+      }
+  }
+  if (!split) return;
+  // Split-K: the last block of this tile group to finish sums the slices in order.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int cols = min(tiles * kColsPerTile, p.n - col0);
+  for (int idx = threadIdx.x; idx < rows * cols; idx += kGemvThreads) {
+    const int r = idx / cols, col = col0 + idx % cols;
+    float sum = 0.0f;
+    for (int s = 0; s < static_cast<int>(gridDim.y); ++s)
+      sum += __ldcg(partials + (static_cast<int64_t>(s) * m + r) * p.n + col);
+    if (p.bias != nullptr) sum += p.bias[col];
+    y[static_cast<int64_t>(r) * p.n + col] = FromFloat<TA>(sum);
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch on this stream
+#endif
+}
+
 // ---- dispatch ---------------------------------------------------------------------------------
 
 // Bytes per lane load for the tensor-core kernel: the largest of 16/8/4 with 4 lanes x load <=
@@ -663,6 +1106,154 @@ Status LaunchMmaLoad(int load_bytes, const NBitsParams& p, const TA* x, TA* y, i
   }
 }
 
+// Whether the GEMV kernel can run `w` at `m` rows on this device (sm_90: bulk copies).
+bool GemvSupported(const NBitsWeightsView& w, int64_t m) {
+  if (m < 1 || m > kGemvMaxRows || MmaLoadBytes(w.layout) == 0) return false;
+  if (reinterpret_cast<uintptr_t>(w.b) % 16 != 0) return false;  // bulk copies: 16-byte aligned sources
+  const StatusOr<DeviceInfo> info = CurrentDeviceInfo();
+  return info.ok() && info->major >= 9;
+}
+
+// Geometry and shared-memory layout of one GEMV launch; `tiles` and `split_k` as in NBitsOptions.
+template <int kBits, int kLoadBytes, typename TA, int kRowGroups>
+StatusOr<GemvPlan> MakeGemvPlan(const NBitsParams& p, int64_t m, int tiles, int split_k, const DeviceInfo& info) {
+  constexpr int kParts = std::is_same_v<TA, float> ? 2 : 1;
+  constexpr int kAccs = kParts == 2 ? 2 : 4;
+  constexpr int kIterCodes = 4 * (kLoadBytes * 8 / kBits);
+  constexpr int kIterBytes = 4 * kLoadBytes;
+  constexpr int kAlign = kActGroup / kIterCodes;  // slices start on activation groups
+  const int col_tiles = (p.n + kColsPerTile - 1) / kColsPerTile;
+  const int iters = p.k_padded / kIterCodes;
+  GemvPlan plan;
+  // Tiles per block: a power of two <= kGemvWarps, so that every tile gets the same number of
+  // warps. Default: 2 (the block's activation conversion serves 32 columns), 1 where there are
+  // enough tiles for 4 blocks per SM (measured on the H200, W4 batch 1: see docs/BENCHMARKS.md).
+  int tpb = tiles > 0 ? std::min(tiles, kGemvWarps) : (col_tiles >= 4 * info.sm_count ? 1 : 2);
+  while (tpb & (tpb - 1)) tpb &= tpb - 1;
+  plan.tiles_per_block = tpb;
+  while ((1 << plan.tiles_shift) < tpb) ++plan.tiles_shift;
+  const int64_t tile_bytes = int64_t{plan.tiles_per_block} * kColsPerTile * kIterBytes;  // one iteration
+  auto round_up = [](int64_t v, int64_t a) { return (v + a - 1) / a * a; };
+  int64_t slice;
+  const int64_t groups = (col_tiles + plan.tiles_per_block - 1) / plan.tiles_per_block;
+  if (split_k > 0) {
+    slice = round_up((iters + split_k - 1) / split_k, kAlign);
+  } else if (groups <= info.sm_count && tile_bytes * iters <= kGemvWholeKBytes) {
+    slice = iters;  // at most a block per SM and a small one: splitting K would only add work
+  } else {
+    slice = std::max<int64_t>(kAlign, kGemvTargetBytes / tile_bytes / kAlign * kAlign);
+  }
+  for (;;) {
+    slice = std::clamp<int64_t>(slice, 1, iters);
+    const int64_t splits = (iters + slice - 1) / slice;
+    slice = std::min<int64_t>(iters, round_up((iters + splits - 1) / splits, kAlign));  // balance, aligned
+    plan.slice_iters = static_cast<int>(slice);
+    plan.splits = static_cast<int>((iters + slice - 1) / slice);
+    plan.chunk_iters = GemvChunkIters(kIterBytes);
+    plan.chunks = (plan.slice_iters + plan.chunk_iters - 1) / plan.chunk_iters;
+    const int64_t slice_codes = slice * kIterCodes;
+    plan.slice_blocks = static_cast<int>(std::min<int64_t>(p.k_blocks, slice_codes / p.block_size + 2));
+    plan.x_groups = static_cast<int>(round_up(slice_codes, kActGroup) / kActGroup);
+    const int64_t w_bytes = slice * kIterBytes;
+    plan.w_stride = static_cast<int>(w_bytes + (kIterBytes - w_bytes % 128 + 128) % 128);
+    plan.x_stride = static_cast<int>(plan.x_groups * kActGroup * 2 + 64);  // 64 mod 128
+    const int cols = plan.tiles_per_block * kColsPerTile;
+    int64_t off = round_up(int64_t{8} * plan.tiles_per_block * plan.chunks, 128);
+    plan.bar_off = 0;
+    plan.w_off = static_cast<int>(off);
+    off += round_up(std::max<int64_t>(int64_t{cols} * plan.w_stride, int64_t{kGemvWarps} * kRowGroups * kAccs * 32 * 4), 128);
+    plan.x_off = static_cast<int>(off);
+    off += round_up(m * kParts * plan.x_stride, 128);
+    plan.inv_off = static_cast<int>(off);
+    off += round_up(kParts == 2 ? m * plan.x_groups * 4 : 0, 128);
+    plan.sc_off = static_cast<int>(off);
+    off += round_up(int64_t{cols} * plan.slice_blocks * 4, 128);
+    plan.zp_off = static_cast<int>(off);
+    off += round_up(int64_t{cols} * plan.slice_blocks, 128);
+    if (off <= info.max_shared_per_block_optin - 1024) {  // 1 KB: the kernel's static shared memory
+      plan.smem = static_cast<int>(off);
+      return plan;
+    }
+    if (slice <= kAlign)
+      return Unimplemented("MatMulNBits: the GEMV kernel's slice does not fit in shared memory (" +
+                           std::to_string(off) + " bytes)");
+    slice = std::max<int64_t>(kAlign, slice / 2 / kAlign * kAlign);
+  }
+}
+
+template <int kBits, int kLoadBytes, typename TA, int kRowGroups>
+Status LaunchGemvShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBitsWorkspace& ws, cudaStream_t stream,
+                       const NBitsOptions& options) {
+  QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
+  QC_ASSIGN_OR_RETURN(GemvPlan plan,
+                      (MakeGemvPlan<kBits, kLoadBytes, TA, kRowGroups>(p, m, options.gemv_tiles, options.split_k, info)));
+  const int col_tiles = (p.n + kColsPerTile - 1) / kColsPerTile;
+  const int groups = (col_tiles + plan.tiles_per_block - 1) / plan.tiles_per_block;
+  QC_RETURN_IF_ERROR(ws.Reserve(plan.splits > 1 ? int64_t{plan.splits} * m * p.n : 0, plan.splits > 1 ? groups : 0, 0, 0,
+                                stream));
+  auto kernel = p.zp != nullptr ? NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, true>
+                                : NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, false>;
+  // Once per instantiation: allow the largest dynamic shared memory and prefer shared memory over
+  // L1 (the kernel reads its weights and activations from shared memory).
+  static const cudaError_t attr_error = [&] {
+    for (auto kf : {NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, true>,
+                    NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, false>}) {
+      cudaFuncAttributes fa{};
+      cudaError_t e = cudaFuncGetAttributes(&fa, kf);  // static shared memory counts against the limit
+      if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                 static_cast<int>(info.max_shared_per_block_optin - fa.sharedSizeBytes));
+      if (e == cudaSuccess)
+        e = cudaFuncSetAttribute(kf, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+      if (e != cudaSuccess) {
+        (void)cudaGetLastError();  // not sticky: keep it from surfacing at the next launch check
+        return e;
+      }
+    }
+    return cudaSuccess;
+  }();
+  QC_CUDA_RETURN_IF_ERROR(attr_error);
+  if (plan.smem > info.max_shared_per_block_optin - 1024)  // the kernel's own static shared memory
+    return Unimplemented("MatMulNBits: the GEMV kernel's slice does not fit in shared memory");
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(groups, plan.splits, 1);
+  config.blockDim = dim3(kGemvThreads);
+  config.dynamicSmemBytes = static_cast<size_t>(plan.smem);
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the previous kernel
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = options.programmatic_launch ? 1 : 0;
+  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p, x, y, static_cast<int>(m), plan, ws.partials(),
+                                             ws.counters()));
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsGemvKernel");
+  return Status::Ok();
+}
+
+template <int kBits, int kLoadBytes, typename TA>
+Status LaunchGemvRows(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBitsWorkspace& ws, cudaStream_t stream,
+                      const NBitsOptions& options) {
+  // One mma covers 4 fp32 rows (hi, lo) or 8 fp16 rows: 1, 2 or 4 row groups up to 16 rows.
+  constexpr int kRowsPerGroup = std::is_same_v<TA, float> ? 4 : 8;
+  if (m <= kRowsPerGroup) return LaunchGemvShape<kBits, kLoadBytes, TA, 1>(p, x, y, m, ws, stream, options);
+  if (m <= 2 * kRowsPerGroup) return LaunchGemvShape<kBits, kLoadBytes, TA, 2>(p, x, y, m, ws, stream, options);
+  if constexpr (kRowsPerGroup == 4) return LaunchGemvShape<kBits, kLoadBytes, TA, 4>(p, x, y, m, ws, stream, options);
+  return Internal("MatMulNBits: too many rows for the GEMV kernel");
+}
+
+template <int kBits, typename TA>
+Status LaunchGemvLoad(int load_bytes, const NBitsParams& p, const TA* x, TA* y, int64_t m, NBitsWorkspace& ws,
+                      cudaStream_t stream, const NBitsOptions& options) {
+  switch (load_bytes) {
+    case 16: return LaunchGemvRows<kBits, 16, TA>(p, x, y, m, ws, stream, options);
+    case 8: return LaunchGemvRows<kBits, 8, TA>(p, x, y, m, ws, stream, options);
+    case 4: return LaunchGemvRows<kBits, 4, TA>(p, x, y, m, ws, stream, options);
+    default: return Internal("MatMulNBits: bad load width");
+  }
+}
+
 Status CheckWeights(const NBitsWeightsView& w) {
   QC_RETURN_IF_ERROR(w.layout.Validate());
   if (w.b == nullptr || w.scales == nullptr) return InvalidArgument("MatMulNBits: B and scales are required");
@@ -679,15 +1270,26 @@ Status Dispatch(const NBitsWeightsView& w, const TA* x, TA* y, int64_t m, NBitsW
   if (m == 0) return Status::Ok();
   if (m > (int64_t{1} << 31) / w.layout.k || m > (int64_t{1} << 31) / w.layout.n)
     return InvalidArgument("MatMulNBits: m * k or m * n exceeds 2^31");
-  const NBitsKernel auto_kernel = SelectNBitsKernel(w);
+  const NBitsKernel auto_kernel = SelectNBitsKernel(w, m, std::is_same_v<TA, __half>);
   NBitsKernel kernel = options.kernel == NBitsKernel::kAuto ? auto_kernel : options.kernel;
-  if (kernel == NBitsKernel::kMma && auto_kernel != NBitsKernel::kMma)
-    return Unimplemented("MatMulNBits: the tensor-core kernel cannot run this layout (bits " +
+  if ((kernel == NBitsKernel::kMma || kernel == NBitsKernel::kGemv) && auto_kernel == NBitsKernel::kGeneric)
+    return Unimplemented("MatMulNBits: the tensor-core kernels cannot run this layout (bits " +
                          std::to_string(w.layout.bits) + ", block_size " + std::to_string(w.layout.block_size) +
                          (w.g_idx ? ", g_idx" : "") + (w.zero_points_float ? ", float zero points" : "") + ")");
+  if (kernel == NBitsKernel::kGemv && !GemvSupported(w, m))
+    return Unimplemented("MatMulNBits: the GEMV kernel needs 1.." + std::to_string(kGemvMaxRows) +
+                         " rows, B aligned to 16 bytes and an sm_90 device (m = " + std::to_string(m) + ")");
   const NBitsParams p = MakeParams(w);
   if (kernel == NBitsKernel::kGeneric) return LaunchGeneric<TA>(p, x, y, m, stream);
   const int lb = MmaLoadBytes(w.layout);
+  if (kernel == NBitsKernel::kGemv) {
+    switch (w.layout.bits) {
+      case 2: return LaunchGemvLoad<2, TA>(lb, p, x, y, m, ws, stream, options);
+      case 4: return LaunchGemvLoad<4, TA>(lb, p, x, y, m, ws, stream, options);
+      case 8: return LaunchGemvLoad<8, TA>(lb, p, x, y, m, ws, stream, options);
+      default: return Internal("MatMulNBits: bad bit width for the GEMV kernel");
+    }
+  }
   switch (w.layout.bits) {
     case 2: return LaunchMmaLoad<2, TA>(lb, p, x, y, m, ws, stream, options.split_k);
     case 4: return LaunchMmaLoad<4, TA>(lb, p, x, y, m, ws, stream, options.split_k);
@@ -712,17 +1314,22 @@ Status NBitsLayout::Validate() const {
 const char* NBitsKernelName(NBitsKernel kernel) {
   switch (kernel) {
     case NBitsKernel::kAuto: return "auto";
+    case NBitsKernel::kGemv: return "gemv";
     case NBitsKernel::kMma: return "mma";
     case NBitsKernel::kGeneric: return "generic";
   }
   return "?";
 }
 
-NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w) {
+NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_activations) {
   if (w.g_idx != nullptr || w.zero_points_float != nullptr) return NBitsKernel::kGeneric;
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
+  // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
+  // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
+  // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.
+  if (m == 1 && w.layout.bits == 4 && !half_activations && GemvSupported(w, m)) return NBitsKernel::kGemv;
   return NBitsKernel::kMma;
 }
 

@@ -38,9 +38,15 @@ struct NBitsWeightsView {
   const float* bias = nullptr;                 // [n]; or null
 };
 
-/// The two kernels behind MatMulNBits.
+/// The kernels behind MatMulNBits.
 enum class NBitsKernel {
   kAuto,
+  /// Batch GEMV, m <= 16 rows, sm_90 (kAuto takes it for one fp32 row of 4-bit weights): the copy
+  /// engine (cp.async.bulk) streams each block's packed weights into shared memory before the
+  /// kernel waits for the previous one (programmatic dependent launch), so back-to-back layers'
+  /// weight streams overlap; each block converts its slice of X itself (no prologue launch) and
+  /// dequantises into mma.sync m16n8k16 A fragments. The layouts of kMma, with B 16-byte aligned.
+  kGemv,
   /// Tensor cores (mma.sync m16n8k16, fp32 accumulation): packed weights are streamed once with
   /// 4-16 byte loads and dequantised in registers straight into A fragments; activations are
   /// prepared by a prologue kernel. 2/4/8-bit storage, integer (or no) zero points, no g_idx, and
@@ -51,15 +57,23 @@ enum class NBitsKernel {
   kGeneric,
 };
 const char* NBitsKernelName(NBitsKernel kernel);
-/// The kernel kAuto picks for `w` (kMma whenever it can run it).
-NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w);
+/// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations: kGemv where it
+/// measured fastest (one fp32 row, 4-bit weights), else kMma where it can run, else kGeneric.
+NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
-/// Launch knobs; the defaults are what the executor uses. Tests force the less common paths.
+/// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
+/// common paths.
 struct NBitsOptions {
   NBitsKernel kernel = NBitsKernel::kAuto;
-  /// Number of K slices across blocks, summed by the last block of each tile (0: only as many as
-  /// needed to fill the GPU).
+  /// Number of K slices across blocks, summed by the last block of each tile (0: the kernel's own
+  /// choice; kGemv takes more where a slice would not fit in shared memory).
   int split_k = 0;
+  /// kGemv: 16-column tiles per block, 1..8 (0: the kernel's own choice).
+  int gemv_tiles = 0;
+  /// kGemv: launch with programmatic dependent launch, so the weight copies of this call overlap
+  /// the kernel before it. Off: the call starts after the previous one ends (benchmarks use it
+  /// to time one call in isolation).
+  bool programmatic_launch = true;
 };
 
 /// Scratch of the tensor-core kernel: the activations prepared for it (fp16, in its lane order,

@@ -19,6 +19,9 @@ StatusOr<DeviceBuffer> CopyToDevice(const void* data, size_t bytes, CachingAlloc
   return std::move(buf);  // explicit: nvcc does not apply C++20 implicit move into StatusOr
 }
 
+// The float types that widen exactly to the kernels' float32 scales, zero points and bias.
+bool IsWidenable(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
+
 StatusOr<DeviceBuffer> CopyFloats(const Tensor& t, CachingAllocator& allocator) {
   if (t.dtype() == DType::kFloat32) return CopyToDevice(t.raw(), t.numel() * sizeof(float), allocator);
   const std::vector<float> f = t.ToFloats();
@@ -51,8 +54,7 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
   w.view_.b = w.b_.as<uint8_t>();
 
   const Tensor& scales = *input(2);
-  if (scales.dtype() != DType::kFloat32 && scales.dtype() != DType::kFloat16)
-    return NodeError(node, "scales must be float32 or float16, got " + DTypeName(scales.dtype()));
+  if (!IsWidenable(scales.dtype())) return NodeError(node, "scales must be float32, float16 or bfloat16, got " + DTypeName(scales.dtype()));
   if (scales.numel() != l.n * l.k_blocks())
     return NodeError(node, "scales must have N * k_blocks = " + std::to_string(l.n * l.k_blocks()) +
                                " elements, got " + ShapeToString(scales.shape()));
@@ -67,7 +69,7 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
                                    ShapeToString(zp->shape()));
       QC_ASSIGN_OR_RETURN(w.zero_points_, CopyToDevice(zp->raw(), static_cast<size_t>(zp->numel()), allocator));
       w.view_.zero_points = w.zero_points_.as<uint8_t>();
-    } else if (zp->dtype() == DType::kFloat32 || zp->dtype() == DType::kFloat16) {
+    } else if (IsWidenable(zp->dtype())) {
       if (zp->numel() != l.n * l.k_blocks())
         return NodeError(node, "float zero_points must have N * k_blocks elements, got " + ShapeToString(zp->shape()));
       QC_ASSIGN_OR_RETURN(w.zero_points_, CopyFloats(*zp, allocator));
@@ -88,10 +90,9 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
     w.view_.g_idx = w.g_idx_.as<int32_t>();
   }
   if (const Tensor* bias = input(5)) {
-    if (bias->dtype() != DType::kFloat32 || bias->numel() != l.n)
-      return NodeError(node, "bias must be float32 of shape [N], got " + DTypeName(bias->dtype()) + " " +
-                                 ShapeToString(bias->shape()));
-    QC_ASSIGN_OR_RETURN(w.bias_, CopyToDevice(bias->raw(), static_cast<size_t>(l.n) * sizeof(float), allocator));
+    if (!IsWidenable(bias->dtype()) || bias->numel() != l.n)
+      return NodeError(node, "bias must be float of shape [N], got " + DTypeName(bias->dtype()) + " " + ShapeToString(bias->shape()));
+    QC_ASSIGN_OR_RETURN(w.bias_, CopyFloats(*bias, allocator));
     w.view_.bias = w.bias_.as<float>();
   }
   return std::move(w);

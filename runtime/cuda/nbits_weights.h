@@ -18,7 +18,7 @@ class NBitsWeights {
  public:
   /// Checks `node`'s attributes (K, N, bits, block_size) and its inputs 1..5 (B, scales,
   /// zero_points, g_idx, bias; nullptr where absent) as the CPU kernel does, then copies them to
-  /// the device. fp16 scales and zero points are widened to fp32 (exact). Input 0 is not read.
+  /// the device. float16/bfloat16 scales, zero points and bias are widened to float32 (exact). Input 0 is not read.
   static StatusOr<NBitsWeights> Upload(const Node& node, const std::vector<const Tensor*>& inputs,
                                        CachingAllocator& allocator = CachingAllocator::Default());
 

@@ -399,5 +399,26 @@ TEST_F(CliTest, GenerateWritesRunnableModelAndByteTokenizer) {
   EXPECT_FALSE(fs::exists(Path("x.onnx")));
 }
 
+// --dtype: float16/bfloat16 compute only on the GPU (a clear input error on the CPU), float32 is
+// the float32 model's own type, anything else is rejected by the parser.
+TEST_F(CliTest, DtypeNeedsCudaForHalfTypes) {
+  auto r = Run("generate --arch llama --vocab 256 --hidden 32 --layers 1 --heads 4 --kv-heads 2 -o " + Path("g.onnx") +
+               " --tokenizer-out " + Path("tok.json"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::ofstream(Path("t.txt")) << "Hello, world! Hello again.";
+  const std::string eval = "eval " + Path("g.onnx") + " --data " + Path("t.txt") + " --tokenizer " + Path("tok.json") + " --seqlen 8 --json";
+  ExpectInputError(Run(eval + " --dtype float16"), "--device cuda");
+  ExpectInputError(Run(eval + " --device cpu --dtype bfloat16"), "--device cuda");
+  r = Run("tokenize --tokenizer " + Path("tok.json") + " --text " + Path("t.txt") + " -o " + Path("ids.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ExpectInputError(Run("run " + Path("g.onnx") + " --input-ids " + Path("ids.npy") + " -o " + Path("l.npy") + " --dtype float16"),
+                   "--device cuda");
+  EXPECT_FALSE(fs::exists(Path("l.npy")));
+  r = Run(eval + " --dtype float32");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["dtype"], "float32");
+  EXPECT_EQ(Run(eval + " --dtype float64").exit_code, 1);
+}
+
 }  // namespace
 }  // namespace qc

@@ -27,6 +27,7 @@
 #include "passes/weight_quant.h"
 #include "passes/zeropoint.h"
 #include "runtime/executor.h"
+#include "runtime/float_precision.h"
 #include "tests/ort_batch.h"
 #include "tests/temp_dir.h"
 
@@ -295,12 +296,42 @@ TEST_P(RoundToNearestTest, Negative_WeightIsAlsoAGraphInput) {
   EXPECT_EQ(OpCounts(*model), (std::map<std::string, int>{{"MatMul", 1}}));
 }
 
-TEST_P(RoundToNearestTest, Negative_Float16WeightIsSkippedWithANote) {
+// A float16 model's layer: MatMulNBits' T is float16, so its scales are float16 too.
+TEST_P(RoundToNearestTest, Float16WeightGetsFloat16Scales) {
+  std::mt19937 rng(8);
+  const Tensor w32 = RandomNormalTensor({32, 16}, 0.0f, 1.0f, rng), x32 = RandomNormalTensor({2, 32}, 0.0f, 1.0f, rng);
   GraphBuilder b(7);
   const std::string x = b.AddInput("x", DType::kFloat16, {Dim{2}, Dim{32}});
-  b.AddInitializer("w", Tensor(DType::kFloat16, {32, 16}));
+  b.AddInitializer("w", ConvertFloatTensor(w32, DType::kFloat16));
   b.AddNodeWithOutputs("MatMul", {x, "w"}, {"y"});
   b.AddOutput("y", DType::kFloat16, {Dim{2}, Dim{16}});
+  StatusOr<Model> model = b.Build({{"", 17}});
+  ASSERT_TRUE(model.ok());
+  const Model before = *model;
+  PassRun run = RunPass(GetParam(), *model, Options(4, 16));
+  ASSERT_TRUE(run.status.ok()) << run.status.message();
+  ASSERT_EQ(run.layers.size(), 1u);
+  EXPECT_EQ(run.layers[0].bits, 4);
+  EXPECT_EQ(OpCounts(*model), (std::map<std::string, int>{{"com.microsoft.MatMulNBits", 1}}));
+  EXPECT_EQ(model->graph.FindInitializer(model->graph.nodes[0].inputs[2])->dtype(), DType::kFloat16);
+  const NamedTensors feeds = {{"x", ConvertFloatTensor(x32, DType::kFloat16)}};
+  const std::vector<Tensor> want = RunModel(before, feeds), got = RunModel(*model, feeds);
+  ASSERT_EQ(got[0].dtype(), DType::kFloat16);
+  const std::vector<float> a = want[0].ToFloats(), q = got[0].ToFloats();
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    err += (q[i] - a[i]) * double(q[i] - a[i]);
+    ref += a[i] * double(a[i]);
+  }
+  EXPECT_LT(std::sqrt(err / ref), 0.2);  // 4-bit groups of 16: ~0.1
+}
+
+TEST_P(RoundToNearestTest, Negative_Float64WeightIsSkippedWithANote) {
+  GraphBuilder b(7);
+  const std::string x = b.AddInput("x", DType::kFloat64, {Dim{2}, Dim{32}});
+  b.AddInitializer("w", Tensor(DType::kFloat64, {32, 16}));
+  b.AddNodeWithOutputs("MatMul", {x, "w"}, {"y"});
+  b.AddOutput("y", DType::kFloat64, {Dim{2}, Dim{16}});
   StatusOr<Model> model = b.Build({{"", 17}});
   ASSERT_TRUE(model.ok());
   PassRun run = RunPass(GetParam(), *model, Options(4, 16));
@@ -308,7 +339,7 @@ TEST_P(RoundToNearestTest, Negative_Float16WeightIsSkippedWithANote) {
   ASSERT_EQ(run.layers.size(), 1u);
   EXPECT_EQ(run.layers[0].bits, 0);
   EXPECT_EQ(run.layers[0].scheme, "float");
-  EXPECT_NE(run.layers[0].notes[0].find("float16"), std::string::npos);
+  EXPECT_NE(run.layers[0].notes[0].find("float64"), std::string::npos);
   EXPECT_EQ(OpCounts(*model), (std::map<std::string, int>{{"MatMul", 1}}));
 }
 

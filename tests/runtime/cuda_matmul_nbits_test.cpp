@@ -255,8 +255,10 @@ constexpr double kF32Tol = 4e-6;
 class CudaMatMulNBits : public ::testing::TestWithParam<std::tuple<int, int>> {};
 
 // Every (bits, block) over m = 1, 3, 17, 118, K not a multiple of any tile (300, 1000), odd N,
-// zero points on/off, g_idx on/off: the automatic kernel, and the generic kernel where auto picks
-// the tensor-core one (so both are checked on every layout they accept).
+// zero points on/off, g_idx on/off: the automatic kernel, and where auto picks a tensor-core one,
+// the generic kernel and both tensor-core kernels (the GEMV kernel for m <= 16 also with split-K
+// slices that end mid-block and with tile groups that run past N), so every kernel is checked on
+// every layout it accepts.
 TEST_P(CudaMatMulNBits, MatchesCpuReference) {
   SKIP_WITHOUT_DEVICE();
   const auto [bits, block] = GetParam();
@@ -284,12 +286,19 @@ TEST_P(CudaMatMulNBits, MatchesCpuReference) {
           const NBitsWeights& w = up.value();
           const std::vector<float> want = Reference(L);
           const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
-          const NBitsKernel chosen = cuda::SelectNBitsKernel(w.view());
+          const NBitsKernel chosen = cuda::SelectNBitsKernel(w.view(), m);
           ExpectClose(RunF32(w, L, ws, {}), want, prod, kF32Tol, 0, std::string("auto/") + cuda::NBitsKernelName(chosen));
-          if (chosen == NBitsKernel::kMma) {
+          if (chosen != NBitsKernel::kGeneric) {
             ++mma_runs;
+            EXPECT_EQ(chosen, m == 1 && w.view().layout.bits == 4 ? NBitsKernel::kGemv : NBitsKernel::kMma);
             ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGeneric, 0}), want, prod, kF32Tol, 0, "generic");
             ExpectClose(RunF32(w, L, ws, {NBitsKernel::kMma, 1}), want, prod, kF32Tol, 0, "mma, no split-K");
+            if (m <= 16) {
+              ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGemv, 3}), want, prod, kF32Tol, 0, "gemv, 3 slices");
+              ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGemv, 0, 4}), want, prod, kF32Tol, 0, "gemv, 4 tiles");
+              ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGemv, 2, 2, false}), want, prod, kF32Tol, 0,
+                          "gemv, 2 slices, 2 tiles, no programmatic launch");
+            }
           }
         }
   // The tensor-core kernel takes every layout without g_idx whose column blocks hold >= 16 bytes.
@@ -320,11 +329,15 @@ TEST(CudaMatMulNBitsLarge, RealSizeLayers) {
       const Layer L = MakeLayer(spec, rng);
       auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
       ASSERT_TRUE(up.ok()) << up.status().message();
-      ASSERT_EQ(cuda::SelectNBitsKernel(up->view()), NBitsKernel::kMma);
+      ASSERT_EQ(cuda::SelectNBitsKernel(up->view(), m), m == 1 && bits == 4 ? NBitsKernel::kGemv : NBitsKernel::kMma);
       const std::vector<float> want = Reference(L);
       const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
       ExpectClose(RunF32(*up, L, ws, {}), want, prod, kF32Tol, 0, "auto");
       ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kMma, 3}), want, prod, kF32Tol, 0, "split 3");
+      if (m <= 16) {
+        ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 1}), want, prod, kF32Tol, 0, "gemv, 1 slice");
+        ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 7, 8}), want, prod, kF32Tol, 0, "gemv, 7 slices, 8 tiles");
+      }
     }
 }
 
@@ -342,6 +355,7 @@ TEST(CudaMatMulNBitsPrecision, Fp32ActivationsKeepTheirLowBits) {
   NBitsWorkspace ws;
   const std::vector<float> want = Reference(L);
   ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kMma, 0}), want, AbsProducts(L, ap), 1e-6, 0, "mma");
+  ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 0}), want, AbsProducts(L, ap), 1e-6, 0, "gemv");
 }
 
 // Rows of very different magnitude (1e-20 .. 1e20) each get their own power-of-two scale.
@@ -383,7 +397,8 @@ TEST(CudaMatMulNBitsHalf, MatchesCpuReference) {
         ASSERT_TRUE(up.ok());
         const std::vector<float> want = Reference(L);
         const std::vector<double> prod = AbsProducts(L, ap);
-        for (NBitsKernel kernel : {NBitsKernel::kAuto, NBitsKernel::kGeneric}) {
+        for (NBitsKernel kernel : {NBitsKernel::kAuto, NBitsKernel::kGeneric, NBitsKernel::kMma}) {
+          if (kernel == NBitsKernel::kMma && cuda::SelectNBitsKernel(up->view(), L.m) == NBitsKernel::kGeneric) continue;
           auto x = DeviceArray<__half>::FromHost(xh);
           auto y = DeviceArray<__half>::Poisoned(L.m * L.n);
           ASSERT_OK(cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, {kernel, 0}));
@@ -404,10 +419,67 @@ TEST(CudaMatMulNBits, Deterministic) {
   auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
   ASSERT_TRUE(up.ok());
   NBitsWorkspace ws;
-  const std::vector<float> a = RunF32(*up, L, ws, {NBitsKernel::kMma, 16});
-  const std::vector<float> b = RunF32(*up, L, ws, {NBitsKernel::kMma, 16});
-  ASSERT_EQ(a.size(), b.size());
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+  for (NBitsKernel kernel : {NBitsKernel::kMma, NBitsKernel::kGemv}) {
+    const std::vector<float> a = RunF32(*up, L, ws, {kernel, 16});
+    const std::vector<float> b = RunF32(*up, L, ws, {kernel, 16});
+    ASSERT_EQ(a.size(), b.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << cuda::NBitsKernelName(kernel);
+  }
+}
+
+// Blocks longer than a K slice (ONNX Runtime's per-channel form: one block of the next power of
+// two >= K): every slice of the GEMV kernel reads the same scale.
+TEST(CudaMatMulNBits, GemvBlocksLongerThanASlice) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(13);
+  NBitsWorkspace ws;
+  for (int bits : {4, 8})
+    for (auto [k, block] : {std::pair<int64_t, int>{1000, 1024}, {5000, 8192}})
+      for (int64_t m : {1, 5}) {
+        LayerSpec spec{m, k, 40, bits, block, m == 5, false, false, false};
+        SCOPED_TRACE(Describe(spec));
+        const Layer L = MakeLayer(spec, rng);
+        auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+        ASSERT_TRUE(up.ok()) << up.status().message();
+        ASSERT_NE(cuda::SelectNBitsKernel(up->view(), m), NBitsKernel::kGeneric);
+        const std::vector<float> want = Reference(L);
+        const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
+        ExpectClose(RunF32(*up, L, ws, {}), want, prod, kF32Tol, 0, "auto");
+        ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 0}), want, prod, kF32Tol, 0, "gemv");
+        ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 5}), want, prod, kF32Tol, 0, "gemv, 5 slices");
+      }
+}
+
+// Back-to-back calls on one stream, each reading the previous one's output (programmatic
+// dependent launch: a call starts copying its weights while the one before runs, and must not read
+// its activations before that one has finished). Every intermediate starts as NaN, so a read too
+// early shows.
+TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(14);
+  NBitsWorkspace ws;
+  for (int64_t m : {1, 3}) {
+    const Layer L = MakeLayer(LayerSpec{m, 2048, 2048, 4, 128, false, false, false, true}, rng);
+    auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+    ASSERT_TRUE(up.ok()) << up.status().message();
+    ASSERT_NE(cuda::SelectNBitsKernel(up->view(), m), NBitsKernel::kGeneric);
+    constexpr int kSteps = 12;
+    std::vector<DeviceArray<float>> acts;
+    const float* ap = L.inputs[0].data<float>();
+    acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
+    for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
+    for (int s = 0; s < kSteps; ++s)  // queued back to back, no synchronisation in between
+      ASSERT_OK(cuda::MatMulNBits(up->view(), acts[s].get(), acts[s + 1].get(), m, ws, nullptr, {NBitsKernel::kGemv, 2}));
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    for (int s = 0; s < kSteps; ++s) {
+      SCOPED_TRACE("m=" + std::to_string(m) + " step " + std::to_string(s));
+      Tensor a(DType::kFloat32, {m, L.k});
+      const std::vector<float> in = acts[s].ToHost();
+      std::copy(in.begin(), in.end(), a.mutable_data<float>());
+      const std::vector<float> want = Reference(L, &a);
+      ExpectClose(acts[s + 1].ToHost(), want, AbsProducts(L, in.data()), kF32Tol, 0, "gemv chain");
+    }
+  }
 }
 
 TEST(CudaMatMulNBits, ZeroRowsIsANoOp) {
@@ -422,6 +494,20 @@ TEST(CudaMatMulNBits, ZeroRowsIsANoOp) {
 }
 
 // ---- named negative cases ---------------------------------------------------------------------
+
+TEST(CudaMatMulNBits, Negative_ForcedGemvOnTooManyRows) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(15);
+  const Layer L = MakeLayer(LayerSpec{17, 256, 8, 4, 128, false, false, false, false}, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  auto x = DeviceArray<float>::Poisoned(L.m * L.k);
+  auto y = DeviceArray<float>::Poisoned(L.m * L.n);
+  const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, {NBitsKernel::kGemv, 0});
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("rows"), std::string::npos) << s.message();
+}
 
 TEST(CudaMatMulNBits, Negative_ForcedMmaOnGIdx) {
   SKIP_WITHOUT_DEVICE();

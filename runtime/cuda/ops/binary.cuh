@@ -1,5 +1,6 @@
 // The broadcasting binary-op launcher shared by the arithmetic (elementwise.cu) and the comparison
-// and logic (compare.cu) kernels: y[i] = op(a[..], b[..]) with numpy broadcasting.
+// and logic (compare.cu) kernels: y[i] = op(a[..], b[..]) with numpy broadcasting. float16 and
+// bfloat16 operands are loaded to float, op runs in float, and the result is rounded once.
 #pragma once
 
 #include "runtime/cpu/broadcast.h"
@@ -12,7 +13,7 @@ __global__ void BinaryKernel(const T* a, const T* b, R* y, int64_t n, Indexer<2>
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     int64_t off[2];
     ix.Offsets(i, off);
-    y[i] = op(a[off[0]], b[off[1]]);
+    y[i] = StoreValue<R>(op(LoadValue(a[off[0]]), LoadValue(b[off[1]])));
   }
 }
 
@@ -20,7 +21,7 @@ __global__ void BinaryKernel(const T* a, const T* b, R* y, int64_t n, Indexer<2>
 template <typename T, typename R, typename Op>
 __global__ void BinarySameKernel(const T* a, const T* b, R* y, int64_t n, Op op) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = op(a[i], b[i]);
+    y[i] = StoreValue<R>(op(LoadValue(a[i]), LoadValue(b[i])));
 }
 
 /// Launches op over `a` and `b` (both of element type T) broadcast together into a new output

@@ -1,16 +1,27 @@
 // Helpers shared by the CUDA op kernels: launch sizing, broadcast indexing, dtype checks.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "formats/tensor.h"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/ops/op_kernel.h"
+
+namespace qc {
+
+// The device element types of the 16-bit floats, so Tensor::device_data<__half>() is checked too.
+template <> struct DTypeOf<__half> { static constexpr DType value = DType::kFloat16; };
+template <> struct DTypeOf<__nv_bfloat16> { static constexpr DType value = DType::kBFloat16; };
+
+}  // namespace qc
 
 namespace qc::cuda {
 
@@ -104,20 +115,52 @@ inline bool NormalizeAxis(int64_t axis, int64_t rank, int64_t* out) {
 /// Reads a small host integer tensor (int32/int64) as int64 values.
 inline std::vector<int64_t> HostInts(const Tensor& t) { return t.ToInt64s(); }
 
+/// The float kernels compute in float32 whatever they store: float32 (float), float16 (__half)
+/// and bfloat16 (__nv_bfloat16) are loaded to float, and stored from it rounded to nearest even.
+/// Other types (integers, bool) pass through as they are.
+template <typename T>
+__device__ __forceinline__ auto LoadValue(T v) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else return v;
+}
+template <typename T, typename V>
+__device__ __forceinline__ T StoreValue(V v) {
+  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return static_cast<T>(v);
+}
+
+/// Calls fn(T{}) with the device type of a float dtype (float, __half, __nv_bfloat16); false for
+/// other dtypes (fn is not called).
+template <typename Fn>
+bool DispatchFloat(DType t, Fn&& fn) {
+  switch (t) {
+    case DType::kFloat32: fn(float{}); return true;
+    case DType::kFloat16: fn(__half{}); return true;
+    case DType::kBFloat16: fn(__nv_bfloat16{}); return true;
+    default: return false;
+  }
+}
+
+/// Whether `t` is a dtype the float kernels take.
+inline bool IsKernelFloat(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
+
 }  // namespace qc::cuda
 
 namespace qc::cuda {
 
 /// Sum of `v` over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-/// `scratch` holds 32 floats of shared memory; the block must call it uniformly.
-__device__ __forceinline__ float BlockSum(float v, float* scratch) {
+/// `scratch` holds 32 values of shared memory; the block must call it uniformly. T: float or double.
+template <typename T>
+__device__ __forceinline__ T BlockSum(T v, T* scratch) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   __syncthreads();  // scratch may still be read by a previous call
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
+  v = lane < warps ? scratch[lane] : T(0);
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

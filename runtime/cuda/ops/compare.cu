@@ -38,12 +38,13 @@ Status CheckTwoInputs(OpContext& ctx) {
   return Status::Ok();
 }
 
-// A comparison of float32, int32, int64 or bool operands into a bool tensor.
+// A comparison of float (float32/16, bfloat16), int32, int64 or bool operands into a bool tensor.
 template <typename Op>
 Status Compare(OpContext& ctx) {
   QC_RETURN_IF_ERROR(CheckTwoInputs(ctx));
   const DType t = ctx.input(0).dtype();
-  if (t == DType::kFloat32) return LaunchBinary<float, bool>(ctx, DType::kBool, Op{});
+  Status status = Status::Ok();
+  if (DispatchFloat(t, [&](auto tag) { status = LaunchBinary<decltype(tag), bool>(ctx, DType::kBool, Op{}); })) return status;
   if (t == DType::kInt64) return LaunchBinary<int64_t, bool>(ctx, DType::kBool, Op{});
   if (t == DType::kInt32) return LaunchBinary<int32_t, bool>(ctx, DType::kBool, Op{});
   if (t == DType::kBool) return LaunchBinary<bool, bool>(ctx, DType::kBool, Op{});

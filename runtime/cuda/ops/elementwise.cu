@@ -1,5 +1,6 @@
 // Elementwise ops on the GPU: broadcasting binary arithmetic, Max/Min, Where, unary math and activations.
-// runtime/cpu/elementwise_ref.cpp is the numeric spec (float32 here; other dtypes decline).
+// runtime/cpu/elementwise_ref.cpp is the numeric spec. Floats are float32, float16 or bfloat16
+// (computed in float32, rounded once on store); Add/Sub/Mul/Max/Min also take int32/int64.
 #include <cmath>
 
 #include "runtime/cuda/ops/binary.cuh"
@@ -43,7 +44,7 @@ struct MinOp {
 };
 
 // Max/Min of any number of inputs, folded left to right like the CPU's VariadicRef (the order
-// fixes which NaN wins); float32, int32, int64.
+// fixes which NaN wins); the float types, int32, int64.
 template <typename Op>
 Status Variadic(OpContext& ctx) {
   if (ctx.num_inputs() < 1) return ctx.Error("expected at least 1 input, got 0");
@@ -52,7 +53,7 @@ Status Variadic(OpContext& ctx) {
   const DType t = ctx.input(0).dtype();
   for (int i = 1; i < ctx.num_inputs(); ++i)
     if (ctx.input(i).dtype() != t) return ctx.Error("inputs have different dtypes");
-  if (t != DType::kFloat32 && t != DType::kInt32 && t != DType::kInt64) return ctx.Decline("dtype " + DTypeName(t));
+  if (!IsKernelFloat(t) && t != DType::kInt32 && t != DType::kInt64) return ctx.Decline("dtype " + DTypeName(t));
   if (ctx.num_inputs() == 1) {
     const Tensor& x = ctx.input(0);
     QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, t, x.shape()));
@@ -62,9 +63,16 @@ Status Variadic(OpContext& ctx) {
   Tensor acc = ctx.input(0);
   for (int i = 1; i < ctx.num_inputs(); ++i) {
     Tensor next;
-    if (t == DType::kFloat32) QC_RETURN_IF_ERROR((LaunchBinaryInto<float, float>(ctx, acc, ctx.input(i), t, Op{}, &next)));
-    else if (t == DType::kInt32) QC_RETURN_IF_ERROR((LaunchBinaryInto<int32_t, int32_t>(ctx, acc, ctx.input(i), t, Op{}, &next)));
-    else QC_RETURN_IF_ERROR((LaunchBinaryInto<int64_t, int64_t>(ctx, acc, ctx.input(i), t, Op{}, &next)));
+    Status status = Status::Ok();
+    auto launch = [&](auto tag) {
+      using T = decltype(tag);
+      status = LaunchBinaryInto<T, T>(ctx, acc, ctx.input(i), t, Op{}, &next);
+    };
+    if (!DispatchFloat(t, launch)) {
+      if (t == DType::kInt32) launch(int32_t{});
+      else launch(int64_t{});
+    }
+    QC_RETURN_IF_ERROR(status);
     if (!ctx.declined.empty()) return Status::Ok();
     acc = std::move(next);
   }
@@ -77,13 +85,14 @@ Status LaunchSameType(OpContext& ctx, Op op) {
   return LaunchBinary<T, T>(ctx, ctx.input(0).dtype(), op);
 }
 
-// Arithmetic on float32, and on int32/int64 for Add/Sub/Mul (index arithmetic).
+// Arithmetic on the float types, and on int32/int64 for Add/Sub/Mul (index arithmetic).
 template <typename Op, bool kIntegers>
 Status Arith(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   const DType t = ctx.input(0).dtype();
   if (ctx.input(1).dtype() != t) return ctx.Error("inputs have different dtypes");
-  if (t == DType::kFloat32) return LaunchSameType<float>(ctx, Op{});
+  Status status = Status::Ok();
+  if (DispatchFloat(t, [&](auto tag) { status = LaunchSameType<decltype(tag)>(ctx, Op{}); })) return status;
   if constexpr (kIntegers) {
     if (t == DType::kInt64) return LaunchSameType<int64_t>(ctx, Op{});
     if (t == DType::kInt32) return LaunchSameType<int32_t>(ctx, Op{});
@@ -100,21 +109,25 @@ __global__ void WhereKernel(const bool* c, const T* a, const T* b, T* y, int64_t
   }
 }
 
-template <typename Fn>
-__global__ void UnaryKernel(const float* x, float* y, int64_t n, Fn fn) {
+template <typename T, typename Fn>
+__global__ void UnaryKernel(const T* x, T* y, int64_t n, Fn fn) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = fn(x[i]);
+    y[i] = StoreValue<T>(fn(LoadValue(x[i])));
 }
 
+// y = fn(x) for a float x; fn takes and returns float.
 template <typename Fn>
 Status Unary(OpContext& ctx, Fn fn) {
   if (!ctx.has_input(0)) return ctx.Error("expected 1 input");
   const Tensor& x = ctx.input(0);
-  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  if (!IsKernelFloat(x.dtype())) return ctx.Decline("dtype " + DTypeName(x.dtype()));
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, x.dtype(), x.shape()));
   const int64_t n = x.numel();
   if (n == 0) return Status::Ok();
-  UnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<float>(), y->mutable_device_data<float>(), n, fn);
+  DispatchFloat(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    UnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<T>(), y->mutable_device_data<T>(), n, fn);
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("UnaryKernel");
   return Status::Ok();
 }
@@ -130,10 +143,10 @@ __device__ __forceinline__ float GeluTanh(float x) {
   return 0.5f * x * (1.0f + tanhf(0.79788456080286535588f * (x + 0.044715f * x * x * x)));
 }
 
-template <typename Fn>
-__global__ void BiasUnaryKernel(const float* x, const float* bias, float* y, int64_t n, int64_t cols, Fn fn) {
+template <typename T, typename Fn>
+__global__ void BiasUnaryKernel(const T* x, const T* bias, T* y, int64_t n, int64_t cols, Fn fn) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    y[i] = fn(x[i] + bias[i % cols]);
+    y[i] = StoreValue<T>(fn(LoadValue(x[i]) + LoadValue(bias[i % cols])));
 }
 
 }  // namespace
@@ -144,9 +157,11 @@ Status MulCuda(OpContext& ctx) { return Arith<MulOp, true>(ctx); }
 Status DivCuda(OpContext& ctx) { return Arith<DivOp, false>(ctx); }  // integer division by zero is an error on the CPU
 Status PowCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
-  if (ctx.input(0).dtype() != DType::kFloat32 || ctx.input(1).dtype() != DType::kFloat32)
-    return ctx.Decline("dtypes other than float32");
-  return LaunchSameType<float>(ctx, PowOp{});
+  const DType t = ctx.input(0).dtype();
+  if (!IsKernelFloat(t) || ctx.input(1).dtype() != t) return ctx.Decline("dtypes " + DTypeName(t) + ", " + DTypeName(ctx.input(1).dtype()));
+  Status status = Status::Ok();
+  DispatchFloat(t, [&](auto tag) { status = LaunchSameType<decltype(tag)>(ctx, PowOp{}); });
+  return status;
 }
 
 Status MaxCuda(OpContext& ctx) { return Variadic<MaxOp>(ctx); }
@@ -218,13 +233,17 @@ Status FastGeluCuda(OpContext& ctx) {
   if (!ctx.has_input(1)) return Unary(ctx, [] __device__(float x) { return GeluTanh(x); });
   const Tensor& x = ctx.input(0);
   const Tensor& bias = ctx.input(1);
-  if (x.dtype() != DType::kFloat32 || bias.dtype() != DType::kFloat32) return ctx.Decline("dtype other than float32");
+  if (!IsKernelFloat(x.dtype()) || bias.dtype() != x.dtype()) return ctx.Decline("dtypes " + DTypeName(x.dtype()) + ", " + DTypeName(bias.dtype()));
   if (bias.rank() != 1 || x.rank() < 1 || bias.dim(0) != x.dim(-1)) return ctx.Decline("bias not a row over the last dim");
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, x.dtype(), x.shape()));
   const int64_t n = x.numel();
   if (n == 0) return Status::Ok();
-  BiasUnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<float>(), bias.device_data<float>(), y->mutable_device_data<float>(), n,
-                                                                    bias.dim(0), [] __device__(float v) { return GeluTanh(v); });
+  auto gelu = [] __device__(float v) { return GeluTanh(v); };
+  DispatchFloat(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    BiasUnaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<T>(), bias.device_data<T>(), y->mutable_device_data<T>(), n,
+                                                                      bias.dim(0), gelu);
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("BiasUnaryKernel");
   return Status::Ok();
 }

@@ -37,9 +37,11 @@ __device__ __forceinline__ int ReadCode(const uint8_t* p, int64_t i, int bits) {
   return (p[bit / 8] >> (bit % 8)) & ((1 << bits) - 1);
 }
 
-// One thread per output value: (code - zero point) * scale of its block.
-__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const float* scales, const uint8_t* zero_points, const int64_t* idx,
-                                           float* out, int64_t n_idx, int64_t lines, int64_t packed, int64_t cols, int64_t n_blocks,
+// One thread per output value: (code - zero point) * scale of its block, in float32, stored in
+// the scales' type T.
+template <typename T>
+__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales, const uint8_t* zero_points, const int64_t* idx,
+                                           T* out, int64_t n_idx, int64_t lines, int64_t packed, int64_t cols, int64_t n_blocks,
                                            int64_t zp_line_bytes, int bits, int64_t block_size) {
   const int64_t n = n_idx * lines * cols;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -49,7 +51,7 @@ __global__ void GatherBlockQuantizedKernel(const uint8_t* data, const float* sca
     const int64_t line = idx[j] * lines + i;
     const int64_t blk = c / block_size;
     const int zp = zero_points ? ReadCode(zero_points + line * zp_line_bytes, blk, bits) : 1 << (bits - 1);
-    out[e] = static_cast<float>(ReadCode(data + line * packed, c, bits) - zp) * scales[line * n_blocks + blk];
+    out[e] = StoreValue<T>(static_cast<float>(ReadCode(data + line * packed, c, bits) - zp) * LoadValue(scales[line * n_blocks + blk]));
   }
 }
 
@@ -165,7 +167,7 @@ Status GatherBlockQuantizedCuda(OpContext& ctx) {
   const Tensor& scales = ctx.input(2);
   const int bits = static_cast<int>(ctx.node.GetInt("bits", 4));
   const int64_t block_size = ctx.node.GetInt("block_size", 128);
-  if (data.dtype() != DType::kUInt8 || scales.dtype() != DType::kFloat32) return ctx.Decline("data not uint8 or scales not float32");
+  if (data.dtype() != DType::kUInt8 || !IsKernelFloat(scales.dtype())) return ctx.Decline("data not uint8 or scales not a float type");
   if ((bits != 2 && bits != 4 && bits != 8) || block_size < 16 || (block_size & (block_size - 1)) != 0 || data.rank() < 2)
     return ctx.Decline("bits/block_size/rank the CPU kernel validates");
   int64_t gather_axis = 0, quantize_axis = 0;
@@ -191,12 +193,15 @@ Status GatherBlockQuantizedCuda(OpContext& ctx) {
   Shape out_shape = ctx.input(1).shape();
   out_shape.insert(out_shape.end(), data.shape().begin() + 1, data.shape().end() - 1);
   out_shape.push_back(cols);
-  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat32, out_shape));
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, scales.dtype(), out_shape));
   if (y->numel() == 0) return Status::Ok();
   QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
-  GatherBlockQuantizedKernel<<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
-      data.device_data<uint8_t>(), scales.device_data<float>(), zp, dev_idx.device_data<int64_t>(), y->mutable_device_data<float>(), static_cast<int64_t>(idx.size()), lines,
-      packed, cols, n_blocks, zp_line_bytes, bits, block_size);
+  DispatchFloat(scales.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    GatherBlockQuantizedKernel<T><<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
+        data.device_data<uint8_t>(), scales.device_data<T>(), zp, dev_idx.device_data<int64_t>(), y->mutable_device_data<T>(),
+        static_cast<int64_t>(idx.size()), lines, packed, cols, n_blocks, zp_line_bytes, bits, block_size);
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherBlockQuantizedKernel");
   return Status::Ok();
 }

@@ -25,12 +25,27 @@ struct ZeroPoint {
   __device__ __forceinline__ uint32_t At(int64_t i) const { return static_cast<uint32_t>(per ? per[i % period] : value); }
 };
 
-/// The W8A8 layer's epilogue, fused: y = (float(acc) * col[n]) * row[m], rounded as the graph's
-/// Cast and two Muls (docs/FORMAT.md, "W8A8"). Empty (col == nullptr): the int32 result itself.
+/// The W8A8 layer's epilogue, fused: y = (float(acc) * col[n]) * row[m] (docs/FORMAT.md, "W8A8"),
+/// in float32 (rounded as the graph's Cast and two Muls), or in float16/bfloat16 for --dtype:
+/// the same float32 products from the widened scales, rounded once. Empty (col == nullptr): the
+/// int32 result itself.
 struct ScaleEpilogue {
-  const float* col = nullptr;
-  const float* row = nullptr;
-  float* y = nullptr;
+  const void* col = nullptr;
+  const void* row = nullptr;
+  void* y = nullptr;
+  DType dtype = DType::kFloat32;
+
+  __device__ __forceinline__ float Scale(const void* p, int64_t i) const {
+    if (dtype == DType::kFloat16) return __half2float(static_cast<const __half*>(p)[i]);
+    if (dtype == DType::kBFloat16) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+    return static_cast<const float*>(p)[i];
+  }
+  __device__ __forceinline__ void Write(int64_t r, int64_t c, int64_t n, int32_t acc) const {
+    const float v = __fmul_rn(__fmul_rn(static_cast<float>(acc), Scale(col, c)), Scale(row, r));
+    if (dtype == DType::kFloat16) static_cast<__half*>(y)[r * n + c] = __float2half_rn(v);
+    else if (dtype == DType::kBFloat16) static_cast<__nv_bfloat16*>(y)[r * n + c] = __float2bfloat16_rn(v);
+    else static_cast<float*>(y)[r * n + c] = v;
+  }
 };
 
 template <typename T>
@@ -111,7 +126,7 @@ __global__ void __launch_bounds__(kGemmThreads) IntegerGemmKernel(const T* a, co
     const uint32_t sum_b = static_cast<uint32_t>(col_sum[0][cc]) + static_cast<uint32_t>(col_sum[1][cc]);
     const uint32_t v = static_cast<uint32_t>(tile_c[r][cc]) - bz * sum_a - az * sum_b + kk * az * bz;
     if (scale.col)
-      scale.y[gr * n + gc] = __fmul_rn(__fmul_rn(static_cast<float>(static_cast<int32_t>(v)), scale.col[gc]), scale.row[gr]);
+      scale.Write(gr, gc, n, static_cast<int32_t>(v));
     else
       c[gr * n + gc] = static_cast<int32_t>(v);
   }
@@ -149,9 +164,9 @@ Status LaunchIntegerGemm(OpContext& ctx, const T* a, const T* b, int32_t* c, int
   return Status::Ok();
 }
 
-// MatMulInteger into ctx.outputs[0]: int32, or with `scale` the float W8A8 output (`col` of N and
-// `row` of one value per output row, validated by the caller).
-Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row) {
+// MatMulInteger into ctx.outputs[0]: int32, or with `col` and `row` the W8A8 output of `dtype`
+// (`col` of N and `row` of one value per output row, both of `dtype`; declined otherwise).
+Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DType dtype) {
   if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("inputs A and B are required");
   const Tensor& a = ctx.input(0);
   const Tensor& b = ctx.input(1);
@@ -169,13 +184,13 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row) {
   if (col) {
     Shape row_shape = p.out_shape;
     if (!row_shape.empty()) row_shape.back() = 1;
-    if (col->dtype() != DType::kFloat32 || row->dtype() != DType::kFloat32 || col->shape() != Shape{p.n} || row->shape() != row_shape)
-      return ctx.Decline("scales not a float32 [N] column vector and a [..., 1] row vector of the output");
+    if (!IsKernelFloat(dtype) || col->dtype() != dtype || row->dtype() != dtype || col->shape() != Shape{p.n} || row->shape() != row_shape)
+      return ctx.Decline("scales not a " + DTypeName(dtype) + " [N] column vector and a [..., 1] row vector of the output");
     if (!p.b_shared && p.batch() > 1) return ctx.Decline("batched B with scales");
   }
-  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, col ? DType::kFloat32 : DType::kInt32, p.out_shape));
+  QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, col ? dtype : DType::kInt32, p.out_shape));
   if (y->numel() == 0) return Status::Ok();
-  if (col) scale = {col->device_data<float>(), row->device_data<float>(), y->mutable_device_data<float>()};
+  if (col) scale = {col->raw(), row->raw(), y->mutable_raw(), dtype};
   int32_t* yp = col ? nullptr : y->mutable_device_data<int32_t>();
   // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
   const int64_t products = p.b_shared ? 1 : p.batch();
@@ -197,8 +212,8 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row) {
 }  // namespace
 
 // Zero points (inputs 2, 3) are read on the host.
-Status MatMulIntegerCuda(OpContext& ctx) { return RunMatMulInteger(ctx, nullptr, nullptr); }
+Status MatMulIntegerCuda(OpContext& ctx) { return RunMatMulInteger(ctx, nullptr, nullptr, DType::kInt32); }
 
-Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row) { return RunMatMulInteger(ctx, &col, &row); }
+Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row, DType dtype) { return RunMatMulInteger(ctx, &col, &row, dtype); }
 
 }  // namespace qc::cuda

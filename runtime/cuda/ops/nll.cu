@@ -2,32 +2,12 @@
 // returns seq-1 doubles to the host instead of its [seq, vocab] logits (runtime/perplexity.h).
 // runtime/cpu/next_token_nll.cpp is the numeric spec: max in float, exp(x - max) in float,
 // summed in double (here per thread in float over ~vocab/256 terms in (0, 1], then in double).
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include "runtime/cuda/ops/common.cuh"
 
 namespace qc::cuda {
 namespace {
 
 constexpr int kNllThreads = 256;
-
-__device__ __forceinline__ float Load(const float* p, int64_t i) { return p[i]; }
-__device__ __forceinline__ float Load(const __half* p, int64_t i) { return __half2float(p[i]); }
-__device__ __forceinline__ float Load(const __nv_bfloat16* p, int64_t i) { return __bfloat162float(p[i]); }
-
-__device__ __forceinline__ double BlockSumDouble(double v, double* scratch) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  __syncthreads();
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 // Block r scores position t = r % (seq - 1) of batch row b = r / (seq - 1) against target
 // targets[b, t + 1] (range-checked on the host).
@@ -39,12 +19,12 @@ __global__ void NextTokenNllKernel(const T* logits, const int32_t* targets, doub
   const int64_t b = r / scored, t = r % scored;
   const T* row = logits + (b * seq + t) * vocab;
   float mx = -INFINITY;
-  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) mx = fmaxf(mx, Load(row, v));
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) mx = fmaxf(mx, LoadValue(row[v]));
   mx = BlockMax(mx, scratch_f);
   float partial = 0.0f;
-  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) partial += expf(Load(row, v) - mx);
-  const double sum = BlockSumDouble(static_cast<double>(partial), scratch_d);
-  if (threadIdx.x == 0) out[r] = log(sum) + static_cast<double>(mx) - static_cast<double>(Load(row, targets[b * seq + t + 1]));
+  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) partial += expf(LoadValue(row[v]) - mx);
+  const double sum = BlockSum(static_cast<double>(partial), scratch_d);
+  if (threadIdx.x == 0) out[r] = log(sum) + static_cast<double>(mx) - static_cast<double>(LoadValue(row[targets[b * seq + t + 1]]));
 }
 
 }  // namespace
@@ -54,7 +34,7 @@ Status NextTokenNllCuda(OpContext& ctx) {
   const Tensor& logits = ctx.input(0);
   const Tensor& targets = ctx.input(1);  // on the host
   const DType t = logits.dtype();
-  if (t != DType::kFloat32 && t != DType::kFloat16 && t != DType::kBFloat16) return ctx.Decline("dtype " + DTypeName(t));
+  if (!IsKernelFloat(t)) return ctx.Decline("dtype " + DTypeName(t));
   if (targets.dtype() != DType::kInt32 && targets.dtype() != DType::kInt64)
     return ctx.Error("targets must be int32 or int64, got " + DTypeName(targets.dtype()));
   if (logits.rank() != 3 || targets.rank() != 2 || targets.dim(0) != logits.dim(0) || targets.dim(1) != logits.dim(1))
@@ -78,14 +58,11 @@ Status NextTokenNllCuda(OpContext& ctx) {
   QC_ASSIGN_OR_RETURN(Tensor dev_ids, ctx.cuda.Upload(Tensor::FromVector<int32_t>(ids32, {batch, seq})));
   const int32_t* ip = dev_ids.device_data<int32_t>();
   double* out = y->mutable_device_data<double>();
-  const unsigned grid = static_cast<unsigned>(rows);
-  if (t == DType::kFloat32)
-    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(logits.device_data<float>(), ip, out, seq, vocab);
-  else if (t == DType::kFloat16)
-    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const __half*>(logits.raw()), ip, out, seq, vocab);
-  else
-    NextTokenNllKernel<<<grid, kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const __nv_bfloat16*>(logits.raw()), ip, out,
-                                                                  seq, vocab);
+  DispatchFloat(t, [&](auto tag) {
+    using T = decltype(tag);
+    NextTokenNllKernel<<<static_cast<unsigned>(rows), kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(logits.raw()), ip, out, seq,
+                                                                                          vocab);
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NextTokenNllKernel");
   return Status::Ok();
 }

@@ -66,11 +66,12 @@ struct OpKernel {
   uint32_t host_inputs;
 };
 
-/// MatMulInteger with the W8A8 epilogue fused (docs/FORMAT.md, "W8A8"): outputs[0] becomes the
-/// float32 Mul(Mul(Cast<float>(MatMulInteger(..)), col), row), rounded as those three ops, for
-/// `col` float32 [N] and `row` float32 of the output's shape with a last dim of 1 (the
-/// per-channel and per-token scales). Declines other shapes; the caller then runs the ops one by one.
-Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row);
+/// MatMulInteger with the W8A8 epilogue fused (docs/FORMAT.md, "W8A8"): outputs[0] becomes
+/// Mul(Mul(Cast<dtype>(MatMulInteger(..)), col), row) for `col` [N] and `row` of the output's
+/// shape with a last dim of 1 (the per-channel and per-token scales), both of `dtype` (float32,
+/// float16 or bfloat16). float32 is rounded as those three ops; the 16-bit types are computed in
+/// float32 and rounded once. Declines other shapes and dtypes; the caller then runs the ops one by one.
+Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row, DType dtype);
 
 /// The CUDA kernel of an op, or nullptr ("" and "ai.onnx" are the same domain).
 const OpKernel* FindOpKernel(const std::string& domain, const std::string& op_type);

@@ -1,5 +1,6 @@
-// ReduceMean / ReduceSum / ReduceMax on the GPU over one contiguous block of axes, float32.
-// runtime/cpu/reduce.cpp is the numeric spec (its fast path accumulates in float too).
+// ReduceMean / ReduceSum / ReduceMax on the GPU over one contiguous block of axes; float32, float16
+// or bfloat16, accumulated in float32. runtime/cpu/reduce.cpp is the numeric spec (its fast path
+// accumulates in float too).
 #include "runtime/cuda/ops/common.cuh"
 
 namespace qc::cuda {
@@ -9,29 +10,37 @@ enum class Reduction { kSum, kMean, kMax };
 
 // x seen as [outer, len, inner]; one block per output when inner == 1 (rows), else one thread
 // per output walking the reduced axis with stride inner.
-__global__ void ReduceRowsKernel(const float* x, float* y, int64_t len, Reduction kind) {
+template <typename T>
+__global__ void ReduceRowsKernel(const T* x, T* y, int64_t len, Reduction kind) {
   __shared__ float scratch[32];
-  const float* xr = x + blockIdx.x * len;
+  const T* xr = x + blockIdx.x * len;
   float v = kind == Reduction::kMax ? -INFINITY : 0.0f;
-  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) v = kind == Reduction::kMax ? fmaxf(v, xr[j]) : v + xr[j];
+  for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+    const float e = LoadValue(xr[j]);
+    v = kind == Reduction::kMax ? fmaxf(v, e) : v + e;
+  }
   v = kind == Reduction::kMax ? BlockMax(v, scratch) : BlockSum(v, scratch);
-  if (threadIdx.x == 0) y[blockIdx.x] = kind == Reduction::kMean ? v / static_cast<float>(len) : v;
+  if (threadIdx.x == 0) y[blockIdx.x] = StoreValue<T>(kind == Reduction::kMean ? v / static_cast<float>(len) : v);
 }
 
-__global__ void ReduceStridedKernel(const float* x, float* y, int64_t outer, int64_t len, int64_t inner, Reduction kind) {
+template <typename T>
+__global__ void ReduceStridedKernel(const T* x, T* y, int64_t outer, int64_t len, int64_t inner, Reduction kind) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < outer * inner; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t o = i / inner, in = i - o * inner;
-    const float* p = x + o * len * inner + in;
+    const T* p = x + o * len * inner + in;
     float v = kind == Reduction::kMax ? -INFINITY : 0.0f;
-    for (int64_t j = 0; j < len; ++j) v = kind == Reduction::kMax ? fmaxf(v, p[j * inner]) : v + p[j * inner];
-    y[i] = kind == Reduction::kMean ? v / static_cast<float>(len) : v;
+    for (int64_t j = 0; j < len; ++j) {
+      const float e = LoadValue(p[j * inner]);
+      v = kind == Reduction::kMax ? fmaxf(v, e) : v + e;
+    }
+    y[i] = StoreValue<T>(kind == Reduction::kMean ? v / static_cast<float>(len) : v);
   }
 }
 
 Status Reduce(OpContext& ctx, Reduction kind) {
   if (!ctx.has_input(0)) return ctx.Error("expected 1 or 2 inputs");
   const Tensor& x = ctx.input(0);
-  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  if (!IsKernelFloat(x.dtype())) return ctx.Decline("dtype " + DTypeName(x.dtype()));
   const int64_t rank = x.rank();
   std::vector<int64_t> axes = ctx.has_input(1) ? HostInts(ctx.input(1)) : ctx.node.GetInts("axes");
   const bool keepdims = ctx.node.GetInt("keepdims", 1) != 0;
@@ -68,12 +77,15 @@ Status Reduce(OpContext& ctx, Reduction kind) {
   }
   if (len == 0 || x.numel() == 0) return ctx.Decline("empty reduction");
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, x.dtype(), out_shape));
-  if (inner == 1 && len >= 32 && outer <= 0x7fffffff) {
-    ReduceRowsKernel<<<static_cast<unsigned>(outer), 128, 0, ctx.cuda.stream()>>>(x.device_data<float>(), y->mutable_device_data<float>(), len, kind);
-  } else {
-    ReduceStridedKernel<<<BlocksFor(outer * inner), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<float>(), y->mutable_device_data<float>(), outer,
-                                                                                       len, inner, kind);
-  }
+  DispatchFloat(x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (inner == 1 && len >= 32 && outer <= 0x7fffffff) {
+      ReduceRowsKernel<T><<<static_cast<unsigned>(outer), 128, 0, ctx.cuda.stream()>>>(x.device_data<T>(), y->mutable_device_data<T>(), len, kind);
+    } else {
+      ReduceStridedKernel<T><<<BlocksFor(outer * inner), kThreads, 0, ctx.cuda.stream()>>>(x.device_data<T>(), y->mutable_device_data<T>(), outer,
+                                                                                           len, inner, kind);
+    }
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("Reduce");
   return Status::Ok();
 }

@@ -1,5 +1,5 @@
-// com.microsoft.RotaryEmbedding on the GPU, float32: one thread per output element, the CPU
-// kernel's formulas (runtime/cpu/rotary.cpp, the numeric spec; arguments validated by the same
+// com.microsoft.RotaryEmbedding on the GPU, float32, float16 or bfloat16 (input and caches of one
+// type, computed in float32): one thread per output element, the CPU kernel's formulas (runtime/cpu/rotary.cpp, the numeric spec; arguments validated by the same
 // ParseRotary, with position_ids read on the host).
 #include "runtime/cpu/rotary.h"
 #include "runtime/cuda/ops/common.cuh"
@@ -7,7 +7,8 @@
 namespace qc::cuda {
 namespace {
 
-__global__ void RotaryKernel(RotaryArgs r, const float* x, const int64_t* pos, const float* cos_cache, const float* sin_cache, float* y) {
+template <typename T>
+__global__ void RotaryKernel(RotaryArgs r, const T* x, const int64_t* pos, const T* cos_cache, const T* sin_cache, T* y) {
   const int64_t n = r.batch * r.seq * r.heads * r.head_size;
   const int64_t half = r.rotary_dim / 2;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -30,7 +31,8 @@ __global__ void RotaryKernel(RotaryArgs r, const float* x, const int64_t* pos, c
       sign = i < half ? -1.0f : 1.0f;
       j = (i + half) % r.rotary_dim;
     }
-    y[off + i] = x[off + i] * cos_cache[p * half + ci] + sign * x[off + j] * sin_cache[p * half + ci];
+    y[off + i] = StoreValue<T>(LoadValue(x[off + i]) * LoadValue(cos_cache[p * half + ci]) +
+                               sign * LoadValue(x[off + j]) * LoadValue(sin_cache[p * half + ci]));
   }
 }
 
@@ -39,7 +41,9 @@ __global__ void RotaryKernel(RotaryArgs r, const float* x, const int64_t* pos, c
 Status RotaryEmbeddingCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 4 || !ctx.has_input(0) || !ctx.has_input(1) || !ctx.has_input(2) || !ctx.has_input(3))
     return ctx.Error("inputs input, position_ids, cos_cache and sin_cache are required");
-  if (ctx.input(0).dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(ctx.input(0).dtype()));
+  const DType t = ctx.input(0).dtype();
+  if (!IsKernelFloat(t) || ctx.input(2).dtype() != t || ctx.input(3).dtype() != t)
+    return ctx.Decline("dtypes " + DTypeName(t) + ", caches " + DTypeName(ctx.input(2).dtype()));
   KernelContext k{ctx.node, ctx.inputs, std::vector<Tensor>(ctx.outputs.size()), ctx.opset, nullptr};
   QC_ASSIGN_OR_RETURN(RotaryArgs r, ParseRotary(k));
   const Tensor& x = ctx.input(0);
@@ -47,8 +51,11 @@ Status RotaryEmbeddingCuda(OpContext& ctx) {
   const int64_t n = x.numel();
   if (n == 0) return Status::Ok();
   QC_ASSIGN_OR_RETURN(Tensor pos, ctx.cuda.Upload(ctx.input(1)));
-  RotaryKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(r, x.device_data<float>(), pos.device_data<int64_t>(), ctx.input(2).device_data<float>(),
-                                                                 ctx.input(3).device_data<float>(), y->mutable_device_data<float>());
+  DispatchFloat(t, [&](auto tag) {
+    using T = decltype(tag);
+    RotaryKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(r, x.device_data<T>(), pos.device_data<int64_t>(), ctx.input(2).device_data<T>(),
+                                                                      ctx.input(3).device_data<T>(), y->mutable_device_data<T>());
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("RotaryKernel");
   return Status::Ok();
 }

@@ -1,6 +1,7 @@
 // CumSum and Range on the GPU (the position-id arithmetic of the exported decoders), float32,
-// int32 and int64. runtime/cpu/shape_ops_ref.cpp (CumSum) and shape_ops_views.cpp (Range) are
-// the numeric spec: the same summation order, integers wrapping.
+// float16, bfloat16 (computed in float32, each output rounded once), int32 and int64.
+// runtime/cpu/shape_ops_ref.cpp (CumSum) and shape_ops_views.cpp (Range) are the numeric spec:
+// the same summation order, integers wrapping.
 #include <type_traits>
 
 #include "runtime/cpu/shape_ops_internal.h"
@@ -21,37 +22,39 @@ template <typename T>
 __global__ void CumSumKernel(const T* x, T* y, int64_t outer, int64_t len, int64_t inner, bool exclusive, bool reverse) {
   for (int64_t line = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; line < outer * inner; line += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t o = line / inner, i = line % inner;
-    T sum = T(0);
+    using Acc = decltype(LoadValue(T{}));  // float for the float types
+    Acc sum = Acc(0);
     for (int64_t s = 0; s < len; ++s) {
       const int64_t a = reverse ? len - 1 - s : s;
       const int64_t off = (o * len + a) * inner + i;
       if (exclusive) {
-        y[off] = sum;
-        sum = WrapAdd(sum, x[off]);
+        y[off] = StoreValue<T>(sum);
+        sum = WrapAdd(sum, LoadValue(x[off]));
       } else {
-        sum = WrapAdd(sum, x[off]);
-        y[off] = sum;
+        sum = WrapAdd(sum, LoadValue(x[off]));
+        y[off] = StoreValue<T>(sum);
       }
     }
   }
 }
 
 // y[i] = start + i * delta: rounded once per operation for floats (no FMA contraction, as the
-// CPU computes it), modulo 2^bits for integers (the CPU's 128-bit product truncated).
-template <typename T>
-__global__ void RangeKernel(T start, T delta, T* y, int64_t n) {
+// CPU computes it; float16/bfloat16 in float32, then rounded), modulo 2^bits for integers (the
+// CPU's 128-bit product truncated). V is float for the float types.
+template <typename T, typename V>
+__global__ void RangeKernel(V start, V delta, T* y, int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     if constexpr (std::is_integral_v<T>)
       y[i] = static_cast<T>(static_cast<uint64_t>(start) + static_cast<uint64_t>(i) * static_cast<uint64_t>(delta));
     else
-      y[i] = __fadd_rn(start, __fmul_rn(static_cast<T>(i), delta));
+      y[i] = StoreValue<T>(__fadd_rn(start, __fmul_rn(static_cast<V>(i), delta)));
   }
 }
 
 template <typename Fn>
 bool DispatchScanType(DType t, Fn&& fn) {
+  if (DispatchFloat(t, fn)) return true;
   switch (t) {
-    case DType::kFloat32: fn(float{}); return true;
     case DType::kInt32: fn(int32_t{}); return true;
     case DType::kInt64: fn(int64_t{}); return true;
     default: return false;
@@ -107,8 +110,13 @@ Status RangeCuda(OpContext& ctx) {
   Status status = Status::Ok();
   const bool ok = DispatchScanType(dtype, [&](auto tag) {
     using T = decltype(tag);
-    const T start = ctx.input(0).data<T>()[0], limit = ctx.input(1).data<T>()[0], delta = ctx.input(2).data<T>()[0];
-    StatusOr<int64_t> n = shape_ops::RangeCount<T>(k, start, limit, delta);
+    using V = std::conditional_t<std::is_integral_v<T>, T, float>;  // the 16-bit floats as float32
+    auto scalar = [&](int i) -> V {
+      if constexpr (std::is_integral_v<T> || std::is_same_v<T, float>) return ctx.input(i).data<T>()[0];
+      else return ctx.input(i).ToFloats()[0];
+    };
+    const V start = scalar(0), limit = scalar(1), delta = scalar(2);
+    StatusOr<int64_t> n = shape_ops::RangeCount<V>(k, start, limit, delta);
     if (!n.ok()) {
       status = n.status();
       return;
@@ -118,7 +126,7 @@ Status RangeCuda(OpContext& ctx) {
       status = out.status();
       return;
     }
-    if (*n > 0) RangeKernel<T><<<BlocksFor(*n), kThreads, 0, ctx.cuda.stream()>>>(start, delta, (*out)->mutable_device_data<T>(), *n);
+    if (*n > 0) RangeKernel<T, V><<<BlocksFor(*n), kThreads, 0, ctx.cuda.stream()>>>(start, delta, (*out)->mutable_device_data<T>(), *n);
   });
   if (!ok) return ctx.Decline("dtype " + DTypeName(dtype));
   QC_RETURN_IF_ERROR(status);

@@ -394,15 +394,7 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
   return Status::Ok();
 }
 
-std::vector<OpProfile> CudaExecutor::Profile() const {
-  std::vector<OpProfile> out;
-  for (auto [op, p] : impl_->profile) {
-    p.op_type = op;
-    out.push_back(p);
-  }
-  std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
-  return out;
-}
+std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 
 std::vector<std::string> CudaExecutor::Summary() const {
   const Impl& m = *impl_;

@@ -678,9 +678,14 @@ class ChannelScaler {
     const std::vector<float> b = before.ToFloats(), a = after->ToFloats();
     float max_abs = 0;
     for (float v : b) max_abs = std::max(max_abs, std::fabs(v));
+    // Float32 rounding leaves ~1e-6 of X; a 16-bit model rounds the folded weights and every
+    // activation to its type (eps 2^-10 float16, 2^-7 bfloat16): 8 of its eps. A wrong fold is
+    // off by tens of percent (s_probe spans [0.5, 2]).
+    const float eps = before.dtype() == DType::kFloat16 ? 0x1p-10f : before.dtype() == DType::kBFloat16 ? 0x1p-7f : 0.0f;
+    const float abs_tol = std::max(1e-4f, 8 * eps) * max_abs, rel_tol = std::max(1e-3f, 8 * eps);
     for (size_t i = 0; i < b.size(); ++i) {
       const float want = b[i] / s_probe[i % k_];
-      if (!(std::fabs(a[i] - want) <= 1e-4f * max_abs + 1e-3f * std::fabs(want)))
+      if (!(std::fabs(a[i] - want) <= abs_tol + rel_tol * std::fabs(want)))
         return FailedPrecondition("the probe run did not give X / s (channel " + std::to_string(i % k_) + ": " +
                                   std::to_string(a[i]) + " vs " + std::to_string(want) + ")");
     }

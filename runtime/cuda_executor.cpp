@@ -510,15 +510,7 @@ StatusOr<Tensor> CudaExecutor::Upload(const Tensor& host) const { return impl_->
 StatusOr<Tensor> CudaExecutor::Download(const Tensor& device) const { return impl_->cuda->Download(device); }
 cuda::Context& CudaExecutor::context() const { return *impl_->cuda; }
 
-std::vector<OpProfile> CudaExecutor::Profile() const {
-  std::vector<OpProfile> out;
-  for (auto [op, p] : impl_->profile) {
-    p.op_type = op;
-    out.push_back(p);
-  }
-  std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
-  return out;
-}
+std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 
 std::vector<std::string> CudaExecutor::Summary() const {
   const Impl& m = *impl_;

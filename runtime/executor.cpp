@@ -356,15 +356,19 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
 const std::vector<ValueInfo>& Session::inputs() const { return required_inputs_; }
 const std::vector<ValueInfo>& Session::outputs() const { return model_.graph.outputs; }
 
-std::vector<OpProfile> Session::Profile() const {
-  if (cuda_) return cuda_->Profile();
+std::vector<OpProfile> SortedProfile(const std::map<std::string, OpProfile>& by_op) {
   std::vector<OpProfile> out;
-  for (auto [op, p] : plan_->profile_) {
+  for (auto [op, p] : by_op) {
     p.op_type = op;
     out.push_back(p);
   }
   std::sort(out.begin(), out.end(), [](const OpProfile& a, const OpProfile& b) { return a.seconds > b.seconds; });
   return out;
+}
+
+std::vector<OpProfile> Session::Profile() const {
+  if (cuda_) return cuda_->Profile();
+  return SortedProfile(plan_->profile_);
 }
 
 std::vector<std::string> Session::DeviceSummary() const {

@@ -9,19 +9,6 @@
 
 namespace qc {
 
-StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab, const int32_t* targets) {
-  for (int64_t t = 1; t < seq; ++t)
-    if (targets[t] < 0 || targets[t] >= vocab)
-      return InvalidArgument("token id " + std::to_string(targets[t]) + " is outside the model's vocabulary of " + std::to_string(vocab));
-  std::vector<double> nll(seq > 0 ? seq - 1 : 0);
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < seq - 1; ++t) nll[t] = NextTokenNllRow(logits + t * vocab, vocab, targets[t + 1]);
-  // Summed serially in position order so the result does not depend on the thread count.
-  double total = 0;
-  for (double v : nll) total += v;
-  return total;
-}
-
 Status AddNextTokenNll(Model& model) {
   Graph& g = model.graph;
   if (g.outputs.empty()) return InvalidArgument("the model has no output to score");
@@ -58,18 +45,6 @@ Status AddNextTokenNll(Model& model) {
 
 namespace {
 
-// 16-bit logits widened to float32 on every core: the vocabulary-sized rows of a window are
-// millions of values (4M for docs-llama-12m), a third of the window's time in one thread.
-Tensor WidenLogits(const Tensor& t) {
-  const int64_t n = t.numel();
-  std::vector<float> out(n);
-  const uint16_t* p = static_cast<const uint16_t*>(t.raw());
-  const bool bf16 = t.dtype() == DType::kBFloat16;
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) out[i] = bf16 ? BFloat16ToFloat(p[i]) : HalfToFloat(p[i]);
-  return Tensor::Adopt<float>(std::move(out), t.shape());
-}
-
 bool HasOutput(const Session& session, const std::string& name) {
   for (const ValueInfo& v : session.outputs())
     if (v.name == name) return true;
@@ -102,20 +77,21 @@ StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std:
       const Tensor& nll = outs[0];
       if (nll.dtype() != DType::kFloat64 || nll.numel() != options.seqlen - 1)
         return Internal(std::string(kNllOutput) + " is " + DTypeName(nll.dtype()) + " " + ShapeToString(nll.shape()));
-      // Summed serially in position order, as SumNextTokenNll does.
+      // Summed serially in position order, as the host path below.
       for (int64_t t = 0; t < options.seqlen - 1; ++t) sum += nll.data<double>()[t];
     } else {
       QC_ASSIGN_OR_RETURN(NamedTensors feeds, BindInputs(session, input));
       QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
-      Tensor logits = outs[0];
+      const Tensor& logits = outs[0];
       const DType dtype = logits.dtype();
       const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
       if ((dtype != DType::kFloat32 && !half) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
         return InvalidArgument("output '" + logits_name + "' is " + DTypeName(dtype) + " " + ShapeToString(logits.shape()) +
                                "; expected float logits [1, " + std::to_string(options.seqlen) + ", vocab]");
-      // A float16/bfloat16 model's logits are scored in float32 (widening is exact).
-      if (half) logits = WidenLogits(logits);
-      QC_ASSIGN_OR_RETURN(sum, SumNextTokenNll(logits.data<float>(), options.seqlen, logits.dim(2), window.data()));
+      // The NextTokenNll kernel's scoring (16-bit logits widened exactly, row by row).
+      std::vector<double> nll(options.seqlen - 1);
+      QC_RETURN_IF_ERROR(NextTokenNlls(logits, std::vector<int64_t>(window.begin(), window.end()), nll.data()));
+      for (double v : nll) sum += v;  // serially in position order: independent of the thread count
     }
     nll_sum += sum;
     scored += options.seqlen - 1;

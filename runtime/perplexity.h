@@ -41,13 +41,9 @@ Status AddNextTokenNll(Model& model);
 /// Cuts `ids` into windows of `seqlen` (dropping the remainder), runs each as one sequence,
 /// scores every position but the first: ppl = exp(mean NLL). NLLs are summed in double in a
 /// fixed order, so the result is deterministic. A session of a model prepared by AddNextTokenNll
-/// is asked for the per-position NLLs alone; any other for its logits, scored on the host (the
-/// same numbers: both use NextTokenNllRow).
+/// is asked for the per-position NLLs alone; any other for its logits, scored on the host by the
+/// same code as the node's CPU kernel (runtime/cpu/next_token_nll.h).
 StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std::vector<int32_t>& ids,
                                               const PerplexityOptions& options);
-
-/// Sum over positions t < seq-1 of -log softmax(logits[t])[targets[t+1]], in double.
-/// `logits` is [seq, vocab] row-major. Errors when a target id is outside the vocabulary.
-StatusOr<double> SumNextTokenNll(const float* logits, int64_t seq, int64_t vocab, const int32_t* targets);
 
 }  // namespace qc

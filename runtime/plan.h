@@ -18,6 +18,9 @@ namespace qc {
 
 using OpsetMap = std::map<std::string, int64_t>;
 
+/// Per-op-type timings named by their keys, slowest first (Session::Profile on either device).
+std::vector<OpProfile> SortedProfile(const std::map<std::string, OpProfile>& by_op);
+
 /// A compiled graph: slot-indexed values and the steps that compute them.
 class Plan {
  public:

@@ -21,7 +21,10 @@ case "$(git -C "$root" check-ignore -q "$out" && echo ignored)" in
   ignored) ;;
   *) echo "device_bundle: $out is not ignored by git" >&2; exit 1 ;;
 esac
-rm -rf "$out"
+# Replace what an earlier bundle left (binaries, libraries, unpacked copies); keep other files a
+# session put there (run scripts, models).
+rm -rf "$out/lib"
+for bin in "${bins[@]}"; do rm -f "$out/$(basename "$bin")" "$out/$(basename "$bin").gz"; done
 mkdir -p "$out/lib"
 for bin in "${bins[@]}"; do
   gzip -c "$bin" >"$out/$(basename "$bin").gz"

@@ -73,6 +73,27 @@ std::vector<float> Logits(const Model& model, const Tensor& window) {
   return (*out)[0].ToFloats();
 }
 
+double RelativeRms(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, ref = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err += (got[i] - want[i]) * double(got[i] - want[i]);
+    ref += want[i] * double(want[i]);
+  }
+  return std::sqrt(err / ref);
+}
+
+// The small decoder both tests convert: 2 layers of width 32, weights N(0, 0.1).
+SyntheticConfig SmallConfig(SyntheticArch arch, ExportStyle style, uint32_t seed) {
+  SyntheticConfig config;
+  config.arch = arch;
+  config.export_style = style;
+  config.hidden = 32;
+  config.intermediate = 64;
+  config.init_std = 0.1f;
+  config.seed = seed + static_cast<uint32_t>(arch);
+  return config;
+}
+
 class AllPassesTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(AllPassesTest, EveryArchitectureAndExportStyle) {
@@ -80,13 +101,7 @@ TEST_P(AllPassesTest, EveryArchitectureAndExportStyle) {
   for (SyntheticArch arch : AllSyntheticArchs()) {
     for (ExportStyle style : {ExportStyle::kDynamo, ExportStyle::kTorchScript, ExportStyle::kOrtFused}) {
       SCOPED_TRACE(std::string(SyntheticArchName(arch)) + "/" + ExportStyleName(style));
-      SyntheticConfig config;
-      config.arch = arch;
-      config.export_style = style;
-      config.hidden = 32;
-      config.intermediate = 64;
-      config.init_std = 0.1f;
-      config.seed = 500 + static_cast<uint32_t>(arch);
+      const SyntheticConfig config = SmallConfig(arch, style, 500);
       StatusOr<Model> original = BuildSyntheticDecoder(config);
       ASSERT_TRUE(original.ok()) << original.status().message();
       Calibrator calibrator(CalibrationWindows(config.vocab));
@@ -108,26 +123,12 @@ TEST_P(AllPassesTest, EveryArchitectureAndExportStyle) {
       const Tensor& window = calibrator.windows()[0];
       const std::vector<float> want = Logits(*original, window), got = Logits(*artifact, window);
       ASSERT_EQ(got.size(), want.size());
-      double err = 0, ref = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        ASSERT_TRUE(std::isfinite(got[i]));
-        err += (got[i] - want[i]) * double(got[i] - want[i]);
-        ref += want[i] * double(want[i]);
-      }
+      for (float v : got) ASSERT_TRUE(std::isfinite(v));
       // 4-bit groups of 16 on N(0, 0.1) weights move the logits by a few percent; a broken
       // rewrite (wrong layout, lost bias, unscaled channels) moves them by tens of percent.
-      EXPECT_LT(std::sqrt(err / ref), 0.25);
+      EXPECT_LT(RelativeRms(got, want), 0.25);
     }
   }
-}
-
-double RelativeRms(const std::vector<float>& got, const std::vector<float>& want) {
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    err += (got[i] - want[i]) * double(got[i] - want[i]);
-    ref += want[i] * double(want[i]);
-  }
-  return std::sqrt(err / ref);
 }
 
 // Float16 and bfloat16 models (model.half() then torch.onnx.export): every pass quantizes every
@@ -144,12 +145,7 @@ TEST_P(AllPassesTest, HalfPrecisionModels) {
     for (DType type : {DType::kFloat16, DType::kBFloat16}) {
       const std::string name = std::string(SyntheticArchName(arch)) + "_" + DTypeName(type);
       SCOPED_TRACE(name);
-      SyntheticConfig config;
-      config.arch = arch;
-      config.hidden = 32;
-      config.intermediate = 64;
-      config.init_std = 0.1f;
-      config.seed = 700 + static_cast<uint32_t>(arch);
+      const SyntheticConfig config = SmallConfig(arch, ExportStyle::kDynamo, 700);
       StatusOr<Model> original = BuildSyntheticDecoder(config);
       ASSERT_TRUE(original.ok()) << original.status().message();
       ASSERT_TRUE(ConvertFloatPrecision(original->graph, DType::kFloat32, type, FloatInterface::kConvert).ok());

@@ -4,27 +4,19 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <random>
 #include <string>
 #include <vector>
 
 #include "formats/model_builder.h"
 #include "runtime/cuda/device.h"
 #include "runtime/executor.h"
+#include "tests/random_tensor.h"
 
 namespace qc {
 namespace {
 
 #define SKIP_WITHOUT_DEVICE() \
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
-
-std::vector<float> Random(int64_t count, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-  std::vector<float> v(count);
-  for (float& x : v) x = u(rng);
-  return v;
-}
 
 float MaxDiff(const Tensor& a, const Tensor& b) {
   const std::vector<float> x = a.ToFloats(), y = b.ToFloats();
@@ -34,12 +26,13 @@ float MaxDiff(const Tensor& a, const Tensor& b) {
   return d;
 }
 
-// y = Relu(x W1) W2 with constant W1 [16, 64] and W2 [64, 1024] (256 KiB: above the host-step size).
+// y = Relu(x W1) W2 with constant W1 [16, 2048] and W2 [2048, 256]: both steps' inputs exceed the
+// executor's host-step size (64 KiB), so both MatMuls and the Relu run on the device.
 Model TwoLayerModel() {
   GraphBuilder b(1);
   const std::string x = b.AddInput("x", DType::kFloat32, {Dim{4, ""}, Dim{16, ""}});
-  const std::string w1 = b.AddInitializer("w1", Tensor::FromVector(Random(16 * 64, 1), {16, 64}));
-  const std::string w2 = b.AddInitializer("w2", Tensor::FromVector(Random(64 * 1024, 2), {64, 1024}));
+  const std::string w1 = b.AddInitializer("w1", Random({16, 2048}, 1, -1.0f, 1.0f));
+  const std::string w2 = b.AddInitializer("w2", Random({2048, 256}, 2, -0.05f, 0.05f));
   const std::string h = b.Op("Relu", {b.Op("MatMul", {x, w1})});
   b.AddOutput(b.Op("MatMul", {h, w2}), DType::kFloat32, {});
   auto model = b.Build({{"", 17}});
@@ -50,8 +43,8 @@ Model TwoLayerModel() {
 TEST(CudaExecution, StepsValuesReplacementsAndParkingMatchTheCpu) {
   SKIP_WITHOUT_DEVICE();
   const Model model = TwoLayerModel();
-  const NamedTensors feeds = {{"x", Tensor::FromVector(Random(4 * 16, 3), {4, 16})}};
-  const Tensor w2_new = Tensor::FromVector(Random(64 * 1024, 4), {64, 1024});
+  const NamedTensors feeds = {{"x", Random({4, 16}, 3, -1.0f, 1.0f)}};
+  const Tensor w2_new = Random({2048, 256}, 4, -0.05f, 0.05f);
   auto cpu = Session::Create(model);
   ASSERT_TRUE(cpu.ok());
   const int last = (*cpu)->StepProducing(model.graph.outputs[0].name);  // the second MatMul

@@ -23,20 +23,13 @@
 #include "runtime/float_precision.h"
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
+#include "tests/random_tensor.h"
 
 namespace qc {
 namespace {
 
 #define SKIP_WITHOUT_DEVICE() \
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
-
-Tensor Random(const Shape& shape, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(NumElements(shape));
-  for (float& x : v) x = u(rng);
-  return Tensor::FromVector<float>(v, shape);
-}
 
 Tensor RandomBool(const Shape& shape, uint32_t seed) {
   std::mt19937 rng(seed);

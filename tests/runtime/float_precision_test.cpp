@@ -15,17 +15,10 @@
 #include "runtime/executor.h"
 #include "runtime/float_precision.h"
 #include "runtime/perplexity.h"
+#include "tests/random_tensor.h"
 
 namespace qc {
 namespace {
-
-Tensor Random(const Shape& shape, uint32_t seed, float lo = -2.0f, float hi = 2.0f) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> u(lo, hi);
-  std::vector<float> v(NumElements(shape));
-  for (float& x : v) x = u(rng);
-  return Tensor::FromVector<float>(v, shape);
-}
 
 const Node* FindNode(const Graph& g, const std::string& op, const std::string& output) {
   for (const Node& n : g.nodes)

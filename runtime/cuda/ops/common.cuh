@@ -143,6 +143,20 @@ bool DispatchFloat(DType t, Fn&& fn) {
   }
 }
 
+/// Calls fn(T{}) with the unsigned integer type of `size` bytes (1, 2, 4 or 8): kernels that only
+/// move elements (copies, gathers, Where) dispatch on the element size, not the dtype. False for
+/// other sizes (fn is not called).
+template <typename Fn>
+bool DispatchBytes(int size, Fn&& fn) {
+  switch (size) {
+    case 1: fn(uint8_t{}); return true;
+    case 2: fn(uint16_t{}); return true;
+    case 4: fn(uint32_t{}); return true;
+    case 8: fn(uint64_t{}); return true;
+    default: return false;
+  }
+}
+
 /// Whether `t` is a dtype the float kernels take.
 inline bool IsKernelFloat(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 

@@ -67,11 +67,7 @@ Status StridedCopy(OpContext& ctx, const Tensor& in, void* out, const Shape& dim
     using T = decltype(tag);
     StridedCopyKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(in.raw()), static_cast<T*>(out), n, base, v);
   };
-  if (size == 1) launch(uint8_t{});
-  else if (size == 2) launch(uint16_t{});
-  else if (size == 4) launch(uint32_t{});
-  else if (size == 8) launch(uint64_t{});
-  else return ctx.Decline("dtype " + DTypeName(in.dtype()));
+  if (!DispatchBytes(size, launch)) return ctx.Decline("dtype " + DTypeName(in.dtype()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("StridedCopyKernel");
   return Status::Ok();
 }

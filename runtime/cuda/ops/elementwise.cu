@@ -184,21 +184,12 @@ Status WhereCuda(OpContext& ctx) {
   if (n == 0) return Status::Ok();
   const bool* cp = c.device_data<bool>();
   // Where moves bytes: dispatch on the element size, not the dtype.
-  if (size == 4) {
-    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint32_t*>(a.raw()), static_cast<const uint32_t*>(b.raw()),
-                                                                  static_cast<uint32_t*>(y->mutable_raw()), n, ix);
-  } else if (size == 8) {
-    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint64_t*>(a.raw()), static_cast<const uint64_t*>(b.raw()),
-                                                                  static_cast<uint64_t*>(y->mutable_raw()), n, ix);
-  } else if (size == 2) {
-    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint16_t*>(a.raw()), static_cast<const uint16_t*>(b.raw()),
-                                                                  static_cast<uint16_t*>(y->mutable_raw()), n, ix);
-  } else if (size == 1) {
-    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const uint8_t*>(a.raw()), static_cast<const uint8_t*>(b.raw()),
-                                                                  static_cast<uint8_t*>(y->mutable_raw()), n, ix);
-  } else {
-    return ctx.Decline("dtype " + DTypeName(a.dtype()));
-  }
+  const bool launched = DispatchBytes(size, [&](auto tag) {
+    using T = decltype(tag);
+    WhereKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(cp, static_cast<const T*>(a.raw()), static_cast<const T*>(b.raw()),
+                                                                  static_cast<T*>(y->mutable_raw()), n, ix);
+  });
+  if (!launched) return ctx.Decline("dtype " + DTypeName(a.dtype()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("WhereKernel");
   return Status::Ok();
 }

@@ -91,10 +91,7 @@ Status GatherCuda(OpContext& ctx) {
     GatherKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
                                                                       outer, n_idx, inner, len);
   };
-  if (size == 1) launch(uint8_t{});
-  else if (size == 2) launch(uint16_t{});
-  else if (size == 4) launch(uint32_t{});
-  else launch(uint64_t{});
+  DispatchBytes(size, launch);  // size checked above
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherKernel");
   return Status::Ok();
 }
@@ -153,10 +150,7 @@ Status GatherNDCuda(OpContext& ctx) {
     GatherSlicesKernel<T><<<BlocksFor(rows * slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), dev_start.device_data<int64_t>(),
                                                                                       static_cast<T*>(y->mutable_raw()), rows, slice);
   };
-  if (size == 1) launch(uint8_t{});
-  else if (size == 2) launch(uint16_t{});
-  else if (size == 4) launch(uint32_t{});
-  else launch(uint64_t{});
+  DispatchBytes(size, launch);  // size checked above
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherSlicesKernel");
   return Status::Ok();
 }

@@ -8,7 +8,9 @@
 #include <limits>
 #include <map>
 #include <memory>
+#include <optional>
 
+#include "calibrate/device_stats.h"
 #include "runtime/cpu/gemm_core.h"
 #include "runtime/executor.h"
 #include "runtime/float_precision.h"
@@ -157,6 +159,8 @@ OutputError OutputErrorFromEnergies(double signal, double noise) {
 Calibrator Calibrator::FirstWindows(size_t count) const {
   Calibrator c(std::vector<Tensor>(windows_.begin(), windows_.begin() + std::min(count, windows_.size())));
   c.log_ = log_;
+  c.device_ = device_;
+  c.activation_budget_ = activation_budget_;
   return c;
 }
 
@@ -201,7 +205,13 @@ StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, c
 Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLayer>& layers,
                                  const StatsRequest& request, const SequentialVisitor& visit) const {
   if (windows_.empty()) return InvalidArgument("no calibration windows");
-  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  SessionOptions session_options;
+  session_options.device = device_;
+  // On the GPU a float weight is uploaded when the first window reaches it and freed when the
+  // last one has passed it: the float model never has to fit on the device.
+  session_options.stream_constants = device_ == Device::kCuda;
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, session_options));
+  cuda::Context* device = session->cuda_context();
   std::vector<LayerGroup> groups = GroupLayersByInput(layers);
   // Visit groups in plan order: a group's X is complete once the plan reaches its first layer.
   std::vector<std::pair<int, size_t>> order;
@@ -237,17 +247,50 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
     if (log_)
       log_("calibrating " + group.layers.front().node_name + " (" + std::to_string(i + 1) + "/" +
            std::to_string(order.size()) + ")");
-    StatsAccumulator accumulator(group.input, group.layers.front().k, request);
+    const int64_t k = group.layers.front().k;
+    // One of the two: the host one would hold a K x K float64 H of its own.
+    std::optional<StatsAccumulator> accumulator;
+    std::unique_ptr<DeviceStatsAccumulator> device_accumulator;
+    if (device) {
+      QC_ASSIGN_OR_RETURN(device_accumulator, DeviceStatsAccumulator::Create(*device, group.input, k, request));
+    } else {
+      accumulator.emplace(group.input, k, request);
+    }
     std::vector<const Tensor*> inputs;
+    int64_t resident_bytes = 0;  // device activations of the windows not parked
     for (auto& run : runs) {
       QC_RETURN_IF_ERROR(run->RunUntil(step));
       const Tensor* x = run->Value(group.input);
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
-      QC_RETURN_IF_ERROR(accumulator.Add(*x, &scratch));
+      if (device_accumulator) {
+        if (x->dtype() == DType::kFloat32 || !(x->dtype() == DType::kFloat16 || x->dtype() == DType::kBFloat16)) {
+          QC_RETURN_IF_ERROR(device_accumulator->Add(*x));  // float32, or the accumulator's dtype error
+        } else {
+          // A float16/bfloat16 model's activations, widened exactly on the host as the CPU path
+          // does (a device widening kernel would save the round trip).
+          QC_ASSIGN_OR_RETURN(Tensor host, session->ToHost(*x));
+          QC_RETURN_IF_ERROR(device_accumulator->Add(Tensor::FromVector(host.ToFloats(), host.shape())));
+        }
+        // Parking keeps the slot (the pointer stays valid) and moves its value to the host.
+        const int64_t bytes = run->DeviceBytes();
+        if (resident_bytes + bytes > activation_budget_) QC_RETURN_IF_ERROR(run->Park());
+        else resident_bytes += bytes;
+      } else {
+        QC_RETURN_IF_ERROR(accumulator->Add(*x, &scratch));
+      }
       inputs.push_back(x);
     }
     std::vector<float>().swap(scratch);  // K x K floats the visitor's solver can use instead
-    QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, accumulator.Finish(), inputs));
+    InputStats stats;
+    if (device_accumulator) {
+      QC_ASSIGN_OR_RETURN(stats, device_accumulator->Finish());
+      device_accumulator.reset();
+      // The forward passes' blocks go back to the driver before the solver allocates its own.
+      QC_RETURN_IF_ERROR(ReleaseCachedDeviceMemory());
+    } else {
+      stats = accumulator->Finish();
+    }
+    QC_ASSIGN_OR_RETURN(GroupWeights weights, visit(group, stats, inputs));
 #ifdef __GLIBC__
     // The group's statistics and the visitor's work buffers are freed now. glibc keeps freed heap
     // pages that long-lived small allocations made since (a layer's scales, graph nodes) pin below
@@ -268,8 +311,13 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       // A float16/bfloat16 model reads its weights in that type: the replacement is rounded to it.
       const Tensor* stored = model.graph.FindInitializer(layer.weight);
       if (stored != nullptr && stored->dtype() != DType::kFloat32) replacement = ConvertFloatTensor(replacement, stored->dtype());
+      // One device copy shared by every window (freed once all have run the layer).
+      if (device) {
+        QC_ASSIGN_OR_RETURN(replacement, session->ToDevice(replacement));
+      }
       for (auto& run : runs) QC_RETURN_IF_ERROR(run->SetValue(read_name, replacement));
     }
+    if (device) QC_RETURN_IF_ERROR(ReleaseCachedDeviceMemory());
   }
   return Status::Ok();
 }

@@ -13,6 +13,7 @@
 #include "formats/linear_layers.h"
 #include "formats/status.h"
 #include "formats/tensor.h"
+#include "runtime/executor.h"
 
 namespace qc {
 
@@ -52,7 +53,8 @@ using GroupWeights = std::vector<std::vector<float>>;
 /// Called once per group by RunSequential with the statistics of the group's input as produced by
 /// the model with every earlier group already replaced, and that input itself: one tensor per
 /// calibration window, in window order, valid only during the call (the W8A8 passes measure the
-/// error activation rounding adds, which statistics cannot give).
+/// error activation rounding adds, which statistics cannot give). On a kCuda calibrator a window's
+/// tensor may be a device tensor (Tensor::on_device()).
 using SequentialVisitor = std::function<StatusOr<GroupWeights>(const LayerGroup& group, const InputStats& stats,
                                                                const std::vector<const Tensor*>& inputs)>;
 
@@ -81,6 +83,17 @@ class Calibrator {
   Calibrator FirstWindows(size_t count) const;
   /// Receives one-line progress messages (may be empty).
   void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
+  /// Where RunSequential runs the windows and accumulates the statistics (CollectStats runs on the
+  /// CPU only: it observes nodes, which the CUDA executor does not). With kCuda the session
+  /// streams the float weights (SessionOptions::stream_constants), the Hessians are accumulated on
+  /// the device (calibrate/device_stats.h) and each window's activations stay on the device while
+  /// the windows' total stays within `activation_budget_bytes`; the windows after that are parked
+  /// in host memory at each group boundary (Execution::Park). Statistics do not depend on the budget.
+  void set_device(Device device, int64_t activation_budget_bytes = int64_t{1} << 30) {
+    device_ = device;
+    activation_budget_ = activation_budget_bytes;
+  }
+  Device device() const { return device_; }
 
   /// One float pass over every window of `model` as it is now, one window at a time, collecting
   /// the statistics of every group's input. Result order follows GroupLayersByInput(layers).
@@ -102,6 +115,8 @@ class Calibrator {
  private:
   std::vector<Tensor> windows_;
   std::function<void(const std::string&)> log_;
+  Device device_ = Device::kCpu;
+  int64_t activation_budget_ = int64_t{1} << 30;
 };
 
 }  // namespace qc

@@ -59,7 +59,8 @@ struct ConvertOptions {
   QuantOptions quant;
   bool sym_flag = false;   // --sym given
   bool asym_flag = false;  // --asym given
-  std::string device = "cpu";
+  std::string device = "cpu";  // cpu | cuda (passes that support it: kDevicePasses in pipeline.cpp)
+  int64_t calib_device_mib = 1024;  // --device cuda: calibration activations kept on the GPU
   bool external_data = false;
   bool progress = true;      // stage messages on stderr
   std::string command_line;  // recorded in the report

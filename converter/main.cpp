@@ -164,7 +164,14 @@ int main(int argc, char** argv) {
           },
           "Bits of the output head (the layer computing the logits), 2..8, or 'float'")
       ->default_str("8");
-  conv_cmd->add_option("--device", conv.device, "Where passes run: cpu")->capture_default_str();
+  conv_cmd->add_option("--device", conv.device,
+                       "Where passes run: cpu, or cuda (gptq: calibration runs, Hessians and solver on the GPU)")
+      ->capture_default_str();
+  conv_cmd->add_option("--calib-device-memory", conv.calib_device_mib,
+                       "With --device cuda: MiB of calibration activations kept on the GPU between layer groups "
+                       "(the rest wait in host memory; results do not depend on it)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   conv_cmd->add_option("--eval", conv.eval, "Measure perplexity before and after on this text (with --tokenizer) or .npy ids");
   conv_cmd->add_option("--eval-windows", conv.eval_windows, "Evaluate the first N windows of --eval (-1: all)")->capture_default_str();
   conv_cmd->add_flag("--external-data", conv.external_data, "Store the weights in OUT.onnx.data beside the model");

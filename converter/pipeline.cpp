@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -27,6 +28,7 @@
 #include "passes/merged_decoder.h"
 #include "passes/registry.h"
 #include "passes/weight_quant.h"
+#include "runtime/cuda_executor.h"
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
@@ -113,8 +115,19 @@ bool SamePath(const std::string& a, const std::string& b) {
   return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
 
+// The passes that run on the GPU with --device cuda (their calibration and solver).
+const char* const kDevicePasses[] = {"gptq"};
+
+Device DeviceOf(const ConvertOptions& options) { return options.device == "cuda" ? Device::kCuda : Device::kCpu; }
+
+SessionOptions EvalSessionOptions(const ConvertOptions& options) {
+  SessionOptions so;
+  so.device = DeviceOf(options);
+  return so;
+}
+
 StatusOr<double> Perplexity(const Model& model, const std::vector<int32_t>& ids, const ConvertOptions& options) {
-  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model));
+  QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, EvalSessionOptions(options)));
   PerplexityOptions po;
   po.seqlen = options.seqlen;
   po.max_windows = options.eval_windows;
@@ -165,8 +178,16 @@ Status ValidateConvertOptions(const ConvertOptions& o) {
   // Every weight-quantizing pass takes --bits and --group-size the same way; check them up front.
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(SpecFromOptions(o.quant, /*sym=*/true)));
   if (o.sym_flag && o.asym_flag) return InvalidArgument("--sym and --asym contradict each other; give one");
-  if (o.device != "cpu")
-    return InvalidArgument("--device '" + o.device + "' is not available in this build; use --device cpu");
+  if (o.device != "cpu" && o.device != "cuda") return InvalidArgument("--device must be cpu or cuda, got '" + o.device + "'");
+  if (o.device == "cuda") {
+    std::string supported;
+    for (const char* name : kDevicePasses) supported += (supported.empty() ? "" : ", ") + std::string(name);
+    for (const std::string& name : SplitPasses(o.passes))
+      if (std::find(std::begin(kDevicePasses), std::end(kDevicePasses), name) == std::end(kDevicePasses))
+        return InvalidArgument("pass '" + name + "' runs on the CPU only; --device cuda supports: " + supported +
+                               " (use --device cpu)");
+  }
+  if (o.calib_device_mib < 0) return InvalidArgument("--calib-device-memory must be >= 0");
   if (o.nsamples < 1) return InvalidArgument("--nsamples must be at least 1");
   if (o.seqlen < 2) return InvalidArgument("--seqlen must be at least 2");
   if (o.eval_windows == 0 || o.eval_windows < -1)
@@ -265,6 +286,7 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   if (!calib_windows.empty()) {
     calibrator = std::make_unique<Calibrator>(calib_windows);
     calibrator->set_log(say);
+    calibrator->set_device(DeviceOf(o), o.calib_device_mib << 20);
   }
   QC_ASSIGN_OR_RETURN(auto pipeline, CreatePipeline(o.passes));
   // A merged decoder's layers live in If branches: the passes run on the prefill branch inlined
@@ -315,7 +337,13 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   say("validating " + output);
   StatusOr<Model> written = ReadOnnxModel(output);
   if (!written.ok()) return Internal("the written artifact cannot be read back: " + written.status().message());
-  StatusOr<std::unique_ptr<Session>> session = Session::Create(*written);
+  if (DeviceOf(o) == Device::kCuda) {
+    const CudaMemoryStats mem = CudaMemory();
+    say("device memory: peak " + std::to_string(mem.peak_bytes_in_use >> 20) + " MiB in use (" +
+        std::to_string(mem.bytes_cached >> 20) + " MiB cached now; " + std::to_string(mem.pinned_host_bytes >> 20) +
+        " MiB of page-locked host memory for parked activations)");
+  }
+  StatusOr<std::unique_ptr<Session>> session = Session::Create(*written, EvalSessionOptions(o));
   if (!session.ok()) return Internal("the written artifact does not load in our runtime: " + session.status().message());
   Tensor window;
   if (!calib_windows.empty()) {

@@ -1,6 +1,7 @@
 // `gptq`: true-sequential GPTQ over every linear layer (see gptq.h).
 #include "passes/gptq.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -8,6 +9,7 @@
 
 #include "calibrate/calibrator.h"
 #include "formats/linear_layers.h"
+#include "passes/gptq_solver_cuda.h"
 #include "passes/weight_quant.h"
 
 namespace qc {
@@ -77,6 +79,12 @@ Status GptqPass::Run(Model& model, PassContext& context) {
   // layer's codes waiting in memory until the end (docs/MEMORY.md).
   MatMulNBitsRewriter rewriter(model);
   if (!todo.empty()) {
+    // --device cuda: the calibrator accumulates the Hessians on the GPU and the layers are solved
+    // there too (same algorithm; see gptq_solver_cuda.h).
+    std::unique_ptr<GptqCudaSolver> gpu;
+    if (context.calibrator->device() == Device::kCuda) {
+      QC_ASSIGN_OR_RETURN(gpu, GptqCudaSolver::Create());
+    }
     StatsRequest request;
     request.hessian = true;
     const Graph& graph = model.graph;
@@ -88,11 +96,20 @@ Status GptqPass::Run(Model& model, PassContext& context) {
         const std::string where = "GPTQ of layer " + layer.node_name + " (weight " + layer.weight + ")";
         const GptqSpec layer_spec = spec_for(layer);
         QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(graph, layer));
-        StatusOr<GptqResult> solved = GptqQuantize(w, layer.k, layer.n, stats.hessian, layer_spec);
+        StatusOr<GptqResult> solved = gpu ? gpu->Quantize(w, layer.k, layer.n, stats.hessian, layer_spec)
+                                          : GptqQuantize(w, layer.k, layer.n, stats.hessian, layer_spec);
         if (!solved.ok()) return solved.status().WithContext(where);
         GptqResult& result = *solved;
         r.weight_rel_error = RelativeError(w, result.w_hat);
-        const OutputError e = OutputErrorFromHessian(stats.hessian, layer.k, w, result.w_hat, layer.n);
+        OutputError e;
+        if (gpu) {
+          StatusOr<std::pair<double, double>> energies =
+              gpu->OutputEnergies(stats.hessian, layer.k, w, result.w_hat, layer.n);
+          if (!energies.ok()) return energies.status().WithContext(where);
+          e = OutputErrorFromEnergies(std::max(energies->first, 0.0), std::max(energies->second, 0.0));
+        } else {
+          e = OutputErrorFromHessian(stats.hessian, layer.k, w, result.w_hat, layer.n);
+        }
         r.output_rel_error = e.rel_error;
         r.sqnr_db = e.sqnr_db;
         r.damping = result.percdamp;

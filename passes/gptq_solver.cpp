@@ -27,24 +27,12 @@ std::string FormatDamp(double v) {
   return s.str();
 }
 
-// Input rows, groups and the Cholesky factor shared by every output column of one solve.
-struct Plan {
-  int64_t k = 0, n = 0;
-  int64_t rows_per_group = 0;             // group_size, or k per channel
-  std::vector<int64_t> perm;              // position (processing order) -> input row
-  std::vector<int64_t> group_of;          // position -> group
-  std::vector<std::vector<int64_t>> members;  // group -> its positions, ascending
-  std::vector<std::pair<int64_t, int64_t>> blocks;  // group -> [first, last] block of the encoding
-  MatrixF hinv;                           // U, upper, [k, k] in processing order
-};
-
 // Solves output columns [j0, j0 + nc) of `w` (the row-major [k, n] weight with dead rows zeroed),
 // writing their codes, scales, zero points and dequantized values into `qw` and `w_hat`.
-void SolveChunk(const Plan& plan, const std::vector<float>& w, const GptqSpec& spec, int64_t j0, int64_t nc,
-                QuantizedWeight* qw, std::vector<float>* w_hat) {
+void SolveChunk(const GptqPlan& plan, const MatrixF& hinv, const std::vector<float>& w, const GptqSpec& spec, int64_t j0,
+                int64_t nc, QuantizedWeight* qw, std::vector<float>* w_hat) {
   const int64_t k = plan.k, n = plan.n, nb = qw->n_blocks();
   const int bits = spec.quant.bits;
-  const MatrixF& hinv = plan.hinv;
   MatrixF W(k, nc);  // the chunk in processing order, updated in place
   for (int64_t a = 0; a < k; ++a)
     for (int64_t j = 0; j < nc; ++j) W(a, j) = w[plan.perm[a] * n + j0 + j];
@@ -129,8 +117,8 @@ bool UpperCholeskyOfInverse(std::vector<double> h, int64_t k, std::vector<double
   return um.allFinite();
 }
 
-StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_t n, const std::vector<double>& hessian,
-                                  const GptqSpec& spec) {
+StatusOr<GptqPlan> PrepareGptq(const std::vector<float>& w, int64_t k, int64_t n, const std::vector<double>& hessian,
+                               const GptqSpec& spec, const CholeskyOfInverse& factor) {
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(spec.quant));
   if (k <= 0 || n <= 0 || static_cast<int64_t>(w.size()) != k * n)
     return InvalidArgument("GPTQ: weight has " + std::to_string(w.size()) + " values, expected K*N = " +
@@ -147,8 +135,10 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
       return InvalidArgument("the Hessian of the layer input holds non-finite values (NaN or inf): the calibration "
                              "activations overflowed, so GPTQ cannot weigh this layer's errors");
 
-  GptqResult result;
-  std::vector<float> w0 = w;
+  GptqPlan plan;
+  GptqResult& result = plan.result;
+  plan.w0 = w;
+  std::vector<float>& w0 = plan.w0;
   // Dead inputs (never active on calibration data): diag(H) = 0 makes H singular; the reference
   // sets H_ii = 1 and the weight row to 0, which changes no output on data like the calibration's.
   std::vector<double> diag(k);
@@ -163,7 +153,6 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
     result.notes.push_back(std::to_string(result.dead_inputs) +
                            " input channels never active on calibration data (diag(H) = 0): their weights set to 0");
 
-  Plan plan;
   plan.k = k;
   plan.n = n;
   plan.perm.resize(k);
@@ -186,10 +175,10 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
     }
     return d;
   };
-  std::vector<double> u;
   double percdamp = spec.percdamp;
   for (;;) {
-    if (UpperCholeskyOfInverse(damped_h(percdamp), k, &u)) break;
+    QC_ASSIGN_OR_RETURN(const bool factored, factor(damped_h(percdamp)));
+    if (factored) break;
     const double next = percdamp > 0 ? percdamp * 10 : 0.01;
     if (next > kMaxPercdamp * (1 + 1e-9))
       return InvalidArgument("the Hessian of the layer input is not positive definite even with dampening " +
@@ -201,9 +190,6 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
     result.notes.push_back("damping raised from " + FormatDamp(spec.percdamp) + " to " + FormatDamp(percdamp) +
                            " after Cholesky failure");
   result.percdamp = percdamp;
-  // The updates run in float32, as in the reference; U itself is computed in float64.
-  plan.hinv = Eigen::Map<const MatrixD>(u.data(), k, k).cast<float>();
-  std::vector<double>().swap(u);
 
   // Groups. Without act-order, and with static groups, group g is input rows [g*G, (g+1)*G);
   // with reordered groups it is positions [g*G, (g+1)*G) of the act-order.
@@ -213,7 +199,7 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
   qw.n = n;
   qw.block_size = BlockSizeFor(spec.quant.group_size, k);
   qw.group_size = spec.quant.group_size;
-  const int64_t bs = qw.block_size, nb = qw.n_blocks();
+  const int64_t bs = qw.block_size;
   plan.rows_per_group = spec.quant.group_size == -1 ? k : spec.quant.group_size;
   const int64_t groups = (k + plan.rows_per_group - 1) / plan.rows_per_group;
   const bool reordered = spec.act_order && !spec.static_groups && groups > 1;
@@ -239,7 +225,23 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
     if (identity) qw.g_idx.clear();  // every row kept its block: the plain encoding says the same
   }
   result.reordered_groups = !qw.g_idx.empty();
+  return plan;
+}
 
+StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_t n, const std::vector<double>& hessian,
+                                  const GptqSpec& spec) {
+  std::vector<double> u;
+  CholeskyOfInverse factor = [&](std::vector<double> h) -> StatusOr<bool> {
+    return UpperCholeskyOfInverse(std::move(h), k, &u);
+  };
+  QC_ASSIGN_OR_RETURN(GptqPlan plan, PrepareGptq(w, k, n, hessian, spec, factor));
+  // The updates run in float32, as in the reference; U itself is computed in float64.
+  const MatrixF hinv = Eigen::Map<const MatrixD>(u.data(), k, k).cast<float>();
+  std::vector<double>().swap(u);
+
+  GptqResult result = std::move(plan.result);
+  QuantizedWeight& qw = result.weight;
+  const int64_t nb = qw.n_blocks();
   qw.q.assign(k * n, 0);
   qw.scales.assign(n * nb, 0.0f);
   if (!spec.quant.sym) qw.zero_points.assign(n * nb, 0);
@@ -248,7 +250,7 @@ StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t j0 = c * kChunkColumns;
-    SolveChunk(plan, w0, spec, j0, std::min(kChunkColumns, n - j0), &qw, &result.w_hat);
+    SolveChunk(plan, hinv, plan.w0, spec, j0, std::min(kChunkColumns, n - j0), &qw, &result.w_hat);
   }
   return result;
 }

@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "formats/status.h"
@@ -60,5 +62,27 @@ bool UpperCholeskyOfInverse(std::vector<double> h, int64_t k, std::vector<double
 /// indefinite up to kMaxPercdamp.
 StatusOr<GptqResult> GptqQuantize(const std::vector<float>& w, int64_t k, int64_t n, const std::vector<double>& hessian,
                                   const GptqSpec& spec);
+
+/// GptqQuantize up to its column loop, shared by the CPU solver and the CUDA one
+/// (passes/gptq_solver_cuda.h): validation, dead inputs, the act-order permutation, the damping
+/// escalation around `factor`, and the groups. `result` holds the weight's layout (bits, k, n,
+/// block size, g_idx), the notes, the dead inputs and the final percdamp; q, scales, zero points
+/// and w_hat are left to the column loop.
+struct GptqPlan {
+  int64_t k = 0, n = 0;
+  int64_t rows_per_group = 0;                       // group_size, or k per channel
+  std::vector<float> w0;                            // [k, n], dead input rows zeroed
+  std::vector<int64_t> perm;                        // position (processing order) -> input row
+  std::vector<int64_t> group_of;                    // position -> group
+  std::vector<std::vector<int64_t>> members;        // group -> its positions, ascending
+  std::vector<std::pair<int64_t, int64_t>> blocks;  // group -> [first, last] block of the encoding
+  GptqResult result;
+};
+/// Computes U (Uᵀ U = H^-1, as UpperCholeskyOfInverse) of the damped row-major [k, k] H in
+/// processing order and keeps it for the column loop; false when H is not numerically positive
+/// definite (PrepareGptq then raises the damping), an error when the computation itself failed.
+using CholeskyOfInverse = std::function<StatusOr<bool>(std::vector<double> h)>;
+StatusOr<GptqPlan> PrepareGptq(const std::vector<float>& w, int64_t k, int64_t n, const std::vector<double>& hessian,
+                               const GptqSpec& spec, const CholeskyOfInverse& factor);
 
 }  // namespace qc

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <set>
 
@@ -14,6 +15,7 @@
 #ifdef QC_HAVE_CUDA
 #include "runtime/cuda/context.h"
 #include "runtime/cuda/ops/op_kernel.h"
+#include "runtime/cuda/pinned_pool.h"
 #endif
 
 namespace qc {
@@ -29,6 +31,15 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan&, const 
 Status CudaExecutor::Run(std::vector<Tensor>&, const std::vector<int>&) const { return FailedPrecondition("built without CUDA"); }
 std::vector<OpProfile> CudaExecutor::Profile() const { return {}; }
 std::vector<std::string> CudaExecutor::Summary() const { return {}; }
+CudaRunState::~CudaRunState() = default;
+CudaMemoryStats CudaMemory() { return {}; }
+std::unique_ptr<CudaRunState> CudaExecutor::Begin(size_t) const { return std::make_unique<CudaRunState>(); }
+Status CudaExecutor::RunSteps(std::vector<Tensor>&, CudaRunState&, int) const { return FailedPrecondition("built without CUDA"); }
+Status CudaExecutor::Park(std::vector<Tensor>&, CudaRunState&) const { return FailedPrecondition("built without CUDA"); }
+int64_t CudaExecutor::DeviceBytes(const std::vector<Tensor>&, const CudaRunState&) const { return 0; }
+StatusOr<Tensor> CudaExecutor::Upload(const Tensor&) const { return FailedPrecondition("built without CUDA"); }
+StatusOr<Tensor> CudaExecutor::Download(const Tensor&) const { return FailedPrecondition("built without CUDA"); }
+cuda::Context& CudaExecutor::context() const { QC_CHECK(false && "built without CUDA"); std::abort(); }
 
 #else
 
@@ -94,6 +105,11 @@ struct CudaExecutor::Impl {
   std::vector<bool> constant;           // slot holds a session constant (not an overridable input)
   std::vector<Tensor> device_constants;  // slot-indexed device copies of constants
   int64_t constant_bytes = 0;
+  // SessionOptions::stream_constants: device copies made when a step first needs them, shared by
+  // every run, and freed once every live run has passed release_step (the constant's last reader).
+  mutable std::vector<Tensor> streamed;
+  std::vector<int> release_step;
+  mutable std::vector<CudaRunState*> live;
 
   // Statistics over all runs.
   mutable int64_t runs = 0;
@@ -102,11 +118,14 @@ struct CudaExecutor::Impl {
   mutable std::map<Where, int64_t> step_counts;
   mutable std::map<std::string, OpProfile> profile;
 
-  // Per run: frame[s] is the value, mirror[s] its copy on the other side (if made).
+  // Per run: frame[s] is the value, mirror[s] its copy on the other side (if made); overridden[s]
+  // when an Execution replaced a constant (the replacement is no session constant).
   struct Run {
     std::vector<Tensor>& frame;
-    std::vector<Tensor> mirror;
+    std::vector<Tensor>& mirror;
+    const std::vector<char>& overridden;
   };
+  bool SessionConstant(const Run& r, int s) const { return constant[s] && !r.overridden[s]; }
 
   bool OnHost(const Run& r, int s) const {
     return !r.frame[s].on_device() || (r.mirror[s].defined() && !r.mirror[s].on_device());
@@ -122,6 +141,14 @@ struct CudaExecutor::Impl {
   }
   StatusOr<const Tensor*> DeviceOf(Run& r, int s) const {
     if (r.frame[s].on_device()) return &r.frame[s];
+    if (!r.mirror[s].defined() && options.stream_constants && SessionConstant(r, s)) {
+      if (!streamed[s].defined()) {
+        QC_ASSIGN_OR_RETURN(streamed[s], cuda->Upload(r.frame[s]));
+        to_device.count++;
+        to_device.bytes += r.frame[s].nbytes();
+      }
+      r.mirror[s] = streamed[s];
+    }
     if (!r.mirror[s].defined()) {
       QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
       to_device.count++;
@@ -144,7 +171,7 @@ struct CudaExecutor::Impl {
   Status BindKernelInputs(const Plan::Step& step, const StepInfo& info, Run& r, cuda::OpContext& ctx) const {
     for (size_t i = 0; i < step.in.size(); ++i) {
       const int s = step.in[i];
-      ctx.constant.push_back(s >= 0 && constant[s]);
+      ctx.constant.push_back(s >= 0 && SessionConstant(r, s));
       if (s < 0) {
         ctx.inputs.push_back(nullptr);
         continue;
@@ -206,6 +233,8 @@ struct CudaExecutor::Impl {
         if (s < 0) {
           in.push_back(nullptr);
         } else if (i == 0) {
+          if (options.stream_constants && SessionConstant(r, s) && r.frame[s].nbytes() > kHostStepBytes)
+            QC_RETURN_IF_ERROR(DeviceOf(r, s).status());
           // A view of a constant uses its device copy, so the view's readers find it there.
           in.push_back(r.mirror[s].defined() && r.mirror[s].on_device() ? &r.mirror[s] : &r.frame[s]);
         } else {
@@ -315,7 +344,13 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
     if (s >= 0) impl->constant[s] = false;
   }
   impl->device_constants.resize(slots);
+  impl->streamed.resize(slots);
+  impl->release_step.assign(slots, -1);
+  for (size_t i = 0; i < plan.steps().size(); ++i)
+    for (int s : plan.steps()[i].release_after) impl->release_step[s] = static_cast<int>(i);
   auto upload = [&](int s) -> Status {
+    // Streamed constants are uploaded by the first step that reads them (Impl::DeviceOf).
+    if (options.stream_constants) return Status::Ok();
     if (s < 0 || !impl->constant[s] || impl->device_constants[s].defined()) return Status::Ok();
     QC_ASSIGN_OR_RETURN(impl->device_constants[s], impl->cuda->Upload(plan.constants()[s]));
     impl->constant_bytes += plan.constants()[s].nbytes();
@@ -349,12 +384,56 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
 
 Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
-  Impl::Run r{frame, std::vector<Tensor>(frame.size())};
-  for (size_t s = 0; s < frame.size(); ++s)
-    if (m.constant[s] && m.device_constants[s].defined()) r.mirror[s] = m.device_constants[s];
+  std::unique_ptr<CudaRunState> run = Begin(frame.size());
+  QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
+  Impl::Run r{frame, run->mirror, run->overridden};
+  for (int s : m.plan->output_slots()) {
+    if (!frame[s].defined() || !frame[s].on_device()) continue;
+    if (std::find(wanted.begin(), wanted.end(), s) == wanted.end()) {
+      frame[s] = r.mirror[s] = Tensor();
+      continue;
+    }
+    QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
+    frame[s] = *host;
+  }
+  QC_RETURN_IF_ERROR(m.cuda->Synchronize());
+  m.runs++;
+  return Status::Ok();
+}
+
+CudaMemoryStats CudaMemory() {
+  const cuda::CachingAllocator::Stats s = cuda::CachingAllocator::Default().stats();
+  return {static_cast<int64_t>(s.bytes_in_use), static_cast<int64_t>(s.peak_bytes_in_use), static_cast<int64_t>(s.bytes_cached),
+          cuda::PinnedPoolBytes()};
+}
+
+CudaRunState::~CudaRunState() {
+  if (!executor) return;
+  auto& live = executor->impl_->live;
+  live.erase(std::remove(live.begin(), live.end(), this), live.end());
+}
+
+std::unique_ptr<CudaRunState> CudaExecutor::Begin(size_t slots) const {
+  auto run = std::make_unique<CudaRunState>();
+  run->executor = this;
+  run->mirror.resize(slots);
+  run->skip.assign(impl_->plan->steps().size(), 0);
+  run->overridden.assign(slots, 0);
+  // Constants uploaded at creation are every run's device copies.
+  for (size_t s = 0; s < slots && s < impl_->device_constants.size(); ++s)
+    if (impl_->constant[s] && impl_->device_constants[s].defined()) run->mirror[s] = impl_->device_constants[s];
+  impl_->live.push_back(run.get());
+  return run;
+}
+
+Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int end) const {
+  Impl& m = *impl_;
+  QC_CHECK(run.executor == this && frame.size() == run.mirror.size());
+  Impl::Run r{frame, run.mirror, run.overridden};
   const auto& steps = m.plan->steps();
-  std::vector<char> skip(steps.size(), 0);  // steps done by a fused epilogue
-  for (size_t i = 0; i < steps.size(); ++i) {
+  std::vector<char>& skip = run.skip;  // steps done by a fused epilogue
+  end = std::min(end, static_cast<int>(steps.size()));
+  for (size_t i = run.cursor; i < static_cast<size_t>(std::max(end, run.cursor)); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     Impl::Where where = Impl::Where::kCuda;
     bool fused = false;
@@ -379,20 +458,57 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
       frame[s].ReleasePages();
       frame[s] = r.mirror[s] = Tensor();
     }
+    run.cursor = static_cast<int>(i) + 1;
   }
-  for (int s : m.plan->output_slots()) {
-    if (!frame[s].defined() || !frame[s].on_device()) continue;
-    if (std::find(wanted.begin(), wanted.end(), s) == wanted.end()) {
-      frame[s] = r.mirror[s] = Tensor();
-      continue;
+  if (m.options.stream_constants) {
+    // A streamed constant no live run will read again is freed (queued work that still reads it
+    // is ordered before any reuse of its block: one stream, a stream-ordered allocator).
+    for (size_t s = 0; s < m.streamed.size(); ++s) {
+      if (!m.streamed[s].defined() || m.release_step[s] < 0) continue;
+      bool needed = false;
+      for (const CudaRunState* other : m.live) needed |= other->cursor <= m.release_step[s];
+      if (!needed) m.streamed[s] = Tensor();
     }
-    QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
-    frame[s] = *host;
   }
-  QC_RETURN_IF_ERROR(m.cuda->Synchronize());
-  m.runs++;
   return Status::Ok();
 }
+
+Status CudaExecutor::Park(std::vector<Tensor>& frame, CudaRunState& run) const {
+  Impl& m = *impl_;
+  // Copies into page-locked memory, queued together; the device tensors are kept until they are
+  // done (one synchronisation for the whole frame).
+  std::vector<Tensor> moved;
+  for (size_t s = 0; s < frame.size(); ++s) {
+    if (m.constant[s] || run.overridden[s]) continue;  // shared by every run: stays where it is
+    Tensor& mirror = run.mirror[s];
+    if (frame[s].defined() && frame[s].on_device()) {
+      moved.push_back(frame[s]);
+      if (mirror.defined() && !mirror.on_device()) {
+        frame[s] = mirror;
+      } else {
+        QC_ASSIGN_OR_RETURN(frame[s], cuda::DownloadToPinnedAsync(*m.cuda, frame[s]));
+        m.to_host.count++;
+        m.to_host.bytes += frame[s].nbytes();
+      }
+    }
+    mirror = Tensor();
+  }
+  return m.cuda->Synchronize();
+}
+
+int64_t CudaExecutor::DeviceBytes(const std::vector<Tensor>& frame, const CudaRunState& run) const {
+  int64_t bytes = 0;
+  for (size_t s = 0; s < frame.size(); ++s) {
+    if (impl_->constant[s] || run.overridden[s]) continue;
+    if (frame[s].defined() && frame[s].on_device()) bytes += frame[s].nbytes();
+    if (run.mirror[s].defined() && run.mirror[s].on_device()) bytes += run.mirror[s].nbytes();
+  }
+  return bytes;
+}
+
+StatusOr<Tensor> CudaExecutor::Upload(const Tensor& host) const { return impl_->cuda->Upload(host); }
+StatusOr<Tensor> CudaExecutor::Download(const Tensor& device) const { return impl_->cuda->Download(device); }
+cuda::Context& CudaExecutor::context() const { return *impl_->cuda; }
 
 std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 

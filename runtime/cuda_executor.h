@@ -28,6 +28,34 @@
 namespace qc {
 
 class Plan;
+class CudaExecutor;
+namespace cuda {
+class Context;
+}
+
+/// The device side of one incremental run (an Execution of a kCuda session, and each
+/// CudaExecutor::Run): the other-side copies of its frame's values, the steps a fused epilogue
+/// already did, the slots replaced through Execution::SetValue, and how far it ran. Registered with
+/// its executor while alive, so that streamed constants (SessionOptions::stream_constants) are freed
+/// once every live run has passed their last reader.
+struct CudaRunState {
+  ~CudaRunState();
+  const CudaExecutor* executor = nullptr;
+  std::vector<Tensor> mirror;
+  std::vector<char> skip;
+  std::vector<char> overridden;
+  int cursor = 0;
+};
+
+/// The process-wide device allocator's counters (runtime/cuda/allocator.h); zeros without CUDA or
+/// before the first device allocation.
+struct CudaMemoryStats {
+  int64_t bytes_in_use = 0;
+  int64_t peak_bytes_in_use = 0;
+  int64_t bytes_cached = 0;
+  int64_t pinned_host_bytes = 0;  // page-locked host memory for parked activations (kept for reuse)
+};
+CudaMemoryStats CudaMemory();
 
 class CudaExecutor {
  public:
@@ -40,6 +68,24 @@ class CudaExecutor {
   /// Session::BindFeeds makes it); on return the `wanted` output slots hold host tensors and the
   /// plan's other outputs are dropped, never copied (perplexity asks for the NLLs, not the logits).
   Status Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const;
+  /// Incremental runs (Session::Start with --device cuda). Begin registers a run over `slots`
+  /// frame slots; RunSteps executes its steps [run.cursor, end) on the frame as Run does (values
+  /// stay where their kernels put them: device tensors, or host tensors for host steps and
+  /// fallbacks), then frees the streamed constants no live run still needs.
+  std::unique_ptr<CudaRunState> Begin(size_t slots) const;
+  Status RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int end) const;
+  /// Moves the run's activations that live on the device to host memory (their device memory is
+  /// freed; the steps that read them next upload them again). Constants and SetValue
+  /// replacements stay where they are.
+  Status Park(std::vector<Tensor>& frame, CudaRunState& run) const;
+  /// Device bytes the run's activations hold (not constants, not SetValue replacements).
+  int64_t DeviceBytes(const std::vector<Tensor>& frame, const CudaRunState& run) const;
+  /// Copies between host and device on the session's stream (Download waits for it).
+  StatusOr<Tensor> Upload(const Tensor& host) const;
+  StatusOr<Tensor> Download(const Tensor& device) const;
+  /// The session's stream, cuBLAS handle and allocator, for device work ordered with its runs
+  /// (calibration statistics).
+  cuda::Context& context() const;
   /// Per-op timings (each step synchronised) when SessionOptions::profile is set.
   std::vector<OpProfile> Profile() const;
   /// Fallback ops and host/device copies, one line each.
@@ -48,6 +94,7 @@ class CudaExecutor {
   struct Impl;
 
  private:
+  friend struct CudaRunState;
   explicit CudaExecutor(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

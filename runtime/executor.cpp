@@ -461,21 +461,42 @@ StatusOr<std::vector<Tensor>> Session::Run(const NamedTensors& feeds, const std:
 }
 
 StatusOr<std::unique_ptr<Execution>> Session::Start(const NamedTensors& feeds) const {
-  if (cuda_) return Unimplemented("step-by-step execution (calibration) runs on the CPU only, not with --device cuda");
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> frame, BindFeeds(feeds));
-  return std::unique_ptr<Execution>(new Execution(this, std::move(frame)));
+  std::unique_ptr<Execution> run(new Execution(this, std::move(frame)));
+  if (cuda_) run->cuda_ = cuda_->Begin(run->frame_.size());
+  return run;
 }
+
+StatusOr<Tensor> Session::ToDevice(const Tensor& host) const {
+  if (!cuda_) return FailedPrecondition("Session::ToDevice on a CPU session");
+  if (host.on_device()) return host;
+  return cuda_->Upload(host);
+}
+
+StatusOr<Tensor> Session::ToHost(const Tensor& tensor) const {
+  if (!tensor.on_device()) return tensor;
+  if (!cuda_) return FailedPrecondition("Session::ToHost of a device tensor on a CPU session");
+  return cuda_->Download(tensor);
+}
+
+cuda::Context* Session::cuda_context() const { return cuda_ ? &cuda_->context() : nullptr; }
 
 int Session::num_steps() const { return plan_->num_steps(); }
 int Session::StepOfNode(const std::string& node_name) const { return plan_->StepOfNode(node_name); }
 int Session::StepProducing(const std::string& value) const { return plan_->StepProducing(value); }
 
+Execution::Execution(const Session* session, std::vector<Tensor> frame) : session_(session), frame_(std::move(frame)) {}
 Execution::~Execution() = default;
 
 Status Execution::RunUntil(int step, const NodeObserver* observer) {
   step = std::min(step, session_->plan_->num_steps());
   if (step <= cursor_) return Status::Ok();
-  QC_RETURN_IF_ERROR(session_->plan_->ExecuteSteps(frame_, nullptr, observer, cursor_, step));
+  if (cuda_) {
+    if (observer) return Unimplemented("node observers (calibration) run on the CPU only, not with --device cuda");
+    QC_RETURN_IF_ERROR(session_->cuda_->RunSteps(frame_, *cuda_, step));
+  } else {
+    QC_RETURN_IF_ERROR(session_->plan_->ExecuteSteps(frame_, nullptr, observer, cursor_, step));
+  }
   cursor_ = step;
   return Status::Ok();
 }
@@ -483,8 +504,17 @@ Status Execution::RunUntil(int step, const NodeObserver* observer) {
 StatusOr<std::vector<Tensor>> Execution::Finish(const std::vector<std::string>& output_names) {
   QC_RETURN_IF_ERROR(RunUntil(session_->plan_->num_steps()));
   QC_ASSIGN_OR_RETURN(std::vector<int> wanted, WantedSlots(session_->model_.graph, *session_->plan_, output_names));
-  return CollectOutputs(wanted, frame_);
+  QC_ASSIGN_OR_RETURN(std::vector<Tensor> outputs, CollectOutputs(wanted, frame_));
+  for (Tensor& t : outputs)  // host tensors, as from Session::Run
+    if (t.on_device()) {
+      QC_ASSIGN_OR_RETURN(t, session_->cuda_->Download(t));
+    }
+  return outputs;
 }
+
+Status Execution::Park() { return cuda_ ? session_->cuda_->Park(frame_, *cuda_) : Status::Ok(); }
+
+int64_t Execution::DeviceBytes() const { return cuda_ ? session_->cuda_->DeviceBytes(frame_, *cuda_) : 0; }
 
 const Tensor* Execution::Value(const std::string& name) const {
   int s = session_->plan_->SlotOf(name);
@@ -494,6 +524,11 @@ const Tensor* Execution::Value(const std::string& name) const {
 Status Execution::SetValue(const std::string& name, Tensor tensor) {
   int s = session_->plan_->SlotOf(name);
   if (s < 0) return InvalidArgument("no value named '" + name + "' in the graph");
+  if (tensor.on_device() && !cuda_) return InvalidArgument("a device tensor given for '" + name + "' to a CPU execution");
+  if (cuda_) {
+    cuda_->overridden[s] = 1;
+    cuda_->mirror[s] = Tensor();
+  }
   frame_[s] = std::move(tensor);
   return Status::Ok();
 }

@@ -35,6 +35,11 @@ struct SessionOptions {
   /// The device the steps run on. Session::Create fails with FailedPrecondition when the build
   /// has no CUDA backend or the machine no usable GPU.
   Device device = Device::kCpu;
+  /// kCuda only: upload each constant when a step first reads it, shared by every run of the
+  /// session, and free it once every live run (Execution) has passed its last reader, instead of
+  /// uploading every constant at creation. Sequential calibration of a model whose float weights
+  /// do not fit on the device (or should not: the solver needs room) sets it.
+  bool stream_constants = false;
   /// The float type the model computes in (runtime/float_precision.h): float32, float16 or
   /// bfloat16; kUndefined runs the model in its own precision. The graph's inputs and declared
   /// outputs keep their dtypes. float16 and bfloat16 need Device::kCuda (InvalidArgument on the
@@ -59,6 +64,10 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 class Plan;
 class Session;
 class CudaExecutor;
+struct CudaRunState;
+namespace cuda {
+class Context;
+}
 
 /// One in-flight run that can be advanced step by step, with values inspected or replaced
 /// between steps. Sequential calibration uses it to stop at each linear layer, read its input,
@@ -71,18 +80,31 @@ class Execution {
   /// Executes the remaining steps and returns the named outputs (all graph outputs if empty).
   StatusOr<std::vector<Tensor>> Finish(const std::vector<std::string>& output_names = {});
   /// The current value of `name` (a graph input, initializer or computed value), or nullptr if
-  /// not computed yet or already freed after its last use.
+  /// not computed yet or already freed after its last use. On a kCuda session this is the value
+  /// where it lives, no copy: a device tensor (Tensor::on_device()) when a CUDA kernel computed it
+  /// (or the execution was given one), a host tensor for inputs, constants, host steps, CPU
+  /// fallbacks and parked values. Valid until the execution advances or is parked.
   const Tensor* Value(const std::string& name) const;
   /// Replaces a value for the rest of this execution (e.g. a weight with its quantized version).
+  /// On a kCuda session `tensor` may be a host tensor (uploaded by the first step that reads it on
+  /// the device, for this execution alone) or a device tensor from Session::ToDevice (shared as is:
+  /// one upload for every execution).
   Status SetValue(const std::string& name, Tensor tensor);
+  /// kCuda: moves this execution's activations from device to host memory, so that many
+  /// executions waiting at a group boundary do not all hold device memory (the next steps upload
+  /// what they read). A no-op on the CPU.
+  Status Park();
+  /// kCuda: device bytes this execution's activations hold; 0 on the CPU.
+  int64_t DeviceBytes() const;
   int cursor() const { return cursor_; }
 
  private:
   friend class Session;
-  Execution(const Session* session, std::vector<Tensor> frame) : session_(session), frame_(std::move(frame)) {}
+  Execution(const Session* session, std::vector<Tensor> frame);
   const Session* session_;
   std::vector<Tensor> frame_;
   int cursor_ = 0;
+  std::unique_ptr<CudaRunState> cuda_;  // set on a kCuda session
 };
 
 /// A compiled model. Thread-compatible: one Run at a time per Session.
@@ -115,6 +137,18 @@ class Session {
   /// Per-op-type timings, slowest first (empty unless SessionOptions::profile). On the GPU each
   /// op type is listed as "Op (cuda)", "Op (cpu)" (host step on small values) or "Op (fallback)".
   std::vector<OpProfile> Profile() const;
+  /// The device the session runs on.
+  Device device() const { return options_.device; }
+  /// kCuda: a device copy of the host tensor `host`, for Execution::SetValue (one upload that
+  /// every execution shares); FailedPrecondition on a CPU session.
+  StatusOr<Tensor> ToDevice(const Tensor& host) const;
+  /// A host copy of a tensor of this session (Execution::Value may give a device tensor); a host
+  /// tensor is returned as is.
+  StatusOr<Tensor> ToHost(const Tensor& tensor) const;
+  /// kCuda: the session's stream, cuBLAS handle and allocator, for device work that must be
+  /// ordered with its runs (calibration statistics on Execution::Value tensors); nullptr on a CPU
+  /// session.
+  cuda::Context* cuda_context() const;
   /// For a device session: which ops ran on the CPU for lack of a CUDA kernel and how many bytes
   /// were copied between host and device, one line each; empty for a CPU session.
   std::vector<std::string> DeviceSummary() const;

@@ -40,6 +40,10 @@ Loaded Load() {
   bind(out.api.set_stream, "cublasSetStream_v2");
   bind(out.api.set_math_mode, "cublasSetMathMode");
   bind(out.api.sgemm_strided_batched, "cublasSgemmStridedBatched");
+  bind(out.api.sgemm, "cublasSgemm_v2");
+  bind(out.api.ssyrk, "cublasSsyrk_v2");
+  bind(out.api.dtrsm, "cublasDtrsm_v2");
+  bind(out.api.dgemm, "cublasDgemm_v2");
   bind(out.api.gemm_strided_batched_ex, "cublasGemmStridedBatchedEx");
   bind(out.api.status_name, "cublasGetStatusName");
   bind(out.api.status_string, "cublasGetStatusString");

@@ -16,6 +16,11 @@ struct CublasApi {
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
+  // Calibration statistics and the GPTQ solver (calibrate/cuda, passes/cuda).
+  decltype(&cublasSgemm_v2) sgemm = nullptr;
+  decltype(&cublasSsyrk_v2) ssyrk = nullptr;
+  decltype(&cublasDtrsm_v2) dtrsm = nullptr;
+  decltype(&cublasDgemm_v2) dgemm = nullptr;
   /// float16/bfloat16 GEMMs with float32 accumulation (CUBLAS_COMPUTE_32F). Spelled out: the
   /// header overloads the name with an inline cudaDataType-compute variant.
   cublasStatus_t (*gemm_strided_batched_ex)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const void*, const void*,

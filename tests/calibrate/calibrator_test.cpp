@@ -195,6 +195,43 @@ TEST(CalibratorTest, OutputErrorFromHessianEqualsDirect) {
   EXPECT_EQ(OutputErrorFromHessian(h, k, w, w, n).rel_error, 0.0);
 }
 
+// RunSequential on the GPU: where a CUDA session cannot start (no GPU, or a build without CUDA)
+// it fails as the session does, before any visit; elsewhere it gives the CPU's statistics
+// (tests/passes/cuda_gptq_test.cpp checks them in detail).
+TEST(CalibratorTest, SequentialOnTheDeviceFailsCleanlyOrMatchesTheCpu) {
+  const Model model = BuildModel();
+  const std::vector<LinearLayer> layers = FindLinearLayers(model.graph);
+  StatsRequest request;
+  request.hessian = true;
+  auto collect = [&](Device device, std::vector<InputStats>* out) {
+    Calibrator calibrator(Windows(3));
+    calibrator.set_device(device, /*activation_budget_bytes=*/0);
+    EXPECT_EQ(calibrator.device(), device);
+    EXPECT_EQ(calibrator.FirstWindows(1).device(), device);
+    return calibrator.RunSequential(model, layers, request,
+                                    [&](const LayerGroup& group, const InputStats& stats,
+                                        const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
+                                      out->push_back(stats);
+                                      return GroupWeights(group.layers.size());
+                                    });
+  };
+  std::vector<InputStats> cpu, gpu;
+  ASSERT_TRUE(collect(Device::kCpu, &cpu).ok());
+  SessionOptions options;
+  options.device = Device::kCuda;
+  const auto probe = Session::Create(model, options);
+  const Status status = collect(Device::kCuda, &gpu);
+  if (!probe.ok()) {
+    EXPECT_EQ(status.code(), probe.status().code()) << status.ToString();
+    EXPECT_TRUE(gpu.empty());
+    return;
+  }
+  ASSERT_TRUE(status.ok()) << status.ToString();
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (size_t g = 0; g < cpu.size(); ++g)
+    for (size_t i = 0; i < cpu[g].hessian.size(); ++i) EXPECT_NEAR(gpu[g].hessian[i], cpu[g].hessian[i], 1e-4);
+}
+
 TEST(CalibratorTest, Negative_NoWindows) {
   const Model model = BuildModel();
   Calibrator calibrator({});

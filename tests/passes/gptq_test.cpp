@@ -276,6 +276,47 @@ TEST(GptqSolver, Negative_HessianNeverPositiveDefinite) {
       << r.status().message();
 }
 
+// PrepareGptq (shared by the CPU and CUDA solvers) hands the factorisation the damped H in
+// processing order and raises the damping tenfold while it reports failure.
+TEST(GptqSolver, PrepareGptqDampsAroundTheFactorisation) {
+  constexpr int64_t k = 8, n = 3;
+  std::vector<double> h(k * k, 0.0);
+  for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0 + static_cast<double>(i);  // act-order reverses the rows
+  h[0 * k + 1] = h[1 * k + 0] = 0.5;
+  std::vector<std::vector<double>> seen;
+  CholeskyOfInverse factor = [&](std::vector<double> d) -> StatusOr<bool> {
+    seen.push_back(std::move(d));
+    return seen.size() == 3;  // fails twice
+  };
+  GptqSpec spec = Spec(4, -1, true, /*act_order=*/true);
+  StatusOr<GptqPlan> plan = PrepareGptq(RandomNormal(k * n, 71), k, n, h, spec, factor);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_NEAR(plan->result.percdamp, 1.0, 1e-12);  // 0.01 -> 0.1 -> 1
+  ASSERT_FALSE(plan->result.notes.empty());
+  EXPECT_NE(plan->result.notes.back().find("damping raised"), std::string::npos);
+  for (int64_t a = 0; a < k; ++a) EXPECT_EQ(plan->perm[a], k - 1 - a);
+  const double mean_diag = 4.5;  // mean of 1..8
+  for (size_t attempt = 0; attempt < seen.size(); ++attempt) {
+    const double damp = 0.01 * std::pow(10.0, static_cast<double>(attempt));
+    for (int64_t a = 0; a < k; ++a) {
+      EXPECT_NEAR(seen[attempt][a * k + a], h[plan->perm[a] * (k + 1)] + damp * mean_diag, 1e-12);
+      for (int64_t b = 0; b < k; ++b)
+        if (a != b) EXPECT_EQ(seen[attempt][a * k + b], h[plan->perm[a] * k + plan->perm[b]]);
+    }
+  }
+  EXPECT_EQ(plan->members.size(), 1u);
+  EXPECT_EQ(plan->w0.size(), static_cast<size_t>(k * n));
+}
+
+TEST(GptqSolver, Negative_PrepareGptqPassesFactorisationErrors) {
+  constexpr int64_t k = 4, n = 2;
+  CholeskyOfInverse factor = [](std::vector<double>) -> StatusOr<bool> { return Internal("device lost"); };
+  StatusOr<GptqPlan> plan = PrepareGptq(RandomNormal(k * n, 72), k, n, Identity(k), Spec(4, -1, true), factor);
+  ASSERT_FALSE(plan.ok());
+  EXPECT_NE(plan.status().message().find("device lost"), std::string::npos);
+}
+
 TEST(GptqSolver, Negative_BadArguments) {
   constexpr int64_t k = 16, n = 8;
   const std::vector<float> w = RandomNormal(k * n, 63);

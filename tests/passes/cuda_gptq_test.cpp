@@ -1,0 +1,382 @@
+// GPU tests of calibration statistics (calibrate/device_stats.h), the GPTQ solver on the device
+// (passes/gptq_solver_cuda.h) and `--pass gptq --device cuda` end to end, each against the CPU
+// path, which is the spec. Labelled gpu; every test skips without a CUDA device.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "calibrate/calibrator.h"
+#include "calibrate/device_stats.h"
+#include "converter/commands.h"
+#include "converter/pipeline.h"
+#include "formats/linear_layers.h"
+#include "formats/model_builder.h"
+#include "formats/synthetic_models.h"
+#include "passes/gptq_solver.h"
+#include "passes/gptq_solver_cuda.h"
+#include "passes/weight_quant.h"
+#include "runtime/cuda/context.h"
+#include "runtime/cuda/device.h"
+
+namespace qc {
+namespace {
+
+namespace fs = std::filesystem;
+
+#define REQUIRE_DEVICE() \
+  if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
+
+std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
+  std::mt19937 rng(seed);
+  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
+}
+
+// X [rows, k] with a few shared factors and channel magnitudes over an order of magnitude, as
+// gptq_test.cpp's (a strongly non-diagonal Hessian, where act-order matters).
+std::vector<float> CorrelatedInputs(int64_t rows, int64_t k, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal;
+  constexpr int64_t kFactors = 4;
+  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
+  for (float& v : a) v = normal(rng);
+  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
+  for (int64_t t = 0; t < rows; ++t) {
+    float f[kFactors];
+    for (float& v : f) v = normal(rng);
+    for (int64_t i = 0; i < k; ++i) {
+      float v = 0.3f * normal(rng);
+      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
+      x[t * k + i] = magnitude[i] * v;
+    }
+  }
+  return x;
+}
+
+std::vector<double> HessianOf(const std::vector<float>& x, int64_t rows, int64_t k) {
+  std::vector<double> h(k * k, 0.0);
+  for (int64_t t = 0; t < rows; ++t)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
+  return h;
+}
+
+double MaxRelDiff(const std::vector<double>& a, const std::vector<double>& b) {
+  double scale = 0, diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::fabs(a[i]));
+    diff = std::max(diff, std::fabs(a[i] - b[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
+  GptqSpec s;
+  s.quant.bits = bits;
+  s.quant.group_size = group_size;
+  s.quant.sym = sym;
+  s.act_order = act_order;
+  s.static_groups = static_groups;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+TEST(CudaDeviceStats, MatchTheCpuAccumulatorOverWindows) {
+  REQUIRE_DEVICE();
+  constexpr int64_t k = 96, rows = 300;  // 300 rows: two row chunks, one partial
+  auto ctx = cuda::Context::Create();
+  ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+  StatsRequest request;
+  request.hessian = true;
+  request.outlier_threshold = 1.5;
+  auto acc = DeviceStatsAccumulator::Create(**ctx, "x", k, request);
+  ASSERT_TRUE(acc.ok()) << acc.status().ToString();
+  std::vector<float> all;
+  for (uint32_t w = 0; w < 3; ++w) {
+    std::vector<float> x = CorrelatedInputs(rows, k, 100 + w);
+    all.insert(all.end(), x.begin(), x.end());
+    Tensor host = Tensor::FromVector(x, {1, rows, k});
+    if (w == 1) {  // a device tensor, as Execution::Value gives
+      auto dev = (*ctx)->Upload(host);
+      ASSERT_TRUE(dev.ok());
+      ASSERT_TRUE((*acc)->Add(*dev).ok());
+    } else {
+      ASSERT_TRUE((*acc)->Add(host).ok());
+    }
+  }
+  auto stats = (*acc)->Finish();
+  ASSERT_TRUE(stats.ok()) << stats.status().ToString();
+  EXPECT_EQ(stats->rows, 3 * rows);
+  const std::vector<double> h = HessianOf(all, 3 * rows, k);
+  EXPECT_LT(MaxRelDiff(stats->hessian, h), 1e-5);
+  for (int64_t j = 0; j < k; ++j) {
+    float mx = 0;
+    double sum = 0;
+    int64_t count = 0;
+    for (int64_t t = 0; t < 3 * rows; ++t) {
+      const float a = std::fabs(all[t * k + j]);
+      mx = std::max(mx, a);
+      sum += a;
+      count += a > 1.5f;
+    }
+    EXPECT_EQ(stats->abs_max[j], mx) << j;
+    EXPECT_NEAR(stats->abs_mean[j], sum / (3 * rows), 1e-9 * sum) << j;
+    EXPECT_EQ(stats->outlier_count[j], count) << j;
+  }
+}
+
+TEST(CudaDeviceStats, Negative_NonFiniteActivation) {
+  REQUIRE_DEVICE();
+  auto ctx = cuda::Context::Create();
+  ASSERT_TRUE(ctx.ok());
+  auto acc = DeviceStatsAccumulator::Create(**ctx, "x", 4, StatsRequest{true, 0});
+  ASSERT_TRUE(acc.ok());
+  ASSERT_TRUE((*acc)->Add(Tensor::FromVector<float>({1, 2, NAN, 4}, {1, 4})).ok());
+  auto stats = (*acc)->Finish();
+  ASSERT_FALSE(stats.ok());
+  EXPECT_NE(stats.status().message().find("non-finite"), std::string::npos);
+}
+
+// RunSequential on the device gives every group the statistics the CPU run gives (the visitor
+// hands back the same replacement weights on both).
+TEST(CudaCalibrator, SequentialStatisticsMatchTheCpu) {
+  REQUIRE_DEVICE();
+  SyntheticConfig config;
+  config.hidden = 64;
+  config.layers = 2;
+  config.heads = 4;
+  config.kv_heads = 2;
+  config.vocab = 101;
+  config.max_positions = 128;
+  auto model = BuildSyntheticDecoder(config);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  std::vector<Tensor> windows;
+  std::mt19937 rng(5);
+  for (int w = 0; w < 4; ++w) {
+    Tensor t(DType::kInt64, {1, 48});
+    for (int i = 0; i < 48; ++i) t.mutable_data<int64_t>()[i] = static_cast<int64_t>(rng() % 101);
+    windows.push_back(t);
+  }
+  const std::vector<LinearLayer> layers = FindLinearLayers(model->graph);
+  StatsRequest request;
+  request.hessian = true;
+  auto collect = [&](Device device, int64_t budget) {
+    std::vector<InputStats> out;
+    Calibrator calibrator(windows);
+    calibrator.set_device(device, budget);
+    // Replacement weights: each layer's weight scaled by 0.9, so later groups see changed inputs.
+    SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& stats,
+                                  const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
+      out.push_back(stats);
+      GroupWeights weights;
+      for (const LinearLayer& l : group.layers) {
+        QC_ASSIGN_OR_RETURN(std::vector<float> w, ReadLinearWeight(model->graph, l));
+        for (float& v : w) v *= 0.9f;
+        weights.push_back(std::move(w));
+      }
+      return weights;
+    };
+    const Status s = calibrator.RunSequential(*model, layers, request, visit);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return out;
+  };
+  const std::vector<InputStats> cpu = collect(Device::kCpu, 0);
+  // Budget 0 parks every window at every boundary; a large one keeps them all on the device.
+  for (int64_t budget : {int64_t{0}, int64_t{1} << 30}) {
+    const std::vector<InputStats> gpu = collect(Device::kCuda, budget);
+    ASSERT_EQ(gpu.size(), cpu.size());
+    for (size_t g = 0; g < cpu.size(); ++g) {
+      EXPECT_EQ(gpu[g].input, cpu[g].input);
+      EXPECT_EQ(gpu[g].rows, cpu[g].rows);
+      EXPECT_LT(MaxRelDiff(gpu[g].hessian, cpu[g].hessian), 1e-4) << cpu[g].input;
+      std::vector<double> gmax(gpu[g].abs_max.begin(), gpu[g].abs_max.end()), cmax(cpu[g].abs_max.begin(), cpu[g].abs_max.end());
+      EXPECT_LT(MaxRelDiff(gmax, cmax), 1e-4) << cpu[g].input;
+      EXPECT_LT(MaxRelDiff(gpu[g].abs_mean, cpu[g].abs_mean), 1e-4) << cpu[g].input;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The solver.
+
+struct Comparison {
+  double equal_codes = 0;  // fraction of codes equal to the CPU solver's
+  double err_cpu = 0, err_gpu = 0;  // relative output error from H
+};
+
+Comparison CompareSolvers(GptqCudaSolver& gpu, int64_t k, int64_t n, const GptqSpec& spec, uint32_t seed) {
+  const int64_t rows = 4 * k;
+  const std::vector<float> x = CorrelatedInputs(rows, k, seed);
+  const std::vector<double> h = HessianOf(x, rows, k);
+  const std::vector<float> w = RandomNormal(k * n, seed + 1);
+  StatusOr<GptqResult> a = GptqQuantize(w, k, n, h, spec);
+  StatusOr<GptqResult> b = gpu.Quantize(w, k, n, h, spec);
+  Comparison c;
+  EXPECT_TRUE(a.ok() && b.ok()) << a.status().ToString() << " / " << b.status().ToString();
+  if (!a.ok() || !b.ok()) return c;
+  EXPECT_EQ(a->weight.g_idx, b->weight.g_idx);
+  EXPECT_EQ(a->percdamp, b->percdamp);
+  EXPECT_EQ(b->weight.Dequantize(), b->w_hat) << "w_hat is the dequantized weight, bit for bit";
+  int64_t equal = 0;
+  for (size_t i = 0; i < a->weight.q.size(); ++i) equal += a->weight.q[i] == b->weight.q[i];
+  c.equal_codes = static_cast<double>(equal) / static_cast<double>(a->weight.q.size());
+  c.err_cpu = OutputErrorFromHessian(h, k, w, a->w_hat, n).rel_error;
+  c.err_gpu = OutputErrorFromHessian(h, k, w, b->w_hat, n).rel_error;
+  auto energies = gpu.OutputEnergies(h, k, w, b->w_hat, n);
+  EXPECT_TRUE(energies.ok());
+  if (energies.ok()) {
+    const OutputError e = OutputErrorFromEnergies(energies->first, energies->second);
+    EXPECT_NEAR(e.rel_error, c.err_gpu, 1e-6 * std::max(1.0, c.err_gpu));
+  }
+  // Bit-reproducible on one device.
+  StatusOr<GptqResult> again = gpu.Quantize(w, k, n, h, spec);
+  EXPECT_TRUE(again.ok());
+  if (again.ok()) {
+    EXPECT_EQ(again->weight.q, b->weight.q);
+    EXPECT_EQ(again->weight.scales, b->weight.scales);
+    EXPECT_EQ(again->w_hat, b->w_hat);
+  }
+  return c;
+}
+
+TEST(CudaGptqSolver, MatchesTheCpuSolver) {
+  REQUIRE_DEVICE();
+  auto gpu = GptqCudaSolver::Create();
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  struct Case {
+    const char* name;
+    int64_t k, n;
+    GptqSpec spec;
+  };
+  GptqSpec search = Spec(4, 32, true);
+  search.quant.scale_search = true;
+  GptqSpec small_block = Spec(3, 32, false);
+  small_block.block_size = 24;  // blocks that cut groups
+  const Case cases[] = {
+      {"w4 g32 sym", 256, 300, Spec(4, 32, true)},
+      {"w4 g32 asym", 256, 300, Spec(4, 32, false)},
+      {"w4 per-channel", 192, 130, Spec(4, -1, true)},
+      {"w3 g32 asym block 24", 160, 96, small_block},
+      {"w4 g32 act-order static", 256, 200, Spec(4, 32, false, true, true)},
+      {"w4 g32 act-order g_idx", 256, 200, Spec(4, 32, false, true, false)},
+      {"w4 g32 sym scale search", 128, 64, search},
+      {"w8 g64", 256, 64, Spec(8, 64, true)},
+  };
+  uint32_t seed = 300;
+  for (const Case& c : cases) {
+    const Comparison r = CompareSolvers(**gpu, c.k, c.n, c.spec, seed += 10);
+    SCOPED_TRACE(c.name);
+    EXPECT_GE(r.equal_codes, 0.98) << c.name;
+    EXPECT_NEAR(r.err_gpu, r.err_cpu, 0.02 * r.err_cpu) << c.name;
+  }
+}
+
+TEST(CudaGptqSolver, IdentityHessianGivesTheCpuCodesExactly) {
+  REQUIRE_DEVICE();
+  auto gpu = GptqCudaSolver::Create();
+  ASSERT_TRUE(gpu.ok());
+  constexpr int64_t k = 128, n = 64;
+  std::vector<double> h(k * k, 0.0);
+  for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0;
+  const std::vector<float> w = RandomNormal(k * n, 9);
+  for (bool sym : {true, false}) {
+    auto a = GptqQuantize(w, k, n, h, Spec(4, 32, sym));
+    auto b = (*gpu)->Quantize(w, k, n, h, Spec(4, 32, sym));
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->weight.q, b->weight.q);
+    EXPECT_EQ(a->weight.scales, b->weight.scales);
+    EXPECT_EQ(a->weight.zero_points, b->weight.zero_points);
+    EXPECT_EQ(a->w_hat, b->w_hat);
+  }
+}
+
+TEST(CudaGptqSolver, DampingEscalatesAsOnTheCpu) {
+  REQUIRE_DEVICE();
+  auto gpu = GptqCudaSolver::Create();
+  ASSERT_TRUE(gpu.ok());
+  constexpr int64_t k = 32, n = 8;
+  // H = B Bᵀ - 0.05 mean-diag I: indefinite until the damping exceeds 0.05.
+  const std::vector<float> b = RandomNormal(k * 4, 51, 1.0f);
+  std::vector<double> h(k * k, 0.0);
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      for (int64_t c = 0; c < 4; ++c) h[i * k + j] += static_cast<double>(b[i * 4 + c]) * b[j * 4 + c];
+  double mean = 0;
+  for (int64_t i = 0; i < k; ++i) mean += h[i * k + i] / k;
+  for (int64_t i = 0; i < k; ++i) h[i * k + i] -= 0.05 * mean;
+  const std::vector<float> w = RandomNormal(k * n, 52);
+  auto a = GptqQuantize(w, k, n, h, Spec(4, 16, true));
+  auto r = (*gpu)->Quantize(w, k, n, h, Spec(4, 16, true));
+  ASSERT_TRUE(a.ok() && r.ok()) << a.status().ToString() << " / " << r.status().ToString();
+  EXPECT_EQ(r->percdamp, a->percdamp);
+  EXPECT_EQ(r->notes, a->notes);
+}
+
+TEST(CudaGptqSolver, Negative_HessianNeverPositiveDefinite) {
+  REQUIRE_DEVICE();
+  auto gpu = GptqCudaSolver::Create();
+  ASSERT_TRUE(gpu.ok());
+  constexpr int64_t k = 16, n = 4;
+  std::vector<double> h(k * k, 0.0);
+  for (int64_t i = 0; i < k; ++i) h[i * k + i] = -1.0;
+  auto r = (*gpu)->Quantize(RandomNormal(k * n, 62), k, n, h, Spec(4, 16, true));
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("not positive definite"), std::string::npos);
+}
+
+// ---------------------------------------------------------------------------------------------
+// docs-llama-12m end to end: --device cuda gives the CPU's perplexity, and the same artifact twice.
+
+TEST(CudaGptqPipeline, DocsLlamaMatchesTheCpu) {
+  REQUIRE_DEVICE();
+  // QC_SHARED_DIR in the environment overrides the build's (the device machine has its own copy).
+  const char* env = std::getenv("QC_SHARED_DIR");
+  const std::string shared = env && *env ? env : QC_SHARED_DIR;
+  const std::string dir = shared + "/models/docs-llama-12m";
+  const std::string calib = shared + "/data/docs-calib/docs-calib.txt";
+  if (!fs::exists(dir + "/model.onnx") || !fs::exists(calib)) GTEST_SKIP() << "../shared is absent";
+  const fs::path out = fs::temp_directory_path() / ("qc_cuda_gptq_" + std::to_string(::getpid()));
+  fs::create_directories(out);
+  auto convert = [&](const std::string& device, const std::string& name) {
+    ConvertOptions o;
+    o.model = dir + "/model.onnx";
+    o.passes = "gptq";
+    o.output = (out / name).string();
+    o.calib = calib;
+    o.tokenizer = dir + "/tokenizer.json";
+    o.eval = dir + "/docs-val.ids.npy";
+    o.eval_windows = 48;
+    o.nsamples = 32;
+    o.seqlen = 512;
+    o.quant.bits = 4;
+    o.device = device;
+    return RunConvertPipeline(o, nullptr);
+  };
+  auto cpu = convert("cpu", "cpu.onnx");
+  ASSERT_TRUE(cpu.ok()) << cpu.status().ToString();
+  auto gpu = convert("cuda", "gpu.onnx");
+  ASSERT_TRUE(gpu.ok()) << gpu.status().ToString();
+  auto gpu2 = convert("cuda", "gpu2.onnx");
+  ASSERT_TRUE(gpu2.ok()) << gpu2.status().ToString();
+  std::cout << "docs-llama-12m gptq w4: cpu ppl " << cpu->ppl_after << ", cuda ppl " << gpu->ppl_after << std::endl;
+  EXPECT_NEAR(gpu->ppl_after, cpu->ppl_after, 0.002 * cpu->ppl_after);
+  EXPECT_EQ(gpu->output_sha256, gpu2->output_sha256) << "the same inputs give the same artifact on one device";
+  ASSERT_EQ(gpu->layers.size(), cpu->layers.size());
+  for (size_t i = 0; i < cpu->layers.size(); ++i)
+    if (cpu->layers[i].output_rel_error > 0)
+      EXPECT_NEAR(gpu->layers[i].output_rel_error, cpu->layers[i].output_rel_error, 0.05 * cpu->layers[i].output_rel_error)
+          << cpu->layers[i].name;
+  fs::remove_all(out);
+}
+
+}  // namespace
+}  // namespace qc

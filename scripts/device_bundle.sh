@@ -27,7 +27,10 @@ rm -rf "$out/lib"
 for bin in "${bins[@]}"; do rm -f "$out/$(basename "$bin")" "$out/$(basename "$bin").gz"; done
 mkdir -p "$out/lib"
 for bin in "${bins[@]}"; do
-  gzip -c "$bin" >"$out/$(basename "$bin").gz"
+  # Symbols stripped: the bundle travels within the run tool's 64 MiB per call.
+  strip -o "$out/.stripped" "$bin"
+  gzip -c "$out/.stripped" >"$out/$(basename "$bin").gz"
+  rm -f "$out/.stripped"
   # Libraries the machine lacks: everything but the C/C++ runtime and CUDA's own.
   libs="$(ldd "$bin" | awk '$2 == "=>" && $3 ~ /^\// { print $3 }' |
     grep -Ev '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*|libcuda|libcudart|libcublas[^/]*)\.so' || true)"

@@ -4,8 +4,8 @@
 # run on the GPU machine. The model is made there: transformers' random initialisation with
 # TinyLlama-1.1B's dimensions, exported by torch.onnx.export(dynamo=True) with external data, in
 # float32 and in float16 (tools/export_llama.py). Our tool quantizes the float32 export to
-# w4 g128 (absmax) and W8A8 (smoothquant), and the float16 export to w4 g128 (float16 scales and
-# activations, the usual form for GPU serving). PyTorch on the same weights is the framework
+# w4 g128 (gptq on the GPU, timed: the conversion benchmark) and W8A8 (smoothquant), and the
+# float16 export to w4 g128 (float16 scales and activations, the usual form for GPU serving). PyTorch on the same weights is the framework
 # baseline (tools/torch_eval.py); ONNX Runtime's CUDA provider runs the same ONNX files where the
 # machine's onnxruntime has it (tools/ort_eval.py). Prints a markdown table.
 #
@@ -14,6 +14,9 @@
 #   SEQLEN, WINDOWS evaluation windows (default 1024 x 32); the ids are seeded random tokens
 #   (the model is random too: perplexity is only compared between the two runtimes).
 # Needs: an NVIDIA GPU, python3 with torch, transformers, onnx and onnxruntime (CUDA provider).
+# Takes ~8 minutes on an H200 from scratch. Through a remote runner with a time limit, write the
+# output to a file and print it after (`bench/cuda_e2e.sh >LOG 2>&1; cat LOG`): a pipe into `tail`
+# prints nothing if the limit kills the run.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 work="${1:-/tmp/qconvert-e2e}"
@@ -27,35 +30,43 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 python3 -c 'import torch, transformers, onnxruntime as o; print("torch", torch.__version__, "transformers", transformers.__version__, "onnxruntime", o.__version__, o.get_available_providers())'
 "$qc" --version
 
-# 1. The models.
+# 1. The models: both exports at once (CPU work), then the quantizations. GPTQ w4 g128 runs on the
+# GPU (--device cuda, 128 x 2048 calibration tokens: the conversion benchmark, timed with the
+# GPU's peak memory) while SmoothQuant W8A8 runs on the CPUs.
 for dtype in float32 float16; do
   if [ ! -f "$work/$dtype/model.onnx" ]; then
     log "export $dtype"
-    python3 "$root/tools/export_llama.py" "$work/$dtype/model.onnx" --preset tinyllama-1.1b --dtype "$dtype"
+    python3 "$root/tools/export_llama.py" "$work/$dtype/model.onnx" --preset tinyllama-1.1b --dtype "$dtype" &
   fi
 done
-python3 - "$work/ids.npy" "$((seqlen * windows))" <<'EOF'
+wait
+python3 - "$work/ids.npy" "$((seqlen * windows))" "$work/calib.npy" <<'EOF2'
 import sys, numpy as np
 np.save(sys.argv[1], np.random.default_rng(0).integers(0, 32000, int(sys.argv[2]), dtype=np.int32))
-EOF
-if [ ! -f "$work/w4/model.onnx" ]; then
-  log "quantize w4 g128"
-  mkdir -p "$work/w4"
-  /usr/bin/time -f "w4: %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass absmax --bits 4 --group-size 128 \
-    -o "$work/w4/model.onnx" --no-progress
-fi
-if [ ! -f "$work/w4-float16/model.onnx" ]; then
-  log "quantize w4 g128 (float16 export)"
-  mkdir -p "$work/w4-float16"
-  /usr/bin/time -f "w4-float16: %e s wall, %M KB peak RSS" "$qc" "$work/float16/model.onnx" --pass absmax --bits 4 --group-size 128 \
-    -o "$work/w4-float16/model.onnx" --no-progress
-fi
+np.save(sys.argv[3], np.random.default_rng(1).integers(0, 32000, 128 * 2048 * 2, dtype=np.int32))
+EOF2
 if [ ! -f "$work/w8a8/model.onnx" ]; then
-  log "quantize W8A8"
+  log "quantize W8A8 (CPU, in the background)"
   mkdir -p "$work/w8a8"
-  /usr/bin/time -f "w8a8: %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass smoothquant \
-    --calib "$work/ids.npy" --nsamples 8 --seqlen 128 -o "$work/w8a8/model.onnx" --no-progress
+  /usr/bin/time -f "w8a8 (smoothquant, cpu): %e s wall, %M KB peak RSS" "$qc" "$work/float32/model.onnx" --pass smoothquant \
+    --calib "$work/calib.npy" --nsamples 8 --seqlen 128 -o "$work/w8a8/model.onnx" --no-progress &
 fi
+gpu_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
+for model in w4:float32 w4-float16:float16; do
+  name="${model%%:*}"
+  [ -f "$work/$name/model.onnx" ] && continue
+  log "quantize $name: gptq w4 g128 --device cuda, 128 x 2048 calibration tokens"
+  mkdir -p "$work/$name"
+  base="$(gpu_mib)"
+  (while true; do gpu_mib; sleep 0.2; done) >"$work/$name/gpu-mem.log" &
+  sampler=$!
+  /usr/bin/time -f "$name (gptq, cuda): %e s wall, %M KB peak RSS" "$qc" "$work/${model#*:}/model.onnx" --pass gptq --bits 4 \
+    --group-size 128 --device cuda --calib "$work/calib.npy" --nsamples 128 --seqlen 2048 \
+    -o "$work/$name/model.onnx" --external-data 2>&1 | grep -E "device memory|wall|rror" >&2 || log "quantize $name failed"
+  kill "$sampler"
+  echo "$name: GPU memory in use at the start $base MiB, peak $(sort -n "$work/$name/gpu-mem.log" | tail -1) MiB" >&2
+done
+wait
 
 # 2. Each runtime on each file: qconvert, ONNX Runtime's CUDA provider when this machine's
 # onnxruntime has it, and PyTorch on the float models (the same weights, rebuilt from the seed).

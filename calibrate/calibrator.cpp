@@ -263,14 +263,8 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       const Tensor* x = run->Value(group.input);
       if (x == nullptr) return Internal("input '" + group.input + "' of " + group.layers.front().node_name + " is not available");
       if (device_accumulator) {
-        if (x->dtype() == DType::kFloat32 || !(x->dtype() == DType::kFloat16 || x->dtype() == DType::kBFloat16)) {
-          QC_RETURN_IF_ERROR(device_accumulator->Add(*x));  // float32, or the accumulator's dtype error
-        } else {
-          // A float16/bfloat16 model's activations, widened exactly on the host as the CPU path
-          // does (a device widening kernel would save the round trip).
-          QC_ASSIGN_OR_RETURN(Tensor host, session->ToHost(*x));
-          QC_RETURN_IF_ERROR(device_accumulator->Add(Tensor::FromVector(host.ToFloats(), host.shape())));
-        }
+        // A float16/bfloat16 model's activations are widened exactly on the device.
+        QC_RETURN_IF_ERROR(device_accumulator->Add(*x));
         // Parking keeps the slot (the pointer stays valid) and moves its value to the host.
         const int64_t bytes = run->DeviceBytes();
         if (resident_bytes + bytes > activation_budget_) QC_RETURN_IF_ERROR(run->Park());

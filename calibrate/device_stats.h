@@ -27,7 +27,8 @@ class DeviceStatsAccumulator {
                                                                   const StatsRequest& request);
   ~DeviceStatsAccumulator();
 
-  /// Adds one window's X: a float32 tensor [..., k], on the device or the host (uploaded).
+  /// Adds one window's X: a float32, float16 or bfloat16 tensor [..., k] (16-bit values widened
+  /// exactly), on the device or the host (uploaded).
   Status Add(const Tensor& x);
   /// The statistics, downloaded; frees the device buffers. InvalidArgument when an activation was
   /// not finite (as the CPU accumulator reports it, but after the last window).

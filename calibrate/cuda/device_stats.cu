@@ -1,6 +1,10 @@
 // DeviceStatsAccumulator (calibrate/device_stats.h): per-column reductions and H += XᵀX on the GPU.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -37,6 +41,17 @@ __global__ void AddSymmetricKernel(int64_t k, const float* __restrict__ s, doubl
   const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t r = blockIdx.y;
   if (c < k) h[r * k + c] += static_cast<double>(s[stats_columns::LowerIndex(k, r, c)]);
+}
+
+// A float16/bfloat16 activation widened to float32 (exact), on the device: the statistics are
+// float32/float64 as on the CPU, without a host round trip per window and layer.
+template <typename Half>
+__global__ void WidenKernel(const Half* __restrict__ x, float* __restrict__ y, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<Half, __half>) y[i] = __half2float(x[i]);
+    else y[i] = __bfloat162float(x[i]);
+  }
 }
 
 int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
@@ -85,8 +100,9 @@ StatusOr<std::unique_ptr<DeviceStatsAccumulator>> DeviceStatsAccumulator::Create
 Status DeviceStatsAccumulator::Add(const Tensor& x_in) {
   Impl& m = *impl_;
   const int64_t k = m.k;
-  if (x_in.dtype() != DType::kFloat32)
-    return Unimplemented("calibration needs float32 activations, but '" + m.input + "' is " + DTypeName(x_in.dtype()));
+  const DType dtype = x_in.dtype();
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 && dtype != DType::kBFloat16)
+    return Unimplemented("calibration needs float activations, but '" + m.input + "' is " + DTypeName(dtype));
   if (x_in.rank() < 1 || x_in.dim(-1) != k)
     return InvalidArgument("activation '" + m.input + "' has shape " + ShapeToString(x_in.shape()) +
                            ", expected a last axis of " + std::to_string(k));
@@ -98,10 +114,24 @@ Status DeviceStatsAccumulator::Add(const Tensor& x_in) {
   const int64_t rows = x.numel() / k;
   if (rows == 0) return Status::Ok();
   const cudaStream_t stream = m.ctx->stream();
-  const float* data = x.device_data<float>();
+  cuda::CachingAllocator& alloc = m.ctx->allocator();
+  cuda::DeviceBuffer widened;  // back to the stream-ordered cache on return, after the kernels below
+  const float* data = nullptr;
+  if (dtype == DType::kFloat32) {
+    data = x.device_data<float>();
+  } else {
+    const int64_t n = x.numel();
+    QC_ASSIGN_OR_RETURN(widened, alloc.Allocate(static_cast<size_t>(n) * sizeof(float)));
+    const int blocks = static_cast<int>(std::min<int64_t>(Blocks(n), 4096));
+    if (dtype == DType::kFloat16)
+      WidenKernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const __half*>(x.device_data<Float16>()), widened.as<float>(), n);
+    else
+      WidenKernel<<<blocks, kThreads, 0, stream>>>(reinterpret_cast<const __nv_bfloat16*>(x.device_data<BFloat16>()), widened.as<float>(), n);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("WidenKernel");
+    data = widened.as<float>();
+  }
 
   const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
-  cuda::CachingAllocator& alloc = m.ctx->allocator();
   const size_t parts = static_cast<size_t>(chunks * k);
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer part_max, alloc.Allocate(parts * sizeof(float)));
   QC_ASSIGN_OR_RETURN(cuda::DeviceBuffer part_sum, alloc.Allocate(parts * sizeof(double)));

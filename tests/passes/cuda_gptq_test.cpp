@@ -24,6 +24,7 @@
 #include "passes/gptq_solver_cuda.h"
 #include "passes/weight_quant.h"
 #include "runtime/cuda/context.h"
+#include "runtime/float_precision.h"
 #include "runtime/cuda/device.h"
 
 namespace qc {
@@ -131,6 +132,40 @@ TEST(CudaDeviceStats, MatchTheCpuAccumulatorOverWindows) {
     EXPECT_EQ(stats->abs_max[j], mx) << j;
     EXPECT_NEAR(stats->abs_mean[j], sum / (3 * rows), 1e-9 * sum) << j;
     EXPECT_EQ(stats->outlier_count[j], count) << j;
+  }
+}
+
+// A float16/bfloat16 model's activations (as the GPU calibration run hands them over, on the
+// device) give exactly the statistics of their float32 widening: the device widens them exactly.
+TEST(CudaDeviceStats, SixteenBitActivationsAreWidenedExactly) {
+  REQUIRE_DEVICE();
+  constexpr int64_t k = 80, rows = 200;
+  auto ctx = cuda::Context::Create();
+  ASSERT_TRUE(ctx.ok()) << ctx.status().ToString();
+  StatsRequest request;
+  request.hessian = true;
+  request.outlier_threshold = 1.0;
+  for (DType half : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(DTypeName(half));
+    const Tensor narrow = ConvertFloatTensor(Tensor::FromVector(CorrelatedInputs(rows, k, 7), {1, rows, k}), half);
+    const Tensor wide = Tensor::FromVector(narrow.ToFloats(), narrow.shape());
+    auto on_device = (*ctx)->Upload(narrow);
+    ASSERT_TRUE(on_device.ok());
+    auto from_half = DeviceStatsAccumulator::Create(**ctx, "x", k, request);
+    auto from_float = DeviceStatsAccumulator::Create(**ctx, "x", k, request);
+    ASSERT_TRUE(from_half.ok() && from_float.ok());
+    ASSERT_TRUE((*from_half)->Add(*on_device).ok());
+    ASSERT_TRUE((*from_half)->Add(narrow).ok());  // a host 16-bit tensor: uploaded, then widened
+    ASSERT_TRUE((*from_float)->Add(wide).ok());
+    ASSERT_TRUE((*from_float)->Add(wide).ok());
+    auto a = (*from_half)->Finish();
+    auto b = (*from_float)->Finish();
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->hessian, b->hessian);
+    EXPECT_EQ(a->abs_max, b->abs_max);
+    EXPECT_EQ(a->abs_mean, b->abs_mean);
+    EXPECT_EQ(a->outlier_count, b->outlier_count);
+    EXPECT_EQ(a->rows, 2 * rows);
   }
 }
 

@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
           "Bits of the output head (the layer computing the logits), 2..8, or 'float'")
       ->default_str("8");
   conv_cmd->add_option("--device", conv.device,
-                       "Where passes run: cpu, or cuda (gptq: calibration runs, Hessians and solver on the GPU)")
+                       "Where calibration and evaluation run: cpu, or cuda (forward passes and activation statistics on the GPU, and GPTQ's solver; the other passes' searches and rounding stay on the CPU)")
       ->capture_default_str();
   conv_cmd->add_option("--calib-device-memory", conv.calib_device_mib,
                        "With --device cuda: MiB of calibration activations kept on the GPU between layer groups "

@@ -2,7 +2,8 @@
 // and dequantises them in registers, for every batch size (GEMV tiles up to 16 rows, 32-row GEMM
 // tiles above); a one-launch GEMV kernel for up to 16 rows whose weights the copy engine stages in
 // shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights); and a
-// general CUDA-core kernel for the layouts the first two cannot read.
+// general CUDA-core kernel for the layouts the first two cannot read. The int8 GEMV kernel
+// (kGemvInt8) lives in matmul_nbits_i8.cu.
 //
 // Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;
@@ -1289,9 +1290,8 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
-  // Where the int8 GEMV kernel measured faster than kGemv and kMma on the H200 (docs/BENCHMARKS.md):
-  // one row of symmetric 4- or 8-bit weights in blocks of >= 128, fp32 or fp16 activations.
-  if (m == 1 && w.zero_points == nullptr && GemvInt8Supported(w, m).ok()) return NBitsKernel::kGemvInt8;
+  // kGemvInt8 is not taken here until it has been measured faster on the GPU (docs/BENCHMARKS.md,
+  // "The int8 GEMV kernel"): it runs only when forced.
   // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
   // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
   // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.

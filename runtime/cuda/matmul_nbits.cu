@@ -2,7 +2,8 @@
 // and dequantises them in registers, for every batch size (GEMV tiles up to 16 rows, 32-row GEMM
 // tiles above); a one-launch GEMV kernel for up to 16 rows whose weights the copy engine stages in
 // shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights); and a
-// general CUDA-core kernel for the layouts the first two cannot read.
+// general CUDA-core kernel for the layouts the first two cannot read. The int8 GEMV kernel
+// (kGemvInt8) lives in matmul_nbits_i8.cu.
 //
 // Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;
@@ -29,8 +30,10 @@
 #include <string>
 #include <type_traits>
 
+#include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/matmul_nbits_i8.h"
 
 namespace qc::cuda {
 namespace {
@@ -182,11 +185,6 @@ __device__ __forceinline__ int PermutedPos(int j) {
   const int h = j / kHalf, jp = j % kHalf;
   return 4 * (jp / 2) + 2 * (jp % 2) + h;
 }
-
-// Programmatic dependent launch (sm_90): the main kernel starts while the activation prologue
-// runs, streams in its first weights, and waits here before reading the prepared activations.
-__device__ __forceinline__ void WaitForPrologue() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void AllowDependents() { asm volatile("griddepcontrol.launch_dependents;"); }
 
 // ---- activation prologue ----------------------------------------------------------------------
 
@@ -577,42 +575,6 @@ struct GemvPlan {
   int x_stride = 0;         // bytes per activation row part (likewise)
   int bar_off = 0, w_off = 0, x_off = 0, inv_off = 0, sc_off = 0, zp_off = 0, smem = 0;
 };
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void MbarInit(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
-}
-// Makes the initialised barriers visible to the copy engine (the async proxy).
-__device__ __forceinline__ void FenceMbarInit() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-}
-__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)), "r"(bytes) : "memory");
-}
-// Waits for the barrier's phase `parity`; the 10 ms suspend-time hint lets the warp sleep until the
-// copy lands instead of re-polling (no instruction issue while it waits).
-__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n"
-      "WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, 10000000;\n\t"
-      "@!p bra WAIT;\n}" ::"r"(SmemAddr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// One bulk copy global -> shared (16-byte aligned, a multiple of 16 bytes), completing on `bar`.
-__device__ __forceinline__ void BulkCopy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   SmemAddr(dst)),
-               "l"(src), "r"(bytes), "r"(SmemAddr(bar))
-               : "memory");
-}
-__device__ __forceinline__ void CpAsync4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 // Position (in halves) of slice code `kl` in a staged activation row part: iteration, then the
 // lane chunk's 16-byte (or 8-byte) vectors vector-major, so that the 4 lanes t of one read touch
@@ -1279,6 +1241,7 @@ Status Dispatch(const NBitsWeightsView& w, const TA* x, TA* y, int64_t m, NBitsW
   if (kernel == NBitsKernel::kGemv && !GemvSupported(w, m))
     return Unimplemented("MatMulNBits: the GEMV kernel needs 1.." + std::to_string(kGemvMaxRows) +
                          " rows, B aligned to 16 bytes and an sm_90 device (m = " + std::to_string(m) + ")");
+  if (kernel == NBitsKernel::kGemvInt8) return MatMulNBitsGemvInt8(w, x, y, m, ws, stream, options);
   const NBitsParams p = MakeParams(w);
   if (kernel == NBitsKernel::kGeneric) return LaunchGeneric<TA>(p, x, y, m, stream);
   const int lb = MmaLoadBytes(w.layout);
@@ -1315,6 +1278,7 @@ const char* NBitsKernelName(NBitsKernel kernel) {
   switch (kernel) {
     case NBitsKernel::kAuto: return "auto";
     case NBitsKernel::kGemv: return "gemv";
+    case NBitsKernel::kGemvInt8: return "gemv-i8";
     case NBitsKernel::kMma: return "mma";
     case NBitsKernel::kGeneric: return "generic";
   }
@@ -1326,6 +1290,8 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
+  // kGemvInt8 is not taken here until it has been measured faster on the GPU (docs/BENCHMARKS.md,
+  // "The int8 GEMV kernel"): it runs only when forced.
   // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
   // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
   // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.

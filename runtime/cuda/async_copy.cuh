@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 namespace qc::cuda {
 
@@ -56,5 +57,24 @@ __device__ __forceinline__ void CpAsyncMbarArrive(uint64_t* bar) {
 // starts while the previous one runs and waits here before reading what that one wrote.
 __device__ __forceinline__ void WaitForPrologue() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void AllowDependents() { asm volatile("griddepcontrol.launch_dependents;"); }
+
+// Launches `kernel` on `stream`, with programmatic stream serialisation when `programmatic` (it may
+// then start while the stream's previous kernel runs; it must call WaitForPrologue before reading
+// that kernel's output).
+template <typename... Params, typename... Args>
+cudaError_t LaunchProgrammatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
+                               cudaStream_t stream, bool programmatic, Args&&... args) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = dynamic_smem;
+  config.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = programmatic ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
 
 }  // namespace qc::cuda

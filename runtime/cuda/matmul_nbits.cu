@@ -1010,15 +1010,6 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
       x, static_cast<int>(m), p.k, kg, ws.activations(), ws.activation_scales());
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("PrepareActivationsKernel");
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(col_tiles, splits, row_tiles);
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the prologue
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
   auto kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, false>
                                 : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>;
   if constexpr (kRowGroups == 1 && kLoadBytes == 16) {
@@ -1033,8 +1024,9 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
       kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, true>
                                : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>;
   }
-  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p,
-                                             static_cast<const __half*>(ws.activations()),
+  // Overlaps with the prologue above.
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(col_tiles, splits, row_tiles), dim3(kThreads), 0, stream,
+                                             /*programmatic=*/true, p, static_cast<const __half*>(ws.activations()),
                                              static_cast<const float*>(ws.activation_scales()), kg, y,
                                              static_cast<int>(m), iters_per_split, ws.partials(), ws.counters()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsMmaKernel");
@@ -1178,18 +1170,10 @@ Status LaunchGemvShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBit
   if (plan.smem > info.max_shared_per_block_optin - 1024)  // the kernel's own static shared memory
     return Unimplemented("MatMulNBits: the GEMV kernel's slice does not fit in shared memory");
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(groups, plan.splits, 1);
-  config.blockDim = dim3(kGemvThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(plan.smem);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the previous kernel
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = options.programmatic_launch ? 1 : 0;
-  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p, x, y, static_cast<int>(m), plan, ws.partials(),
-                                             ws.counters()));
+  // Overlaps with the previous kernel.
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(groups, plan.splits, 1), dim3(kGemvThreads),
+                                             static_cast<size_t>(plan.smem), stream, options.programmatic_launch, p, x,
+                                             y, static_cast<int>(m), plan, ws.partials(), ws.counters()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsGemvKernel");
   return Status::Ok();
 }

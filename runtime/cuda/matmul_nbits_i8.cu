@@ -518,17 +518,10 @@ Status LaunchShape(const I8Params& p, const I8Plan& plan, const TA* x, TA* y, NB
     return e;
   }();
   QC_CUDA_RETURN_IF_ERROR(attr_error);
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(plan.blocks));
-  config.blockDim = dim3(kI8Threads);
-  config.dynamicSmemBytes = static_cast<size_t>(plan.smem);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the previous kernel
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = options.programmatic_launch ? 1 : 0;
-  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p, plan, x, y, ws.partials(), ws.counters()));
+  // Overlaps with the previous kernel.
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(static_cast<unsigned>(plan.blocks)), dim3(kI8Threads),
+                                             static_cast<size_t>(plan.smem), stream, options.programmatic_launch, p, plan,
+                                             x, y, ws.partials(), ws.counters()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsGemvInt8Kernel");
   return Status::Ok();
 }

@@ -86,6 +86,37 @@ TEST(GroupParams, ScaleSearchNeverIncreasesTheGroupError) {
     }
 }
 
+// The search's vectorised error (the scale search does not call QuantizeGroup per candidate) picks
+// the candidate a search written with QuantizeGroup picks: every bit width, both modes, group
+// lengths that are not a multiple of the vector width, strided groups (GPTQ's columns), values
+// that round to exact halves and that clamp at both ends.
+TEST(GroupParams, ScaleSearchPicksTheLeastQuantizeGroupError) {
+  std::mt19937 rng(9);
+  for (int64_t count : {1, 7, 13, 128, 300})
+    for (int64_t stride : {1, 3})
+      for (bool sym : {true, false})
+        for (int bits : {2, 3, 4, 8}) {
+          SCOPED_TRACE("count " + std::to_string(count) + " stride " + std::to_string(stride) + " sym " +
+                       std::to_string(sym) + " bits " + std::to_string(bits));
+          std::vector<float> w = RandomNormal(count * stride, static_cast<uint32_t>(rng()));
+          if (count > 5) w[5 * stride] = 0.25f;  // an outlier: shrinking pays
+          const WeightQuantSpec spec = Spec(bits, 128, sym, true);
+          float lo = INFINITY, hi = -INFINITY;
+          for (int64_t i = 0; i < count; ++i) lo = std::min(lo, w[i * stride]), hi = std::max(hi, w[i * stride]);
+          GroupParams want = ParamsFromRange(lo, hi, bits, sym);
+          double best = QuantizeGroup(w.data(), count, stride, want, bits, nullptr, nullptr);
+          for (int i = 1; i < spec.search_steps; ++i) {
+            const float shrink = 1.0f - spec.search_span * static_cast<float>(i) / static_cast<float>(spec.search_steps);
+            const GroupParams p = ParamsFromRange(lo * shrink, hi * shrink, bits, sym);
+            const double err = QuantizeGroup(w.data(), count, stride, p, bits, nullptr, nullptr);
+            if (err < best) best = err, want = p;
+          }
+          const GroupParams got = ComputeGroupParams(w.data(), count, stride, spec);
+          EXPECT_EQ(got.scale, want.scale);
+          EXPECT_EQ(got.zero_point, want.zero_point);
+        }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Quantize-dequantize error per bit width: N(0, 0.02) weights, groups of 128.
 

@@ -25,6 +25,7 @@
 #include "passes/weight_quant.h"
 #include "runtime/cuda/context.h"
 #include "runtime/float_precision.h"
+#include "tests/gptq_inputs.h"
 #include "runtime/cuda/device.h"
 
 namespace qc {
@@ -34,40 +35,6 @@ namespace fs = std::filesystem;
 
 #define REQUIRE_DEVICE() \
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
-
-std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
-  std::mt19937 rng(seed);
-  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
-}
-
-// X [rows, k] with a few shared factors and channel magnitudes over an order of magnitude, as
-// gptq_test.cpp's (a strongly non-diagonal Hessian, where act-order matters).
-std::vector<float> CorrelatedInputs(int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  constexpr int64_t kFactors = 4;
-  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
-  for (float& v : a) v = normal(rng);
-  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
-  for (int64_t t = 0; t < rows; ++t) {
-    float f[kFactors];
-    for (float& v : f) v = normal(rng);
-    for (int64_t i = 0; i < k; ++i) {
-      float v = 0.3f * normal(rng);
-      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
-      x[t * k + i] = magnitude[i] * v;
-    }
-  }
-  return x;
-}
-
-std::vector<double> HessianOf(const std::vector<float>& x, int64_t rows, int64_t k) {
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
-  return h;
-}
 
 double MaxRelDiff(const std::vector<double>& a, const std::vector<double>& b) {
   double scale = 0, diff = 0;

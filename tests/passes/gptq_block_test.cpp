@@ -16,6 +16,7 @@
 #include "calibrate/calibrator.h"
 #include "formats/model_builder.h"
 #include "passes/gptq_solver.h"
+#include "tests/gptq_inputs.h"
 
 namespace qc {
 namespace {
@@ -94,35 +95,6 @@ StatusOr<GptqResult> EmulatedDeviceSolve(const std::vector<float>& w, int64_t k,
   return result;
 }
 
-std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
-  std::mt19937 rng(seed);
-  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
-}
-
-// Correlated inputs with spread channel magnitudes, as gptq_test.cpp's.
-std::vector<double> CorrelatedHessian(int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  constexpr int64_t kFactors = 4;
-  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
-  for (float& v : a) v = normal(rng);
-  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
-  for (int64_t t = 0; t < rows; ++t) {
-    float f[kFactors];
-    for (float& v : f) v = normal(rng);
-    for (int64_t i = 0; i < k; ++i) {
-      float v = 0.3f * normal(rng);
-      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
-      x[t * k + i] = magnitude[i] * v;
-    }
-  }
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
-  return h;
-}
-
 GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
   GptqSpec s;
   s.quant.bits = bits;
@@ -167,7 +139,7 @@ TEST(GptqBlock, HostRunOfTheDeviceLoopMatchesGptqQuantize) {
   uint32_t seed = 900;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const std::vector<double> h = CorrelatedHessian(4 * c.k, c.k, seed += 10);
+    const std::vector<double> h = HessianOf(CorrelatedInputs(4 * c.k, c.k, seed += 10), 4 * c.k, c.k);
     const std::vector<float> w = RandomNormal(c.k * c.n, seed + 1);
     StatusOr<GptqResult> cpu = GptqQuantize(w, c.k, c.n, h, c.spec);
     StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, c.k, c.n, h, c.spec);

@@ -45,16 +45,6 @@ double MaxRelDiff(const std::vector<double>& a, const std::vector<double>& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
-GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  s.static_groups = static_groups;
-  return s;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Statistics.
 
@@ -259,19 +249,19 @@ TEST(CudaGptqSolver, MatchesTheCpuSolver) {
     int64_t k, n;
     GptqSpec spec;
   };
-  GptqSpec search = Spec(4, 32, true);
+  GptqSpec search = SolverSpec(4, 32, true);
   search.quant.scale_search = true;
-  GptqSpec small_block = Spec(3, 32, false);
+  GptqSpec small_block = SolverSpec(3, 32, false);
   small_block.block_size = 24;  // blocks that cut groups
   const Case cases[] = {
-      {"w4 g32 sym", 256, 300, Spec(4, 32, true)},
-      {"w4 g32 asym", 256, 300, Spec(4, 32, false)},
-      {"w4 per-channel", 192, 130, Spec(4, -1, true)},
+      {"w4 g32 sym", 256, 300, SolverSpec(4, 32, true)},
+      {"w4 g32 asym", 256, 300, SolverSpec(4, 32, false)},
+      {"w4 per-channel", 192, 130, SolverSpec(4, -1, true)},
       {"w3 g32 asym block 24", 160, 96, small_block},
-      {"w4 g32 act-order static", 256, 200, Spec(4, 32, false, true, true)},
-      {"w4 g32 act-order g_idx", 256, 200, Spec(4, 32, false, true, false)},
+      {"w4 g32 act-order static", 256, 200, SolverSpec(4, 32, false, true, true)},
+      {"w4 g32 act-order g_idx", 256, 200, SolverSpec(4, 32, false, true, false)},
       {"w4 g32 sym scale search", 128, 64, search},
-      {"w8 g64", 256, 64, Spec(8, 64, true)},
+      {"w8 g64", 256, 64, SolverSpec(8, 64, true)},
   };
   uint32_t seed = 300;
   for (const Case& c : cases) {
@@ -291,8 +281,8 @@ TEST(CudaGptqSolver, IdentityHessianGivesTheCpuCodesExactly) {
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0;
   const std::vector<float> w = RandomNormal(k * n, 9);
   for (bool sym : {true, false}) {
-    auto a = GptqQuantize(w, k, n, h, Spec(4, 32, sym));
-    auto b = (*gpu)->Quantize(w, k, n, h, Spec(4, 32, sym));
+    auto a = GptqQuantize(w, k, n, h, SolverSpec(4, 32, sym));
+    auto b = (*gpu)->Quantize(w, k, n, h, SolverSpec(4, 32, sym));
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_EQ(a->weight.q, b->weight.q);
     EXPECT_EQ(a->weight.scales, b->weight.scales);
@@ -307,17 +297,10 @@ TEST(CudaGptqSolver, DampingEscalatesAsOnTheCpu) {
   ASSERT_TRUE(gpu.ok());
   constexpr int64_t k = 32, n = 8;
   // H = B Bᵀ - 0.05 mean-diag I: indefinite until the damping exceeds 0.05.
-  const std::vector<float> b = RandomNormal(k * 4, 51, 1.0f);
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t c = 0; c < 4; ++c) h[i * k + j] += static_cast<double>(b[i * 4 + c]) * b[j * 4 + c];
-  double mean = 0;
-  for (int64_t i = 0; i < k; ++i) mean += h[i * k + i] / k;
-  for (int64_t i = 0; i < k; ++i) h[i * k + i] -= 0.05 * mean;
+  const std::vector<double> h = IndefiniteHessian(k, 51);
   const std::vector<float> w = RandomNormal(k * n, 52);
-  auto a = GptqQuantize(w, k, n, h, Spec(4, 16, true));
-  auto r = (*gpu)->Quantize(w, k, n, h, Spec(4, 16, true));
+  auto a = GptqQuantize(w, k, n, h, SolverSpec(4, 16, true));
+  auto r = (*gpu)->Quantize(w, k, n, h, SolverSpec(4, 16, true));
   ASSERT_TRUE(a.ok() && r.ok()) << a.status().ToString() << " / " << r.status().ToString();
   EXPECT_EQ(r->percdamp, a->percdamp);
   EXPECT_EQ(r->notes, a->notes);
@@ -330,7 +313,7 @@ TEST(CudaGptqSolver, Negative_HessianNeverPositiveDefinite) {
   constexpr int64_t k = 16, n = 4;
   std::vector<double> h(k * k, 0.0);
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = -1.0;
-  auto r = (*gpu)->Quantize(RandomNormal(k * n, 62), k, n, h, Spec(4, 16, true));
+  auto r = (*gpu)->Quantize(RandomNormal(k * n, 62), k, n, h, SolverSpec(4, 16, true));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not positive definite"), std::string::npos);
 }

@@ -95,16 +95,6 @@ StatusOr<GptqResult> EmulatedDeviceSolve(const std::vector<float>& w, int64_t k,
   return result;
 }
 
-GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  s.static_groups = static_groups;
-  return s;
-}
-
 TEST(GptqBlock, ReferenceGemmIsColumnMajor) {
   // [1 2; 3 4] column-major is {1, 3, 2, 4}; Aᵀ B with B = I gives Aᵀ.
   const float a[] = {1, 3, 2, 4}, b[] = {1, 0, 0, 1};
@@ -115,25 +105,25 @@ TEST(GptqBlock, ReferenceGemmIsColumnMajor) {
 }
 
 TEST(GptqBlock, HostRunOfTheDeviceLoopMatchesGptqQuantize) {
-  GptqSpec search = Spec(4, 32, true);
+  GptqSpec search = SolverSpec(4, 32, true);
   search.quant.scale_search = true;
   search.quant.search_steps = 20;
-  GptqSpec small_block = Spec(3, 32, false);
+  GptqSpec small_block = SolverSpec(3, 32, false);
   small_block.block_size = 24;  // blocks that cut groups, and rows after the block in an opening group
-  GptqSpec act_small = Spec(4, 16, false, true, true);
+  GptqSpec act_small = SolverSpec(4, 16, false, true, true);
   act_small.block_size = 20;
   struct Case {
     const char* name;
     int64_t k, n;
     GptqSpec spec;
   } cases[] = {
-      {"w4 g32 sym", 128, 40, Spec(4, 32, true)},
-      {"w4 g32 asym", 128, 40, Spec(4, 32, false)},
-      {"w4 per-channel", 96, 24, Spec(4, -1, true)},
+      {"w4 g32 sym", 128, 40, SolverSpec(4, 32, true)},
+      {"w4 g32 asym", 128, 40, SolverSpec(4, 32, false)},
+      {"w4 per-channel", 96, 24, SolverSpec(4, -1, true)},
       {"w3 g32 asym block 24", 96, 24, small_block},
-      {"w4 g32 act-order static", 128, 32, Spec(4, 32, false, true, true)},
+      {"w4 g32 act-order static", 128, 32, SolverSpec(4, 32, false, true, true)},
       {"w4 g16 act-order static block 20", 96, 24, act_small},
-      {"w4 g32 act-order g_idx", 128, 32, Spec(4, 32, false, true, false)},
+      {"w4 g32 act-order g_idx", 128, 32, SolverSpec(4, 32, false, true, false)},
       {"w4 g32 sym scale search", 64, 16, search},
   };
   uint32_t seed = 900;
@@ -164,8 +154,8 @@ TEST(GptqBlock, IdentityHessianGivesTheCpuResultExactly) {
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0;
   const std::vector<float> w = RandomNormal(k * n, 5);
   for (bool sym : {true, false}) {
-    StatusOr<GptqResult> cpu = GptqQuantize(w, k, n, h, Spec(4, 16, sym));
-    StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, k, n, h, Spec(4, 16, sym));
+    StatusOr<GptqResult> cpu = GptqQuantize(w, k, n, h, SolverSpec(4, 16, sym));
+    StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, k, n, h, SolverSpec(4, 16, sym));
     ASSERT_TRUE(cpu.ok() && dev.ok());
     EXPECT_EQ(dev->weight.q, cpu->weight.q);
     EXPECT_EQ(dev->weight.scales, cpu->weight.scales);

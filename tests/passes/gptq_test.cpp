@@ -39,13 +39,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
+// Groups formed in act-order when act_order (g_idx), GptqSpec's default.
 GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  return s;
+  return SolverSpec(bits, group_size, sym, act_order, /*static_groups=*/false);
 }
 
 // ||X (W - W~)||_F computed directly.
@@ -206,14 +202,7 @@ TEST(GptqSolver, DampingEscalatesOnAnIndefiniteHessian) {
   // Rank 4, then shifted down by 5% of the mean diagonal: eigenvalues of -0.05 mean(diag H), so
   // percdamp 0.01 fails and 0.1 succeeds.
   constexpr int64_t k = 32, n = 16;
-  const std::vector<float> b = RandomNormal(k * 4, 51, 1.0f);
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t c = 0; c < 4; ++c) h[i * k + j] += static_cast<double>(b[i * 4 + c]) * b[j * 4 + c];
-  double mean = 0;
-  for (int64_t i = 0; i < k; ++i) mean += h[i * k + i] / k;
-  for (int64_t i = 0; i < k; ++i) h[i * k + i] -= 0.05 * mean;
+  const std::vector<double> h = IndefiniteHessian(k, 51);
   const std::vector<float> w = RandomNormal(k * n, 52);
   StatusOr<GptqResult> r = GptqQuantize(w, k, n, h, Spec(4, 16, true));
   ASSERT_TRUE(r.ok()) << r.status().message();

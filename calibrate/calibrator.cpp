@@ -35,7 +35,7 @@ class StatsAccumulator {
   /// a CollectStats run does not keep K x K floats per group.
   Status Add(const Tensor& x, std::vector<float>* scratch) {
     const int64_t k = stats_.k;
-    if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat16 && x.dtype() != DType::kBFloat16)
+    if (!IsComputeFloat(x.dtype()))
       return Unimplemented("calibration needs float activations, but '" + stats_.input + "' is " +
                            DTypeName(x.dtype()));
     if (x.rank() < 1 || x.dim(-1) != k)

@@ -49,6 +49,10 @@ bool IsFloatingPoint(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 || t == DType::kBFloat16;
 }
 
+bool IsComputeFloat(DType t) { return t == DType::kFloat32 || IsHalfFloat(t); }
+
+bool IsHalfFloat(DType t) { return t == DType::kFloat16 || t == DType::kBFloat16; }
+
 bool IsInteger(DType t) {
   switch (t) {
     case DType::kInt8: case DType::kUInt8: case DType::kInt16: case DType::kUInt16: case DType::kInt32:

@@ -37,6 +37,11 @@ std::string DTypeName(DType t);
 /// True if `onnx_type` is a data type our IR represents.
 bool IsSupportedDType(int32_t onnx_type);
 bool IsFloatingPoint(DType t);
+/// float32, float16 or bfloat16: the float types models compute in (the 16-bit ones widen to
+/// float32 exactly).
+bool IsComputeFloat(DType t);
+/// float16 or bfloat16.
+bool IsHalfFloat(DType t);
 bool IsInteger(DType t);
 
 /// IEEE half <-> float, round-to-nearest-even.

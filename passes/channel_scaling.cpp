@@ -130,11 +130,6 @@ class Editor {
   std::vector<InputEdit> input_log_;
 };
 
-// The dtypes FloatsLike writes.
-bool Rescalable(DType t) {
-  return t == DType::kFloat32 || t == DType::kFloat64 || t == DType::kFloat16 || t == DType::kBFloat16;
-}
-
 // A float tensor of `dtype` holding `values` in `shape`.
 StatusOr<Tensor> FloatsLike(DType dtype, const std::vector<float>& values, const Shape& shape) {
   Tensor t(dtype, shape);
@@ -331,7 +326,7 @@ class ChannelScaler {
       // Checked here so that scaling the weights, the last step, cannot fail half way.
       const Tensor* w = g_.FindInitializer(l.weight);
       if (!w) return Internal("weight '" + l.weight + "' of '" + l.node_name + "' is missing");
-      if (!Rescalable(w->dtype()))
+      if (!IsFloatingPoint(w->dtype()))  // the dtypes FloatsLike writes
         return Unimplemented("weight '" + l.weight + "' is " + DTypeName(w->dtype()) +
                              "; channel scaling needs float32, float64, float16 or bfloat16");
       for (const LinearLayer& other : group_.layers)

@@ -349,7 +349,7 @@ StatusOr<MatMulNBitsTensors> PackMatMulNBits(const QuantizedWeight& qw) {
 std::optional<std::string> MatMulNBitsUnsupportedReason(const Graph& graph, const LinearLayer& layer) {
   const Tensor* w = graph.FindInitializer(layer.weight);
   if (!w) return "weight '" + layer.weight + "' is not an initializer";
-  if (w->dtype() != DType::kFloat32 && w->dtype() != DType::kFloat16 && w->dtype() != DType::kBFloat16)
+  if (!IsComputeFloat(w->dtype()))
     return "weight '" + layer.weight + "' is " + DTypeName(w->dtype()) + "; only float32, float16 and bfloat16 weights are quantized";
   for (const ValueInfo& in : graph.inputs)
     if (in.name == layer.weight)

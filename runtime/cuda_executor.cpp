@@ -314,7 +314,7 @@ void FindEpilogues(const Plan& plan, CudaExecutor::Impl& impl) {
     const int cast = sole_reader(steps[i].out[0], "Cast", 1);
     if (cast < 0) continue;
     const DType to = static_cast<DType>(steps[cast].node->GetInt("to", 0));
-    if (to != DType::kFloat32 && to != DType::kFloat16 && to != DType::kBFloat16) continue;
+    if (!IsComputeFloat(to)) continue;
     const int mul_col = sole_reader(steps[cast].out[0], "Mul", 2);
     if (mul_col < 0) continue;
     const int col = other_input(mul_col, steps[cast].out[0]);

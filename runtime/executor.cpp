@@ -327,7 +327,7 @@ StatusOr<std::unique_ptr<Session>> Session::Create(const Model& model, const Ses
   if (!options.use_reference_kernels && options.fuse_ops) FuseForExecution(session->model_.graph);
   if (options.compute_dtype != DType::kUndefined) {
     const DType to = options.compute_dtype;
-    if (to != DType::kFloat32 && to != DType::kFloat16 && to != DType::kBFloat16)
+    if (!IsComputeFloat(to))
       return InvalidArgument("compute dtype must be float32, float16 or bfloat16, got " + DTypeName(to));
     if (to != DType::kFloat32 && options.device != Device::kCuda)
       return InvalidArgument("computing in " + DTypeName(to) + " needs the GPU (--device cuda): the CPU kernels compute in float32 " +

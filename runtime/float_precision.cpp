@@ -12,7 +12,6 @@
 namespace qc {
 namespace {
 
-bool IsComputeFloat(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 
 // Largest finite value of each compute type.
 float MaxFinite(DType t) {

@@ -84,8 +84,7 @@ StatusOr<PerplexityResult> EvaluatePerplexity(const Session& session, const std:
       QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session.Run(feeds, {logits_name}));
       const Tensor& logits = outs[0];
       const DType dtype = logits.dtype();
-      const bool half = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
-      if ((dtype != DType::kFloat32 && !half) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
+      if (!IsComputeFloat(dtype) || logits.rank() != 3 || logits.dim(1) != options.seqlen)
         return InvalidArgument("output '" + logits_name + "' is " + DTypeName(dtype) + " " + ShapeToString(logits.shape()) +
                                "; expected float logits [1, " + std::to_string(options.seqlen) + ", vocab]");
       // The NextTokenNll kernel's scoring (16-bit logits widened exactly, row by row).

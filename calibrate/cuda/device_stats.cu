@@ -101,7 +101,7 @@ Status DeviceStatsAccumulator::Add(const Tensor& x_in) {
   Impl& m = *impl_;
   const int64_t k = m.k;
   const DType dtype = x_in.dtype();
-  if (dtype != DType::kFloat32 && dtype != DType::kFloat16 && dtype != DType::kBFloat16)
+  if (!IsComputeFloat(dtype))
     return Unimplemented("calibration needs float activations, but '" + m.input + "' is " + DTypeName(dtype));
   if (x_in.rank() < 1 || x_in.dim(-1) != k)
     return InvalidArgument("activation '" + m.input + "' has shape " + ShapeToString(x_in.shape()) +

@@ -6,7 +6,6 @@
 namespace qc {
 namespace {
 
-bool IsHalf(DType t) { return t == DType::kFloat16 || t == DType::kBFloat16; }
 
 Tensor Widen(const Tensor& t) { return Tensor::Adopt<float>(t.ToFloats(), t.shape()); }
 
@@ -32,7 +31,7 @@ Status RunKernelWidening(KernelFn fn, KernelContext& ctx) {
   DType half = DType::kUndefined;
   for (const Tensor* t : ctx.inputs) {
     if (!t || !IsFloatingPoint(t->dtype())) continue;
-    if (!IsHalf(t->dtype()) || (half != DType::kUndefined && half != t->dtype())) return first;
+    if (!IsHalfFloat(t->dtype()) || (half != DType::kUndefined && half != t->dtype())) return first;
     half = t->dtype();
   }
   if (half == DType::kUndefined) return first;
@@ -40,7 +39,7 @@ Status RunKernelWidening(KernelFn fn, KernelContext& ctx) {
   wide.reserve(ctx.inputs.size());
   KernelContext retry{ctx.node, {}, std::vector<Tensor>(ctx.outputs.size()), ctx.opset, ctx.run_subgraph};
   for (const Tensor* t : ctx.inputs) {
-    if (t && IsHalf(t->dtype())) {
+    if (t && IsHalfFloat(t->dtype())) {
       wide.push_back(Widen(*t));
       retry.inputs.push_back(&wide.back());
     } else {

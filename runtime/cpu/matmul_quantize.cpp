@@ -122,10 +122,6 @@ StatusOr<QuantParamIndex> PlanQuantParams(const KernelContext& ctx, const Tensor
 // Values of a float-like tensor as float.
 std::vector<float> FloatsOf(const Tensor& t) { return t.ToFloats(); }
 
-bool IsScaleType(DType t) {
-  return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16 || t == DType::kFloat64;
-}
-
 }  // namespace
 
 Status QuantizeLinearRef(KernelContext& ctx) {
@@ -135,8 +131,8 @@ Status QuantizeLinearRef(KernelContext& ctx) {
   const Tensor& x = ctx.input(0);
   const Tensor& scale = ctx.input(1);
   const Tensor* zp = ctx.has_input(2) ? &ctx.input(2) : nullptr;
-  if (!IsScaleType(x.dtype()) && x.dtype() != DType::kInt32) return ctx.UnsupportedDType(x.dtype());
-  if (!IsScaleType(scale.dtype())) return ctx.Error("y_scale must be floating point, got " + DTypeName(scale.dtype()));
+  if (!IsFloatingPoint(x.dtype()) && x.dtype() != DType::kInt32) return ctx.UnsupportedDType(x.dtype());
+  if (!IsFloatingPoint(scale.dtype())) return ctx.Error("y_scale must be floating point, got " + DTypeName(scale.dtype()));
   DType out_type = DType::kUInt8;
   const int64_t output_dtype = ctx.node.GetInt("output_dtype", 0);
   if (output_dtype != 0) out_type = static_cast<DType>(output_dtype);
@@ -176,7 +172,7 @@ Status DequantizeLinearRef(KernelContext& ctx) {
   const Tensor& scale = ctx.input(1);
   const Tensor* zp = ctx.has_input(2) ? &ctx.input(2) : nullptr;
   if (!IsQuantType(x.dtype())) return ctx.UnsupportedDType(x.dtype());
-  if (scale.dtype() != DType::kFloat32 && scale.dtype() != DType::kFloat16 && scale.dtype() != DType::kBFloat16)
+  if (!IsComputeFloat(scale.dtype()))
     return ctx.Error("x_scale must be float32/float16/bfloat16, got " + DTypeName(scale.dtype()));
   if (zp && zp->dtype() != x.dtype())
     return ctx.Error("x_zero_point dtype " + DTypeName(zp->dtype()) + " differs from x dtype " + DTypeName(x.dtype()));

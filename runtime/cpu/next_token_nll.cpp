@@ -38,7 +38,7 @@ Status CheckTargetIds(const std::vector<int64_t>& ids, int64_t batch, int64_t se
 
 Status NextTokenNlls(const Tensor& logits, const std::vector<int64_t>& targets, double* out) {
   const DType type = logits.dtype();
-  if (type != DType::kFloat32 && type != DType::kFloat16 && type != DType::kBFloat16)
+  if (!IsComputeFloat(type))
     return InvalidArgument("logits of dtype " + DTypeName(type) + " cannot be scored");
   const int64_t batch = logits.dim(0), seq = logits.dim(1), vocab = logits.dim(2);
   if (static_cast<int64_t>(targets.size()) != batch * seq) return Internal("targets do not match the logits' [B, S]");

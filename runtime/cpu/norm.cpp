@@ -155,8 +155,7 @@ Status AxisNorm(KernelContext& ctx, bool simplified, bool allow_bias, int mean_i
   const Tensor& x = ctx.input(0);
   if (x.dtype() != DType::kFloat32 && x.dtype() != DType::kFloat64) return ctx.UnsupportedDType(x.dtype());
   for (int i = 1; i < ctx.num_inputs(); ++i)
-    if (ctx.has_input(i) && ctx.input(i).dtype() != DType::kFloat32 && ctx.input(i).dtype() != DType::kFloat64 &&
-        ctx.input(i).dtype() != DType::kFloat16 && ctx.input(i).dtype() != DType::kBFloat16)
+    if (ctx.has_input(i) && !IsFloatingPoint(ctx.input(i).dtype()))
       return ctx.Error("input " + std::to_string(i) + " must be floating point, got " +
                        DTypeName(ctx.input(i).dtype()));
   const int64_t rank = x.rank();

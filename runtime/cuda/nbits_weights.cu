@@ -20,7 +20,6 @@ StatusOr<DeviceBuffer> CopyToDevice(const void* data, size_t bytes, CachingAlloc
 }
 
 // The float types that widen exactly to the kernels' float32 scales, zero points and bias.
-bool IsWidenable(DType t) { return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16; }
 
 StatusOr<DeviceBuffer> CopyFloats(const Tensor& t, CachingAllocator& allocator) {
   if (t.dtype() == DType::kFloat32) return CopyToDevice(t.raw(), t.numel() * sizeof(float), allocator);
@@ -54,7 +53,7 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
   w.view_.b = w.b_.as<uint8_t>();
 
   const Tensor& scales = *input(2);
-  if (!IsWidenable(scales.dtype())) return NodeError(node, "scales must be float32, float16 or bfloat16, got " + DTypeName(scales.dtype()));
+  if (!IsComputeFloat(scales.dtype())) return NodeError(node, "scales must be float32, float16 or bfloat16, got " + DTypeName(scales.dtype()));
   if (scales.numel() != l.n * l.k_blocks())
     return NodeError(node, "scales must have N * k_blocks = " + std::to_string(l.n * l.k_blocks()) +
                                " elements, got " + ShapeToString(scales.shape()));
@@ -69,7 +68,7 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
                                    ShapeToString(zp->shape()));
       QC_ASSIGN_OR_RETURN(w.zero_points_, CopyToDevice(zp->raw(), static_cast<size_t>(zp->numel()), allocator));
       w.view_.zero_points = w.zero_points_.as<uint8_t>();
-    } else if (IsWidenable(zp->dtype())) {
+    } else if (IsComputeFloat(zp->dtype())) {
       if (zp->numel() != l.n * l.k_blocks())
         return NodeError(node, "float zero_points must have N * k_blocks elements, got " + ShapeToString(zp->shape()));
       QC_ASSIGN_OR_RETURN(w.zero_points_, CopyFloats(*zp, allocator));
@@ -90,7 +89,7 @@ StatusOr<NBitsWeights> NBitsWeights::Upload(const Node& node, const std::vector<
     w.view_.g_idx = w.g_idx_.as<int32_t>();
   }
   if (const Tensor* bias = input(5)) {
-    if (!IsWidenable(bias->dtype()) || bias->numel() != l.n)
+    if (!IsComputeFloat(bias->dtype()) || bias->numel() != l.n)
       return NodeError(node, "bias must be float of shape [N], got " + DTypeName(bias->dtype()) + " " + ShapeToString(bias->shape()));
     QC_ASSIGN_OR_RETURN(w.bias_, CopyFloats(*bias, allocator));
     w.view_.bias = w.bias_.as<float>();

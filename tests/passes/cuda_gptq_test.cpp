@@ -27,6 +27,7 @@
 #include "runtime/cpu/gemm_core.h"
 #include "runtime/cuda/context.h"
 #include "runtime/float_precision.h"
+#include "tests/gptq_inputs.h"
 #include "runtime/cuda/device.h"
 
 namespace qc {
@@ -37,40 +38,6 @@ namespace fs = std::filesystem;
 #define REQUIRE_DEVICE() \
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
 
-std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
-  std::mt19937 rng(seed);
-  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
-}
-
-// X [rows, k] with a few shared factors and channel magnitudes over an order of magnitude, as
-// gptq_test.cpp's (a strongly non-diagonal Hessian, where act-order matters).
-std::vector<float> CorrelatedInputs(int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  constexpr int64_t kFactors = 4;
-  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
-  for (float& v : a) v = normal(rng);
-  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
-  for (int64_t t = 0; t < rows; ++t) {
-    float f[kFactors];
-    for (float& v : f) v = normal(rng);
-    for (int64_t i = 0; i < k; ++i) {
-      float v = 0.3f * normal(rng);
-      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
-      x[t * k + i] = magnitude[i] * v;
-    }
-  }
-  return x;
-}
-
-std::vector<double> HessianOf(const std::vector<float>& x, int64_t rows, int64_t k) {
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
-  return h;
-}
-
 double MaxRelDiff(const std::vector<double>& a, const std::vector<double>& b) {
   double scale = 0, diff = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -78,16 +45,6 @@ double MaxRelDiff(const std::vector<double>& a, const std::vector<double>& b) {
     diff = std::max(diff, std::fabs(a[i] - b[i]));
   }
   return scale > 0 ? diff / scale : diff;
-}
-
-GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  s.static_groups = static_groups;
-  return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,19 +251,19 @@ TEST(CudaGptqSolver, MatchesTheCpuSolver) {
     int64_t k, n;
     GptqSpec spec;
   };
-  GptqSpec search = Spec(4, 32, true);
+  GptqSpec search = SolverSpec(4, 32, true);
   search.quant.scale_search = true;
-  GptqSpec small_block = Spec(3, 32, false);
+  GptqSpec small_block = SolverSpec(3, 32, false);
   small_block.block_size = 24;  // blocks that cut groups
   const Case cases[] = {
-      {"w4 g32 sym", 256, 300, Spec(4, 32, true)},
-      {"w4 g32 asym", 256, 300, Spec(4, 32, false)},
-      {"w4 per-channel", 192, 130, Spec(4, -1, true)},
+      {"w4 g32 sym", 256, 300, SolverSpec(4, 32, true)},
+      {"w4 g32 asym", 256, 300, SolverSpec(4, 32, false)},
+      {"w4 per-channel", 192, 130, SolverSpec(4, -1, true)},
       {"w3 g32 asym block 24", 160, 96, small_block},
-      {"w4 g32 act-order static", 256, 200, Spec(4, 32, false, true, true)},
-      {"w4 g32 act-order g_idx", 256, 200, Spec(4, 32, false, true, false)},
+      {"w4 g32 act-order static", 256, 200, SolverSpec(4, 32, false, true, true)},
+      {"w4 g32 act-order g_idx", 256, 200, SolverSpec(4, 32, false, true, false)},
       {"w4 g32 sym scale search", 128, 64, search},
-      {"w8 g64", 256, 64, Spec(8, 64, true)},
+      {"w8 g64", 256, 64, SolverSpec(8, 64, true)},
   };
   uint32_t seed = 300;
   for (const Case& c : cases) {
@@ -361,8 +318,8 @@ TEST(CudaGptqSolver, IdentityHessianGivesTheCpuCodesExactly) {
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0;
   const std::vector<float> w = RandomNormal(k * n, 9);
   for (bool sym : {true, false}) {
-    auto a = GptqQuantize(w, k, n, h, Spec(4, 32, sym));
-    auto b = (*gpu)->Quantize(w, k, n, h, Spec(4, 32, sym));
+    auto a = GptqQuantize(w, k, n, h, SolverSpec(4, 32, sym));
+    auto b = (*gpu)->Quantize(w, k, n, h, SolverSpec(4, 32, sym));
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_EQ(a->weight.q, b->weight.q);
     EXPECT_EQ(a->weight.scales, b->weight.scales);
@@ -377,17 +334,10 @@ TEST(CudaGptqSolver, DampingEscalatesAsOnTheCpu) {
   ASSERT_TRUE(gpu.ok());
   constexpr int64_t k = 32, n = 8;
   // H = B Bᵀ - 0.05 mean-diag I: indefinite until the damping exceeds 0.05.
-  const std::vector<float> b = RandomNormal(k * 4, 51, 1.0f);
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t c = 0; c < 4; ++c) h[i * k + j] += static_cast<double>(b[i * 4 + c]) * b[j * 4 + c];
-  double mean = 0;
-  for (int64_t i = 0; i < k; ++i) mean += h[i * k + i] / k;
-  for (int64_t i = 0; i < k; ++i) h[i * k + i] -= 0.05 * mean;
+  const std::vector<double> h = IndefiniteHessian(k, 51);
   const std::vector<float> w = RandomNormal(k * n, 52);
-  auto a = GptqQuantize(w, k, n, h, Spec(4, 16, true));
-  auto r = (*gpu)->Quantize(w, k, n, h, Spec(4, 16, true));
+  auto a = GptqQuantize(w, k, n, h, SolverSpec(4, 16, true));
+  auto r = (*gpu)->Quantize(w, k, n, h, SolverSpec(4, 16, true));
   ASSERT_TRUE(a.ok() && r.ok()) << a.status().ToString() << " / " << r.status().ToString();
   EXPECT_EQ(r->percdamp, a->percdamp);
   EXPECT_EQ(r->notes, a->notes);
@@ -400,7 +350,7 @@ TEST(CudaGptqSolver, Negative_HessianNeverPositiveDefinite) {
   constexpr int64_t k = 16, n = 4;
   std::vector<double> h(k * k, 0.0);
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = -1.0;
-  auto r = (*gpu)->Quantize(RandomNormal(k * n, 62), k, n, h, Spec(4, 16, true));
+  auto r = (*gpu)->Quantize(RandomNormal(k * n, 62), k, n, h, SolverSpec(4, 16, true));
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("not positive definite"), std::string::npos);
 }

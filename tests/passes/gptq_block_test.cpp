@@ -16,6 +16,7 @@
 #include "calibrate/calibrator.h"
 #include "formats/model_builder.h"
 #include "passes/gptq_solver.h"
+#include "tests/gptq_inputs.h"
 
 namespace qc {
 namespace {
@@ -94,45 +95,6 @@ StatusOr<GptqResult> EmulatedDeviceSolve(const std::vector<float>& w, int64_t k,
   return result;
 }
 
-std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
-  std::mt19937 rng(seed);
-  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
-}
-
-// Correlated inputs with spread channel magnitudes, as gptq_test.cpp's.
-std::vector<double> CorrelatedHessian(int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  constexpr int64_t kFactors = 4;
-  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
-  for (float& v : a) v = normal(rng);
-  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
-  for (int64_t t = 0; t < rows; ++t) {
-    float f[kFactors];
-    for (float& v : f) v = normal(rng);
-    for (int64_t i = 0; i < k; ++i) {
-      float v = 0.3f * normal(rng);
-      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
-      x[t * k + i] = magnitude[i] * v;
-    }
-  }
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
-  return h;
-}
-
-GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false, bool static_groups = true) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  s.static_groups = static_groups;
-  return s;
-}
-
 TEST(GptqBlock, ReferenceGemmIsColumnMajor) {
   // [1 2; 3 4] column-major is {1, 3, 2, 4}; Aᵀ B with B = I gives Aᵀ.
   const float a[] = {1, 3, 2, 4}, b[] = {1, 0, 0, 1};
@@ -143,31 +105,31 @@ TEST(GptqBlock, ReferenceGemmIsColumnMajor) {
 }
 
 TEST(GptqBlock, HostRunOfTheDeviceLoopMatchesGptqQuantize) {
-  GptqSpec search = Spec(4, 32, true);
+  GptqSpec search = SolverSpec(4, 32, true);
   search.quant.scale_search = true;
   search.quant.search_steps = 20;
-  GptqSpec small_block = Spec(3, 32, false);
+  GptqSpec small_block = SolverSpec(3, 32, false);
   small_block.block_size = 24;  // blocks that cut groups, and rows after the block in an opening group
-  GptqSpec act_small = Spec(4, 16, false, true, true);
+  GptqSpec act_small = SolverSpec(4, 16, false, true, true);
   act_small.block_size = 20;
   struct Case {
     const char* name;
     int64_t k, n;
     GptqSpec spec;
   } cases[] = {
-      {"w4 g32 sym", 128, 40, Spec(4, 32, true)},
-      {"w4 g32 asym", 128, 40, Spec(4, 32, false)},
-      {"w4 per-channel", 96, 24, Spec(4, -1, true)},
+      {"w4 g32 sym", 128, 40, SolverSpec(4, 32, true)},
+      {"w4 g32 asym", 128, 40, SolverSpec(4, 32, false)},
+      {"w4 per-channel", 96, 24, SolverSpec(4, -1, true)},
       {"w3 g32 asym block 24", 96, 24, small_block},
-      {"w4 g32 act-order static", 128, 32, Spec(4, 32, false, true, true)},
+      {"w4 g32 act-order static", 128, 32, SolverSpec(4, 32, false, true, true)},
       {"w4 g16 act-order static block 20", 96, 24, act_small},
-      {"w4 g32 act-order g_idx", 128, 32, Spec(4, 32, false, true, false)},
+      {"w4 g32 act-order g_idx", 128, 32, SolverSpec(4, 32, false, true, false)},
       {"w4 g32 sym scale search", 64, 16, search},
   };
   uint32_t seed = 900;
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    const std::vector<double> h = CorrelatedHessian(4 * c.k, c.k, seed += 10);
+    const std::vector<double> h = HessianOf(CorrelatedInputs(4 * c.k, c.k, seed += 10), 4 * c.k, c.k);
     const std::vector<float> w = RandomNormal(c.k * c.n, seed + 1);
     StatusOr<GptqResult> cpu = GptqQuantize(w, c.k, c.n, h, c.spec);
     StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, c.k, c.n, h, c.spec);
@@ -192,8 +154,8 @@ TEST(GptqBlock, IdentityHessianGivesTheCpuResultExactly) {
   for (int64_t i = 0; i < k; ++i) h[i * k + i] = 1.0;
   const std::vector<float> w = RandomNormal(k * n, 5);
   for (bool sym : {true, false}) {
-    StatusOr<GptqResult> cpu = GptqQuantize(w, k, n, h, Spec(4, 16, sym));
-    StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, k, n, h, Spec(4, 16, sym));
+    StatusOr<GptqResult> cpu = GptqQuantize(w, k, n, h, SolverSpec(4, 16, sym));
+    StatusOr<GptqResult> dev = EmulatedDeviceSolve(w, k, n, h, SolverSpec(4, 16, sym));
     ASSERT_TRUE(cpu.ok() && dev.ok());
     EXPECT_EQ(dev->weight.q, cpu->weight.q);
     EXPECT_EQ(dev->weight.scales, cpu->weight.scales);

@@ -32,54 +32,16 @@
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
+#include "tests/gptq_inputs.h"
 
 namespace qc {
 namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> RandomNormal(int64_t count, uint32_t seed, float stddev = 0.05f) {
-  std::mt19937 rng(seed);
-  return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();
-}
-
+// Groups formed in act-order when act_order (g_idx), GptqSpec's default.
 GptqSpec Spec(int bits, int64_t group_size, bool sym, bool act_order = false) {
-  GptqSpec s;
-  s.quant.bits = bits;
-  s.quant.group_size = group_size;
-  s.quant.sym = sym;
-  s.act_order = act_order;
-  return s;
-}
-
-// Rows of X [rows, k] with a strongly non-diagonal covariance: a few shared factors plus a little
-// private noise, and channel magnitudes spread over an order of magnitude (so act-order matters).
-std::vector<float> CorrelatedInputs(int64_t rows, int64_t k, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal;
-  constexpr int64_t kFactors = 4;
-  std::vector<float> a(kFactors * k), magnitude(k), x(rows * k);
-  for (float& v : a) v = normal(rng);
-  for (float& m : magnitude) m = std::exp(0.7f * normal(rng));
-  for (int64_t t = 0; t < rows; ++t) {
-    float f[kFactors];
-    for (float& v : f) v = normal(rng);
-    for (int64_t i = 0; i < k; ++i) {
-      float v = 0.3f * normal(rng);
-      for (int64_t c = 0; c < kFactors; ++c) v += f[c] * a[c * k + i];
-      x[t * k + i] = magnitude[i] * v;
-    }
-  }
-  return x;
-}
-
-// H = 2 XᵀX / rows, as the calibrator computes it.
-std::vector<double> HessianOf(const std::vector<float>& x, int64_t rows, int64_t k) {
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t t = 0; t < rows; ++t)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) h[i * k + j] += 2.0 * x[t * k + i] * x[t * k + j] / static_cast<double>(rows);
-  return h;
+  return SolverSpec(bits, group_size, sym, act_order, /*static_groups=*/false);
 }
 
 // ||X (W - W~)||_F computed directly.
@@ -240,14 +202,7 @@ TEST(GptqSolver, DampingEscalatesOnAnIndefiniteHessian) {
   // Rank 4, then shifted down by 5% of the mean diagonal: eigenvalues of -0.05 mean(diag H), so
   // percdamp 0.01 fails and 0.1 succeeds.
   constexpr int64_t k = 32, n = 16;
-  const std::vector<float> b = RandomNormal(k * 4, 51, 1.0f);
-  std::vector<double> h(k * k, 0.0);
-  for (int64_t i = 0; i < k; ++i)
-    for (int64_t j = 0; j < k; ++j)
-      for (int64_t c = 0; c < 4; ++c) h[i * k + j] += static_cast<double>(b[i * 4 + c]) * b[j * 4 + c];
-  double mean = 0;
-  for (int64_t i = 0; i < k; ++i) mean += h[i * k + i] / k;
-  for (int64_t i = 0; i < k; ++i) h[i * k + i] -= 0.05 * mean;
+  const std::vector<double> h = IndefiniteHessian(k, 51);
   const std::vector<float> w = RandomNormal(k * n, 52);
   StatusOr<GptqResult> r = GptqQuantize(w, k, n, h, Spec(4, 16, true));
   ASSERT_TRUE(r.ok()) << r.status().message();

@@ -90,6 +90,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--device", run.device, "Run on the CPU or a CUDA GPU")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   run_cmd->add_option("--dtype", run.dtype, "Compute in this float type (float16/bfloat16 need --device cuda; default: the model's own)")
       ->check(CLI::IsMember({"float32", "float16", "bfloat16"}));
+  run_cmd->add_flag("--check-finite", run.check_finite,
+                    "Check every node's output for NaN/Inf, in execution order (slow: every value is copied to the host); "
+                    "an error names the first node that produced one, and no logits are written");
 
   qc::TokenizeOptions tok;
   auto* tok_cmd = app.add_subcommand("tokenize", "Encode a text file with a Hugging Face tokenizer.json");

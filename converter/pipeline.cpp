@@ -31,6 +31,7 @@
 #include "runtime/cuda_executor.h"
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
+#include "runtime/non_finite.h"
 #include "runtime/perplexity.h"
 
 namespace qc {
@@ -353,9 +354,14 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   StatusOr<std::vector<Tensor>> outputs = (*session)->Run(*feeds);
   if (!outputs.ok()) return Internal("the written artifact fails to run: " + outputs.status().message());
   const Tensor& logits = (*outputs)[LogitsOutputIndex(**session)];
-  if (logits.dtype() == DType::kFloat32)
-    for (float v : logits.ToFloats())
-      if (!std::isfinite(v)) return Internal("the written artifact produces non-finite outputs on a validation window");
+  if (IsFloatingPoint(logits.dtype()) && CountNonFinite(logits) > 0) {
+    // Name the node that made the first NaN/Inf: a quantized layer's output points at the
+    // artifact, an unquantized op's at the runtime (or the model itself).
+    std::string where;
+    StatusOr<std::optional<NonFiniteSite>> site = FindFirstNonFinite(**session, written->graph, *feeds);
+    if (site.ok() && site->has_value()) where = "; the first comes from " + (*site)->Describe();
+    return Internal("the written artifact produces non-finite outputs on a validation window" + where);
+  }
   if (!eval_ids.empty()) {
     say("measuring quantized perplexity on " + o.eval);
     StatusOr<double> ppl = Perplexity(*written, eval_ids, o);

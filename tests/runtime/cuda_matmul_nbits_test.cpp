@@ -382,6 +382,41 @@ TEST(CudaMatMulNBitsLarge, RealSizeLayers) {
     }
 }
 
+// Prefill batches of a 1B Llama (m = 1024 and 2048 rows, GEMM tiles, no split-K): every output
+// finite, and sampled rows (both ends of each half) against the reference on those rows only.
+TEST(CudaMatMulNBitsLarge, PrefillRowCounts) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(12);
+  NBitsWorkspace ws;
+  const LayerSpec shapes[] = {{2048, 2048, 5632, 4, 128, true}, {2048, 5632, 2048, 4, 128, true},
+                              {2048, 2048, 32000, 8, 128, true}, {1024, 2048, 2048, 4, 128, true}};
+  for (const LayerSpec& spec : shapes) {
+    SCOPED_TRACE(Describe(spec));
+    const Layer L = MakeLayer(spec, rng);
+    auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+    ASSERT_TRUE(up.ok()) << up.status().message();
+    const std::vector<float> got = RunF32(*up, L, ws, {});
+    int64_t non_finite = 0;
+    for (float v : got) non_finite += std::isfinite(v) ? 0 : 1;
+    EXPECT_EQ(non_finite, 0);
+    const int64_t rows[] = {0, 1, spec.m / 2 - 1, spec.m / 2, spec.m - 2, spec.m - 1};
+    const int64_t picked = std::size(rows);
+    Tensor a(DType::kFloat32, {picked, L.k});
+    const float* ap = L.inputs[0].data<float>();
+    for (int64_t i = 0; i < picked; ++i) std::copy_n(ap + rows[i] * L.k, L.k, a.mutable_data<float>() + i * L.k);
+    Layer sub;
+    sub.m = picked;
+    sub.k = L.k;
+    sub.n = L.n;
+    sub.w = L.w;
+    const std::vector<float> want = Reference(L, &a);
+    const std::vector<double> prod = AbsProducts(sub, a.data<float>());
+    std::vector<float> got_rows;
+    for (int64_t r : rows) got_rows.insert(got_rows.end(), got.begin() + r * L.n, got.begin() + (r + 1) * L.n);
+    ExpectClose(got_rows, want, prod, kF32Tol, 0, "auto");
+  }
+}
+
 // Activations whose low bits matter: 1 + 2^-13 is not an fp16 value (its ulp at 1 is 2^-10), so
 // a kernel that rounded activations to fp16 would be off by ~1e-4 relative; the hi/lo split is not.
 TEST(CudaMatMulNBitsPrecision, Fp32ActivationsKeepTheirLowBits) {

@@ -381,25 +381,29 @@ Result RunCublas(int64_t n, int64_t k, cudaStream_t stream, cublasHandle_t handl
   return res;
 }
 
-// The variants a row of the table runs: the default call (kAuto), the GEMV kernel with its
+// The variants a row of the table runs: the default call (kAuto), the int8 GEMV kernel with its
 // default geometry, the same without programmatic dependent launch (one call timed in isolation),
-// and the tensor-core kernel kMma (the default before the GEMV kernel), all in the same session.
+// the fp16 GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
+// session.
 std::vector<qc::cuda::NBitsOptions> TableVariants() {
-  qc::cuda::NBitsOptions gemv, isolated;
-  gemv.kernel = isolated.kernel = qc::cuda::NBitsKernel::kGemv;
+  qc::cuda::NBitsOptions i8, isolated, gemv;
+  i8.kernel = isolated.kernel = qc::cuda::NBitsKernel::kGemvInt8;
   isolated.programmatic_launch = false;
-  return {qc::cuda::NBitsOptions{}, gemv, isolated, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}};
+  gemv.kernel = qc::cuda::NBitsKernel::kGemv;
+  return {qc::cuda::NBitsOptions{}, i8, isolated, gemv, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}};
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
-  // split-K factors, to tune the defaults. --rows M: batch M instead of 1.
-  bool sweep = false;
+  // split-K factors, to tune the defaults; --sweep-i8: the int8 GEMV kernel over blocks per SM and
+  // ring stages. --rows M: batch M instead of 1.
+  bool sweep = false, sweep_i8 = false;
   int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
+    sweep_i8 = sweep_i8 || std::strcmp(argv[i], "--sweep-i8") == 0;
     g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
     g_pattern = g_pattern || std::strcmp(argv[i], "--pattern") == 0;
     if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) rows = std::atoll(argv[++i]);
@@ -430,13 +434,14 @@ int main(int argc, char** argv) {
               ReadBandwidth(stream, info->sm_count));
   std::printf("batch m = %lld; W = MatMulNBits g128 symmetric, fp32 scales; bandwidth = (packed weights + scales + x) "
               "bytes / time; weights rotated over > 256 MiB; median of %d graph replays of %d launches; "
-              "'kernel': what kAuto runs; 'gemv': the kGemv kernel forced, 'isolated' the same without "
-              "programmatic dependent launch (no overlap with the call before); 'mma': the kMma kernel "
-              "forced (the default before kGemv)\n\n",
+              "'kernel': what kAuto runs; 'i8': the kGemvInt8 kernel forced, 'i8 isolated' the same without "
+              "programmatic dependent launch (no overlap with the call before); 'gemv', 'mma': the kGemv and "
+              "kMma kernels forced (the defaults before kGemvInt8)\n\n",
               static_cast<long long>(rows), kReplays, kGraphLaunches);
   std::printf("| N (out) | K (in) | layer | weights | kernel | us | GB/s | %% of copy | cuBLAS fp16 us | speed-up | "
-              "check | gemv us | gemv %% of copy | gemv isolated us | mma us | mma %% of copy |\n");
-  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+              "check | i8 us | i8 %% of copy | i8 isolated us | gemv us | gemv %% of copy | mma us | mma %% of copy |\n");
+  std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
+              "|\n");
   struct Shape {
     int64_t n, k;
     const char* name;
@@ -461,20 +466,20 @@ int main(int argc, char** argv) {
     const Result cub = RunCublas(s.n, s.k, stream, handle);
     for (const Variant& v : kinds) {
       const std::vector<Result> r = run(v, s, TableVariants());
-      const bool ok = r[0].ok && r[1].ok && r[2].ok && r[3].ok;
+      const bool ok = r[0].ok && r[1].ok && r[2].ok && r[3].ok && r[4].ok;
       qc::cuda::NBitsWeightsView probe;  // what kAuto picks (B from cudaMalloc: aligned)
       probe.layout = qc::cuda::NBitsLayout{s.k, s.n, v.bits, 128};
       probe.b = reinterpret_cast<const uint8_t*>(uintptr_t{256});
       const char* chosen = qc::cuda::NBitsKernelName(qc::cuda::SelectNBitsKernel(probe, rows, v.half));
       std::printf("| %lld | %lld | %s | %s | %s | %.2f | %.0f | %.1f%% | %.2f | %.2fx | %s (%.1e) | %.2f | %.1f%% | %.2f | "
-                  "%.2f | %.1f%% |\n",
+                  "%.2f | %.1f%% | %.2f | %.1f%% |\n",
                   static_cast<long long>(s.n), static_cast<long long>(s.k), s.name, v.name, chosen, r[0].us, r[0].gbs,
                   100.0 * r[0].gbs / copy, cub.us, cub.us / r[0].us, ok ? "ok" : "FAIL",
-                  std::max({r[0].max_err, r[1].max_err, r[2].max_err, r[3].max_err}), r[1].us, 100.0 * r[1].gbs / copy,
-                  r[2].us, r[3].us, 100.0 * r[3].gbs / copy);
+                  std::max({r[0].max_err, r[1].max_err, r[2].max_err, r[3].max_err, r[4].max_err}), r[1].us,
+                  100.0 * r[1].gbs / copy, r[2].us, r[3].us, 100.0 * r[3].gbs / copy, r[4].us, 100.0 * r[4].gbs / copy);
       std::fflush(stdout);
     }
-    std::printf("| %lld | %lld | %s | fp16 | cuBLAS | %.2f | %.0f | %.1f%% | | | | | | | | |\n", static_cast<long long>(s.n),
+    std::printf("| %lld | %lld | %s | fp16 | cuBLAS | %.2f | %.0f | %.1f%% | | | | | | | | | | |\n", static_cast<long long>(s.n),
                 static_cast<long long>(s.k), s.name, cub.us, cub.gbs, 100.0 * cub.gbs / copy);
   }
   if (sweep) {
@@ -509,6 +514,42 @@ int main(int argc, char** argv) {
         }
         std::fflush(stdout);
       }
+  }
+  if (sweep_i8) {
+    // Int8 GEMV kernel, us per call by (persistent blocks per SM, ring stages); 0 stages: the
+    // default (the ring fills ~112 KB of shared memory per block).
+    const int per_sm[] = {1, 2};
+    const int stages[] = {0, 3, 6, 12};
+    std::printf("\nInt8 GEMV kernel sweep, us per call: rows = blocks per SM, columns = ring stages (0: the "
+                "kernel's choice)\n");
+    for (const Variant& v : kinds) {
+      if (v.bits == 8 && v.half) continue;
+      for (const Shape& s : shapes) {
+        std::vector<qc::cuda::NBitsOptions> variants;
+        for (int b : per_sm)
+          for (int st : stages) {
+            qc::cuda::NBitsOptions o;
+            o.kernel = qc::cuda::NBitsKernel::kGemvInt8;
+            o.gemv_blocks = b * info->sm_count;
+            o.ring_stages = st;
+            variants.push_back(o);
+          }
+        const std::vector<Result> r = run(v, s, variants);
+        std::printf("\n%s, %lld x %lld\n\n| blocks/SM \\ stages |", v.name, static_cast<long long>(s.n),
+                    static_cast<long long>(s.k));
+        for (int st : stages) std::printf(" %d |", st);
+        std::printf("\n| --- |");
+        for (size_t i = 0; i < std::size(stages); ++i) std::printf(" --- |");
+        std::printf("\n");
+        size_t i = 0;
+        for (int b : per_sm) {
+          std::printf("| %d |", b);
+          for (size_t j = 0; j < std::size(stages); ++j, ++i) std::printf(" %.2f%s |", r[i].us, r[i].ok ? "" : " FAIL");
+          std::printf("\n");
+        }
+        std::fflush(stdout);
+      }
+    }
   }
   CHECK_CUBLAS(cublasDestroy(handle));
   CHECK_CUDA(cudaStreamDestroy(stream));

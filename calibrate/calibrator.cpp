@@ -170,6 +170,25 @@ StatusOr<std::vector<InputStats>> Calibrator::CollectStats(const Model& model, c
                                                            const StatsRequest& request) const {
   if (windows_.empty()) return InvalidArgument("no calibration windows");
   const std::vector<LayerGroup> groups = GroupLayersByInput(layers);
+  if (device_ == Device::kCuda) {
+    // Every group's statistics from one sequential run that replaces no weight.
+    std::map<std::string, size_t> index;
+    for (size_t g = 0; g < groups.size(); ++g) index[groups[g].input] = g;
+    std::vector<InputStats> stats(groups.size());
+    std::vector<bool> seen(groups.size());
+    if (log_) log_("collecting activation statistics over " + std::to_string(windows_.size()) + " calibration windows on the GPU");
+    QC_RETURN_IF_ERROR(RunSequential(model, layers, request,
+                                     [&](const LayerGroup& group, const InputStats& st,
+                                         const std::vector<const Tensor*>&) -> StatusOr<GroupWeights> {
+                                       const size_t g = index.at(group.input);
+                                       stats[g] = st;
+                                       seen[g] = true;
+                                       return GroupWeights(group.layers.size());
+                                     }));
+    for (size_t g = 0; g < groups.size(); ++g)
+      if (!seen[g]) return Internal("linear layer " + groups[g].layers.front().node_name + " did not run during calibration");
+    return stats;
+  }
   std::vector<StatsAccumulator> accumulators;
   std::vector<float> scratch;  // one window's XᵀX, shared by the accumulators
   // Keyed by the node's output: node names may be empty or repeated, value names may not.
@@ -259,6 +278,8 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
       accumulator.emplace(group.input, k, request);
     }
     std::vector<const Tensor*> inputs;
+    std::vector<Tensor> host_copies;  // request.host_windows: those windows' X on the host
+    host_copies.reserve(std::min(request.host_windows, runs.size()));
     int64_t resident_bytes = 0;  // device activations of the windows not parked
     for (auto& run : runs) {
       QC_RETURN_IF_ERROR(run->RunUntil(step));
@@ -273,6 +294,11 @@ Status Calibrator::RunSequential(const Model& model, const std::vector<LinearLay
         else resident_bytes += bytes;
       } else {
         QC_RETURN_IF_ERROR(accumulator->Add(*x, &scratch));
+      }
+      if (x->on_device() && inputs.size() < request.host_windows) {
+        QC_ASSIGN_OR_RETURN(Tensor host, session->ToHost(*x));
+        host_copies.push_back(std::move(host));
+        x = &host_copies.back();
       }
       inputs.push_back(x);
     }

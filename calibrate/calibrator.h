@@ -21,6 +21,10 @@ namespace qc {
 struct StatsRequest {
   bool hessian = false;           // H = 2 XᵀX / rows, accumulated in float64
   double outlier_threshold = 0;   // > 0: count per channel the tokens with |x| > threshold
+  // RunSequential on a kCuda calibrator: the first `host_windows` windows' inputs are handed to
+  // the visitor as host tensors (copied back per group), for visitors that compute on X itself on
+  // the CPU; the other windows' inputs may be device tensors. No effect on the CPU.
+  size_t host_windows = 0;
 };
 
 /// Statistics of one value X that one or more linear layers read (q/k/v projections share one).
@@ -83,8 +87,9 @@ class Calibrator {
   Calibrator FirstWindows(size_t count) const;
   /// Receives one-line progress messages (may be empty).
   void set_log(std::function<void(const std::string&)> log) { log_ = std::move(log); }
-  /// Where RunSequential runs the windows and accumulates the statistics (CollectStats runs on the
-  /// CPU only: it observes nodes, which the CUDA executor does not). With kCuda the session
+  /// Where RunSequential and CollectStats run the windows and accumulate the statistics. With kCuda
+  /// CollectStats is a RunSequential that replaces nothing (the CUDA executor has no node
+  /// observers; the statistics are the same up to the order of float64 sums), and the session
   /// streams the float weights (SessionOptions::stream_constants), the Hessians are accumulated on
   /// the device (calibrate/device_stats.h) and each window's activations stay on the device while
   /// the windows' total stays within `activation_budget_bytes`; the windows after that are parked

@@ -23,6 +23,7 @@ struct RunOptions {
   bool reference = false;           // run the reference kernels
   std::string device = "cpu";       // cpu | cuda
   std::string dtype;                // float32 | float16 | bfloat16; empty: the model's own
+  bool check_finite = false;        // name the first node with a NaN/Inf output (slow)
 };
 
 struct TokenizeOptions {

@@ -90,6 +90,9 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--device", run.device, "Run on the CPU or a CUDA GPU")->check(CLI::IsMember({"cpu", "cuda"}))->capture_default_str();
   run_cmd->add_option("--dtype", run.dtype, "Compute in this float type (float16/bfloat16 need --device cuda; default: the model's own)")
       ->check(CLI::IsMember({"float32", "float16", "bfloat16"}));
+  run_cmd->add_flag("--check-finite", run.check_finite,
+                    "Check every node's output for NaN/Inf, in execution order (slow: every value is copied to the host); "
+                    "an error names the first node that produced one, and no logits are written");
 
   qc::TokenizeOptions tok;
   auto* tok_cmd = app.add_subcommand("tokenize", "Encode a text file with a Hugging Face tokenizer.json");
@@ -165,7 +168,7 @@ int main(int argc, char** argv) {
           "Bits of the output head (the layer computing the logits), 2..8, or 'float'")
       ->default_str("8");
   conv_cmd->add_option("--device", conv.device,
-                       "Where passes run: cpu, or cuda (gptq: calibration runs, Hessians and solver on the GPU)")
+                       "Where calibration and evaluation run: cpu, or cuda (forward passes and activation statistics on the GPU, and GPTQ's solver; the other passes' searches and rounding stay on the CPU)")
       ->capture_default_str();
   conv_cmd->add_option("--calib-device-memory", conv.calib_device_mib,
                        "With --device cuda: MiB of calibration activations kept on the GPU between layer groups "

@@ -31,6 +31,7 @@
 #include "runtime/cuda_executor.h"
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
+#include "runtime/non_finite.h"
 #include "runtime/perplexity.h"
 
 namespace qc {
@@ -115,9 +116,6 @@ bool SamePath(const std::string& a, const std::string& b) {
   return fs::weakly_canonical(a, ec) == fs::weakly_canonical(b, ec);
 }
 
-// The passes that run on the GPU with --device cuda (their calibration and solver).
-const char* const kDevicePasses[] = {"gptq"};
-
 Device DeviceOf(const ConvertOptions& options) { return options.device == "cuda" ? Device::kCuda : Device::kCpu; }
 
 SessionOptions EvalSessionOptions(const ConvertOptions& options) {
@@ -179,14 +177,11 @@ Status ValidateConvertOptions(const ConvertOptions& o) {
   QC_RETURN_IF_ERROR(ValidateWeightQuantSpec(SpecFromOptions(o.quant, /*sym=*/true)));
   if (o.sym_flag && o.asym_flag) return InvalidArgument("--sym and --asym contradict each other; give one");
   if (o.device != "cpu" && o.device != "cuda") return InvalidArgument("--device must be cpu or cuda, got '" + o.device + "'");
-  if (o.device == "cuda") {
-    std::string supported;
-    for (const char* name : kDevicePasses) supported += (supported.empty() ? "" : ", ") + std::string(name);
-    for (const std::string& name : SplitPasses(o.passes))
-      if (std::find(std::begin(kDevicePasses), std::end(kDevicePasses), name) == std::end(kDevicePasses))
-        return InvalidArgument("pass '" + name + "' runs on the CPU only; --device cuda supports: " + supported +
-                               " (use --device cpu)");
-  }
+  // --device cuda moves the calibration runs (and GPTQ's solver, perplexity) to the GPU; weight
+  // rounding alone stays on the CPU, so without --calib or --eval it would have nothing to do.
+  if (o.device == "cuda" && o.calib.empty() && o.eval.empty())
+    return InvalidArgument("--device cuda runs calibration and evaluation on the GPU, but neither --calib nor --eval is given "
+                           "(use --device cpu)");
   if (o.calib_device_mib < 0) return InvalidArgument("--calib-device-memory must be >= 0");
   if (o.nsamples < 1) return InvalidArgument("--nsamples must be at least 1");
   if (o.seqlen < 2) return InvalidArgument("--seqlen must be at least 2");
@@ -359,9 +354,14 @@ StatusOr<QuantReport> RunConvertPipeline(const ConvertOptions& options,
   StatusOr<std::vector<Tensor>> outputs = (*session)->Run(*feeds);
   if (!outputs.ok()) return Internal("the written artifact fails to run: " + outputs.status().message());
   const Tensor& logits = (*outputs)[LogitsOutputIndex(**session)];
-  if (logits.dtype() == DType::kFloat32)
-    for (float v : logits.ToFloats())
-      if (!std::isfinite(v)) return Internal("the written artifact produces non-finite outputs on a validation window");
+  if (IsFloatingPoint(logits.dtype()) && CountNonFinite(logits) > 0) {
+    // Name the node that made the first NaN/Inf: a quantized layer's output points at the
+    // artifact, an unquantized op's at the runtime (or the model itself).
+    std::string where;
+    StatusOr<std::optional<NonFiniteSite>> site = FindFirstNonFinite(**session, written->graph, *feeds);
+    if (site.ok() && site->has_value()) where = "; the first comes from " + (*site)->Describe();
+    return Internal("the written artifact produces non-finite outputs on a validation window" + where);
+  }
   if (!eval_ids.empty()) {
     say("measuring quantized perplexity on " + o.eval);
     StatusOr<double> ppl = Perplexity(*written, eval_ids, o);

@@ -1,11 +1,13 @@
 // `qconvert run`: logits for given token ids.
 #include <cstdio>
+#include <optional>
 
 #include "converter/commands.h"
 #include "formats/npy.h"
 #include "formats/onnx_reader.h"
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
+#include "runtime/non_finite.h"
 
 namespace qc {
 
@@ -39,6 +41,11 @@ Status RunRun(const RunOptions& options) {
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   auto feeds = BindInputs(*session, ids, overrides);
   if (!feeds.ok()) return feeds.status().WithContext(options.input_ids);
+  if (options.check_finite) {
+    QC_ASSIGN_OR_RETURN(std::optional<NonFiniteSite> site, FindFirstNonFinite(*session, model.graph, *feeds));
+    if (site) return FailedPrecondition("the first NaN/Inf comes from " + site->Describe());
+    std::fprintf(stderr, "every node's output is finite\n");
+  }
   const std::string logits = session->outputs()[LogitsOutputIndex(*session)].name;
   QC_ASSIGN_OR_RETURN(std::vector<Tensor> outs, session->Run(*feeds, {logits}));
   for (const std::string& line : session->DeviceSummary()) std::fprintf(stderr, "%s\n", line.c_str());

@@ -16,6 +16,7 @@
 
 #include "calibrate/calibrator.h"
 #include "passes/channel_scaling.h"
+#include "passes/hessian_product_cuda.h"
 #include "passes/weight_quant.h"
 #include "runtime/cpu/gemm_core.h"
 
@@ -150,8 +151,9 @@ QuantizedWeight QuantizeClipped(const std::vector<float>& w, int64_t k, int64_t 
 //
 // H δ_j for every column is one GEMM per chunk of columns rather than a matrix-vector product per
 // column: each of those streamed all of H from memory (127 MB at K = 5632), 3 times per column.
-std::vector<float> SearchClip(const std::vector<float>& w, int64_t k, int64_t n, const WeightQuantSpec& spec,
-                              const std::vector<float>& h_s, double* mean_shrink) {
+// With `gpu` (holding h_s) those GEMMs run on the GPU.
+StatusOr<std::vector<float>> SearchClip(const std::vector<float>& w, int64_t k, int64_t n, const WeightQuantSpec& spec,
+                                        const std::vector<float>& h_s, HessianProductCuda* gpu, double* mean_shrink) {
   using MatrixRM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const int64_t rows = GroupRows(spec, k), groups = (k + rows - 1) / rows;
   const int steps = static_cast<int>(kAwqMaxShrink * kAwqClipGrid);
@@ -202,8 +204,13 @@ std::vector<float> SearchClip(const std::vector<float>& w, int64_t k, int64_t n,
       }
     }
     // (H δ)ᵀ for the chunk's columns: δᵀ H, H symmetric.
-    GemmF32(false, false, cols, k, k, 1.0f, delta.data(), k, h_s.data(), k, 0.0f, u.data(), k, /*threaded=*/true);
-    GemmF32(false, false, cols, k, k, 1.0f, delta_rtn.data(), k, h_s.data(), k, 0.0f, u_rtn.data(), k, true);
+    if (gpu) {
+      QC_RETURN_IF_ERROR(gpu->Multiply(delta.data(), cols, u.data()));
+      QC_RETURN_IF_ERROR(gpu->Multiply(delta_rtn.data(), cols, u_rtn.data()));
+    } else {
+      GemmF32(false, false, cols, k, k, 1.0f, delta.data(), k, h_s.data(), k, 0.0f, u.data(), k, /*threaded=*/true);
+      GemmF32(false, false, cols, k, k, 1.0f, delta_rtn.data(), k, h_s.data(), k, 0.0f, u_rtn.data(), k, true);
+    }
     // Coordinate descent over the groups with the cross terms.
 #pragma omp parallel for schedule(dynamic, 8) reduction(+ : shrink_sum)
     for (int64_t jc = 0; jc < cols; ++jc) {
@@ -278,6 +285,10 @@ class AwqRun {
     // Layers are tracked by their output value: node indices move when a Mul is inserted, outputs
     // never change.
     states_.resize(groups.size());
+    // --device cuda: the searches' products with the Hessians run on the GPU.
+    if (context_.calibrator->device() == Device::kCuda) {
+      QC_ASSIGN_OR_RETURN(gpu_, HessianProductCuda::Create());
+    }
     group_outputs_.resize(groups.size());
     for (size_t gi = 0; gi < groups.size(); ++gi) {
       group_index_[groups[gi].input] = gi;
@@ -349,6 +360,7 @@ class AwqRun {
       }
       std::vector<float> h(k * k);
       for (int64_t i = 0; i < k * k; ++i) h[i] = static_cast<float>(st.hessian[i]);
+      if (gpu_) QC_RETURN_IF_ERROR(gpu_->SetHessian(h, k));
       // Output error of the group for one candidate s: Σ_layers tr(Δᵀ H Δ) with
       // Δ = W - diag(1/s) Q(diag(s) W).
       auto loss = [&](const std::vector<float>& s) -> StatusOr<double> {
@@ -361,6 +373,14 @@ class AwqRun {
           QC_ASSIGN_OR_RETURN(QuantizedWeight qw, QuantizeRtn(ws, k, n, filter_.SpecFor(*targets[t], spec_)));
           const std::vector<float> q = qw.Dequantize();
           std::vector<float> delta(k * n);
+          if (gpu_) {
+            // Δᵀ [n, k]: one row per output column, as HessianProductCuda::Quadratic sums.
+            for (int64_t r = 0; r < k; ++r)
+              for (int64_t j = 0; j < n; ++j) delta[j * k + r] = w[t][r * n + j] - q[r * n + j] / s[r];
+            QC_ASSIGN_OR_RETURN(const double quadratic, gpu_->Quadratic(delta.data(), n));
+            total += quadratic;
+            continue;
+          }
           for (int64_t r = 0; r < k; ++r)
             for (int64_t j = 0; j < n; ++j) delta[r * n + j] = w[t][r * n + j] - q[r * n + j] / s[r];
           total += Quadratic(h, delta, k, n);
@@ -446,7 +466,8 @@ class AwqRun {
         std::string clip_note = "no clipping (query/key projection, as in the reference)";
         if (!query_key_.count(out)) {
           double mean_shrink = 1;
-          max_val = SearchClip(w_s, l.k, l.n, layer_spec, state.h_s_f32, &mean_shrink);
+          if (gpu_) QC_RETURN_IF_ERROR(gpu_->SetHessian(state.h_s_f32, l.k));
+          QC_ASSIGN_OR_RETURN(max_val, SearchClip(w_s, l.k, l.n, layer_spec, state.h_s_f32, gpu_.get(), &mean_shrink));
           clip_note = "clip search: mean max|w| kept " + Format("%.3f", mean_shrink);
         }
         const QuantizedWeight qw = QuantizeClipped(w_s, l.k, l.n, layer_spec, max_val);
@@ -482,6 +503,7 @@ class AwqRun {
   std::set<std::string> query_key_;                      // query/key projections: not clipped
   std::vector<std::string> pending_;                     // scaled layers not quantized yet
   std::optional<MatMulNBitsRewriter> rewriter_;
+  std::unique_ptr<HessianProductCuda> gpu_;  // --device cuda
   std::map<std::string, LayerReport> reports_;           // by layer output
 };
 

@@ -64,6 +64,7 @@ Status OutlierSplitPass::Run(Model& model, PassContext& context) {
   StatsRequest request;
   request.hessian = true;
   request.outlier_threshold = o.threshold;
+  request.host_windows = kW8A8ErrorWindows;  // MeasureW8A8Error reads X on the CPU
   char threshold_text[32];
   std::snprintf(threshold_text, sizeof(threshold_text), "%g", o.threshold);
   std::map<int, LayerReport> reports;  // by node index: emitted in layer order

@@ -164,6 +164,7 @@ Status SmoothQuantPass::Run(Model& model, PassContext& context) {
   std::map<int, LayerReport> reports;  // by node index: emitted in layer order
   StatsRequest request;
   request.hessian = true;
+  request.host_windows = kW8A8ErrorWindows;  // MeasureW8A8Error reads X on the CPU
   SequentialVisitor visit = [&](const LayerGroup& group, const InputStats& st,
                                 const std::vector<const Tensor*>& inputs) -> StatusOr<GroupWeights> {
     for (const LinearLayer& l : group.layers) {

@@ -2,7 +2,8 @@
 // and dequantises them in registers, for every batch size (GEMV tiles up to 16 rows, 32-row GEMM
 // tiles above); a one-launch GEMV kernel for up to 16 rows whose weights the copy engine stages in
 // shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights); and a
-// general CUDA-core kernel for the layouts the first two cannot read.
+// general CUDA-core kernel for the layouts the first two cannot read. The int8 GEMV kernel
+// (kGemvInt8) lives in matmul_nbits_i8.cu.
 //
 // Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;
@@ -29,8 +30,10 @@
 #include <string>
 #include <type_traits>
 
+#include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/matmul_nbits_i8.h"
 
 namespace qc::cuda {
 namespace {
@@ -182,11 +185,6 @@ __device__ __forceinline__ int PermutedPos(int j) {
   const int h = j / kHalf, jp = j % kHalf;
   return 4 * (jp / 2) + 2 * (jp % 2) + h;
 }
-
-// Programmatic dependent launch (sm_90): the main kernel starts while the activation prologue
-// runs, streams in its first weights, and waits here before reading the prepared activations.
-__device__ __forceinline__ void WaitForPrologue() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
-__device__ __forceinline__ void AllowDependents() { asm volatile("griddepcontrol.launch_dependents;"); }
 
 // ---- activation prologue ----------------------------------------------------------------------
 
@@ -577,42 +575,6 @@ struct GemvPlan {
   int x_stride = 0;         // bytes per activation row part (likewise)
   int bar_off = 0, w_off = 0, x_off = 0, inv_off = 0, sc_off = 0, zp_off = 0, smem = 0;
 };
-
-__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void MbarInit(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(SmemAddr(bar)), "r"(count) : "memory");
-}
-// Makes the initialised barriers visible to the copy engine (the async proxy).
-__device__ __forceinline__ void FenceMbarInit() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n\tfence.proxy.async.shared::cta;" ::: "memory");
-}
-__device__ __forceinline__ void MbarArriveExpectTx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(SmemAddr(bar)), "r"(bytes) : "memory");
-}
-// Waits for the barrier's phase `parity`; the 10 ms suspend-time hint lets the warp sleep until the
-// copy lands instead of re-polling (no instruction issue while it waits).
-__device__ __forceinline__ void MbarWait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n\t.reg .pred p;\n"
-      "WAIT:\n\t"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1, 10000000;\n\t"
-      "@!p bra WAIT;\n}" ::"r"(SmemAddr(bar)),
-      "r"(parity)
-      : "memory");
-}
-// One bulk copy global -> shared (16-byte aligned, a multiple of 16 bytes), completing on `bar`.
-__device__ __forceinline__ void BulkCopy(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   SmemAddr(dst)),
-               "l"(src), "r"(bytes), "r"(SmemAddr(bar))
-               : "memory");
-}
-__device__ __forceinline__ void CpAsync4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(SmemAddr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void CpAsyncWaitAll() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 
 // Position (in halves) of slice code `kl` in a staged activation row part: iteration, then the
 // lane chunk's 16-byte (or 8-byte) vectors vector-major, so that the 4 lanes t of one read touch
@@ -1048,15 +1010,6 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
       x, static_cast<int>(m), p.k, kg, ws.activations(), ws.activation_scales());
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("PrepareActivationsKernel");
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(col_tiles, splits, row_tiles);
-  config.blockDim = dim3(kThreads);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the prologue
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = 1;
   auto kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, false>
                                 : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>;
   if constexpr (kRowGroups == 1 && kLoadBytes == 16) {
@@ -1071,8 +1024,9 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
       kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, true>
                                : NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>;
   }
-  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p,
-                                             static_cast<const __half*>(ws.activations()),
+  // Overlaps with the prologue above.
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(col_tiles, splits, row_tiles), dim3(kThreads), 0, stream,
+                                             /*programmatic=*/true, p, static_cast<const __half*>(ws.activations()),
                                              static_cast<const float*>(ws.activation_scales()), kg, y,
                                              static_cast<int>(m), iters_per_split, ws.partials(), ws.counters()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsMmaKernel");
@@ -1216,18 +1170,10 @@ Status LaunchGemvShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBit
   if (plan.smem > info.max_shared_per_block_optin - 1024)  // the kernel's own static shared memory
     return Unimplemented("MatMulNBits: the GEMV kernel's slice does not fit in shared memory");
 
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(groups, plan.splits, 1);
-  config.blockDim = dim3(kGemvThreads);
-  config.dynamicSmemBytes = static_cast<size_t>(plan.smem);
-  config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // overlap with the previous kernel
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = options.programmatic_launch ? 1 : 0;
-  QC_CUDA_RETURN_IF_ERROR(cudaLaunchKernelEx(&config, kernel, p, x, y, static_cast<int>(m), plan, ws.partials(),
-                                             ws.counters()));
+  // Overlaps with the previous kernel.
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(groups, plan.splits, 1), dim3(kGemvThreads),
+                                             static_cast<size_t>(plan.smem), stream, options.programmatic_launch, p, x,
+                                             y, static_cast<int>(m), plan, ws.partials(), ws.counters()));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsGemvKernel");
   return Status::Ok();
 }
@@ -1279,6 +1225,7 @@ Status Dispatch(const NBitsWeightsView& w, const TA* x, TA* y, int64_t m, NBitsW
   if (kernel == NBitsKernel::kGemv && !GemvSupported(w, m))
     return Unimplemented("MatMulNBits: the GEMV kernel needs 1.." + std::to_string(kGemvMaxRows) +
                          " rows, B aligned to 16 bytes and an sm_90 device (m = " + std::to_string(m) + ")");
+  if (kernel == NBitsKernel::kGemvInt8) return MatMulNBitsGemvInt8(w, x, y, m, ws, stream, options);
   const NBitsParams p = MakeParams(w);
   if (kernel == NBitsKernel::kGeneric) return LaunchGeneric<TA>(p, x, y, m, stream);
   const int lb = MmaLoadBytes(w.layout);
@@ -1315,6 +1262,7 @@ const char* NBitsKernelName(NBitsKernel kernel) {
   switch (kernel) {
     case NBitsKernel::kAuto: return "auto";
     case NBitsKernel::kGemv: return "gemv";
+    case NBitsKernel::kGemvInt8: return "gemv-i8";
     case NBitsKernel::kMma: return "mma";
     case NBitsKernel::kGeneric: return "generic";
   }
@@ -1326,6 +1274,8 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
+  // kGemvInt8 is not taken here until it has been measured faster on the GPU (docs/BENCHMARKS.md,
+  // "The int8 GEMV kernel"): it runs only when forced.
   // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
   // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
   // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.

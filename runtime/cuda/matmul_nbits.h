@@ -47,6 +47,14 @@ enum class NBitsKernel {
   /// weight streams overlap; each block converts its slice of X itself (no prologue launch) and
   /// dequantises into mma.sync m16n8k16 A fragments. The layouts of kMma, with B 16-byte aligned.
   kGemv,
+  /// Batch GEMV on integer tensor cores, m <= 16 rows, sm_90, 4/8-bit weights in blocks of >= 128
+  /// (runtime/cuda/matmul_nbits_i8.cu): one persistent block per SM converts X once into int8
+  /// "digits" of a 30-bit fixed-point value per row and 128 inputs, streams its share of the
+  /// 16-column x 128-code units through a copy-engine ring in shared memory, and multiplies them
+  /// with mma.sync m16n8k32 s8 (codes minus the zero point, one LOP3 per 4 codes; exact int32
+  /// sums), folding the block scale in fp32 once per unit. Tiles cut between blocks are summed by
+  /// the last block to finish, in block order. Taken only when forced (not yet measured on a GPU).
+  kGemvInt8,
   /// Tensor cores (mma.sync m16n8k16, fp32 accumulation): packed weights are streamed once with
   /// 4-16 byte loads and dequantised in registers straight into A fragments; activations are
   /// prepared by a prologue kernel. 2/4/8-bit storage, integer (or no) zero points, no g_idx, and
@@ -58,7 +66,8 @@ enum class NBitsKernel {
 };
 const char* NBitsKernelName(NBitsKernel kernel);
 /// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations: kGemv where it
-/// measured fastest (one fp32 row, 4-bit weights), else kMma where it can run, else kGeneric.
+/// measured fastest (one fp32 row, 4-bit weights), else kMma where it can run, else kGeneric
+/// (kGemvInt8 only when forced, until measured).
 NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
 /// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
@@ -74,6 +83,10 @@ struct NBitsOptions {
   /// the kernel before it. Off: the call starts after the previous one ends (benchmarks use it
   /// to time one call in isolation).
   bool programmatic_launch = true;
+  /// kGemvInt8: persistent blocks (0: one per SM; never more than the 16-column x 128-code units).
+  int gemv_blocks = 0;
+  /// kGemvInt8: stages of the shared-memory weight ring (0: as many as fit beside the activations).
+  int ring_stages = 0;
 };
 
 /// Scratch of the tensor-core kernel: the activations prepared for it (fp16, in its lane order,

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "formats/linear_layers.h"
+#include "formats/model_builder.h"
 #include "formats/npy.h"
 #include "formats/onnx_reader.h"
 #include "formats/onnx_writer.h"
@@ -159,6 +160,34 @@ TEST_F(CliTest, RunReferenceKernelsMatchPyTorchLogits) {
   ExpectLogitsMatch(this,
                     Run("run --reference " + m + "/stories260k.onnx --input-ids " + m + "/sample_input_ids.npy -o " + Path("l.npy")),
                     m + "/sample_logits.npy", Path("l.npy"));
+}
+
+// --check-finite names the node whose output first holds a NaN (here an embedding row the ids
+// select; the MatMul after it carries the NaN on) and writes no logits; finite runs write them.
+TEST_F(CliTest, RunCheckFiniteNamesTheFirstNaNNode) {
+  GraphBuilder g;
+  const std::string ids = g.AddInput("input_ids", DType::kInt64, {Dim{1, ""}, Dim{-1, "seq"}});
+  Tensor table(DType::kFloat32, {8, 4});
+  for (int64_t i = 0; i < table.numel(); ++i) table.mutable_data<float>()[i] = 0.25f * static_cast<float>(i % 5);
+  table.mutable_data<float>()[3 * 4 + 1] = std::numeric_limits<float>::quiet_NaN();  // row 3
+  const std::string hidden = g.Op("Gather", {g.AddInitializer("embed", table), ids});
+  const std::string logits = g.Op("MatMul", {hidden, g.AddRandomNormal("head", {4, 8})});
+  g.AddOutput(logits, DType::kFloat32, {Dim{1, ""}, Dim{-1, "seq"}, Dim{8, ""}});
+  StatusOr<qc::Model> nan_model = g.Build({{"", 18}});
+  ASSERT_TRUE(nan_model.ok());
+  ASSERT_TRUE(WriteOnnxModel(*nan_model, Path("nan.onnx")).ok());
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>({1, 3, 2}, {1, 3}), Path("bad.npy")).ok());
+  ASSERT_TRUE(WriteNpy(Tensor::FromVector<int64_t>({1, 2, 5}, {1, 3}), Path("good.npy")).ok());
+
+  CommandResult r = Run("run " + Path("nan.onnx") + " --input-ids " + Path("bad.npy") + " -o " + Path("l.npy") + " --check-finite");
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("(Gather), output '" + hidden + "': 1 of 12 values are NaN or Inf"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(Path("l.npy")));
+
+  r = Run("run " + Path("nan.onnx") + " --input-ids " + Path("good.npy") + " -o " + Path("l.npy") + " --check-finite");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("every node's output is finite"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(Path("l.npy")));
 }
 
 // docs-val.txt has LF line endings (and one literal CRLF that is content); wiki.test.raw has

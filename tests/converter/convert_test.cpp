@@ -253,7 +253,7 @@ TEST_F(ConvertTest, Negative_BadArgumentsLeaveNoOutput) {
   ExpectRejected(this, model + " --pass absmax,zeropoint" + out, "must come last");
   ExpectRejected(this, model + " --pass absmax --exclude '['" + out, "--exclude");
   ExpectRejected(this, model + " --pass absmax --device cuda" + out, "--device");
-  ExpectRejected(this, model + " --pass awq --device cuda" + out, "pass 'awq' runs on the CPU only");
+  ExpectRejected(this, model + " --pass zeropoint --device cuda" + out, "neither --calib nor --eval");
   ExpectRejected(this, model + " --pass gptq --device tpu" + out, "--device");
   ExpectRejected(this, model + " --pass absmax -o " + Path("no/such/dir/q.onnx"), "does not exist");
   ExpectRejected(this, model + " --pass absmax --eval " + Path("missing.npy") + out, "missing.npy");

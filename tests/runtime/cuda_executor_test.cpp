@@ -539,14 +539,15 @@ TEST(CudaOps, W8A8SubgraphInHalfTypes) {
 }
 
 // com.microsoft.MatMulNBits through the executor in every float type (float16: the kernels' fp16
-// activation path; bfloat16: through float32), GEMM- and GEMV-sized, 4-bit with packed zero points
+// activation path; bfloat16: through float32), GEMV-, GEMM- and prefill-sized (200 rows: the 16-bit
+// types dequantise and run cuBLAS, runtime/cuda/nbits_dequantize.h), 4-bit with packed zero points
 // and 8-bit without.
 TEST(CudaOps, MatMulNBitsEveryFloatType) {
   SKIP_WITHOUT_DEVICE();
   for (int bits : {4, 8}) {
     const int64_t k = 1024, n = 160, block = 32, k_blocks = k / block, blob = block * bits / 8;
     const Attributes attrs = {{"K", AttrInt(k)}, {"N", AttrInt(n)}, {"bits", AttrInt(bits)}, {"block_size", AttrInt(block)}};
-    for (const Shape& a_shape : {Shape{3, 17, k}, Shape{1, k}}) {
+    for (const Shape& a_shape : {Shape{3, 17, k}, Shape{1, k}, Shape{2, 100, k}}) {
       std::vector<In> inputs = {{Random(a_shape, 220 + bits)},
                                 {RandomBytes(DType::kUInt8, {n, k_blocks, blob}, 200 + bits), true},
                                 {Random({n * k_blocks}, 210 + bits, 0.001f, 0.05f), true}};
@@ -554,6 +555,16 @@ TEST(CudaOps, MatMulNBitsEveryFloatType) {
       ExpectMatchesReferenceInEveryFloatType({"MatMulNBits", inputs, attrs, "com.microsoft", 1, 1e-4f});
     }
   }
+  // A bias (input 5), which the prefill path adds after its GEMM.
+  const int64_t k = 512, n = 96, block = 64, k_blocks = k / block;
+  const Attributes attrs = {{"K", AttrInt(k)}, {"N", AttrInt(n)}, {"bits", AttrInt(4)}, {"block_size", AttrInt(block)}};
+  const std::vector<In> inputs = {{Random({150, k}, 240)},
+                                  {RandomBytes(DType::kUInt8, {n, k_blocks, block / 2}, 241), true},
+                                  {Random({n * k_blocks}, 242, 0.001f, 0.05f), true},
+                                  {Tensor()},
+                                  {Tensor()},
+                                  {Random({n}, 243), true}};
+  ExpectMatchesReferenceInEveryFloatType({"MatMulNBits", inputs, attrs, "com.microsoft", 1, 1e-4f});
 }
 
 // The executor: a graph mixing view ops, host shape arithmetic and an op without a CUDA kernel

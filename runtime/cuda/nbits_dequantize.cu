@@ -1,0 +1,80 @@
+#include "runtime/cuda/nbits_dequantize.h"
+
+#include <string>
+
+#include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/nbits_codes.cuh"
+
+namespace qc::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float v);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// The layout as the kernel reads it (NBitsLayout's helpers are host functions).
+struct DequantParams {
+  int64_t k, k_blocks, block, row_bytes, blob_bytes, zp_row_bytes;
+  int bits;
+  const uint8_t* b;
+  const float* scales;
+  const uint8_t* zp;
+  const float* zp_float;
+  const int32_t* g_idx;
+};
+
+// Grid: x = runs of kThreads inputs along K, y = output columns of the chunk. Neighbouring threads
+// read neighbouring codes of one column (the same bytes, from L1) and write a contiguous row.
+// The CUDA-core kernel's per-element dequantisation (matmul_nbits.cu, NBitsGenericKernel).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) DequantizeKernel(DequantParams p, int64_t col0, T* __restrict__ out) {
+  const int64_t kk = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (kk >= p.k) return;
+  const int64_t col = col0 + blockIdx.y;
+  const int64_t stored_blk = kk / p.block;
+  const int64_t blk = p.g_idx != nullptr ? p.g_idx[kk] : stored_blk;
+  const int q = ReadBits(p.b + col * p.row_bytes + stored_blk * p.blob_bytes, kk % p.block, p.bits);
+  const int64_t pi = col * p.k_blocks + blk;
+  float zp = static_cast<float>(1 << (p.bits - 1));
+  if (p.zp != nullptr) zp = static_cast<float>(ReadBits(p.zp + col * p.zp_row_bytes, blk, p.bits));
+  else if (p.zp_float != nullptr) zp = p.zp_float[pi];
+  out[static_cast<int64_t>(blockIdx.y) * p.k + kk] = FromFloat<T>((static_cast<float>(q) - zp) * p.scales[pi]);
+}
+
+template <typename T>
+Status Dequantize(const NBitsWeightsView& w, int64_t col0, int64_t cols, T* out, cudaStream_t stream) {
+  QC_RETURN_IF_ERROR(w.layout.Validate());
+  if (w.b == nullptr || w.scales == nullptr) return InvalidArgument("DequantizeNBits: B and scales are required");
+  if (col0 < 0 || cols < 0 || col0 + cols > w.layout.n || cols > 65535)
+    return InvalidArgument("DequantizeNBits: columns [" + std::to_string(col0) + ", " + std::to_string(col0 + cols) +
+                           ") outside [0, " + std::to_string(w.layout.n) + ") or more than 65535 at once");
+  if (cols == 0) return Status::Ok();
+  const NBitsLayout& l = w.layout;
+  const DequantParams p{l.k, l.k_blocks(), l.block_size, l.row_bytes(), l.blob_bytes(), l.zp_row_bytes(),
+                        static_cast<int>(l.bits), w.b, w.scales, w.zero_points, w.zero_points_float, w.g_idx};
+  const dim3 grid(static_cast<unsigned>((l.k + kThreads - 1) / kThreads), static_cast<unsigned>(cols));
+  DequantizeKernel<T><<<grid, kThreads, 0, stream>>>(p, col0, out);
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("DequantizeKernel");
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status DequantizeNBits(const NBitsWeightsView& w, int64_t col0, int64_t cols, float* out, cudaStream_t stream) {
+  return Dequantize(w, col0, cols, out, stream);
+}
+Status DequantizeNBits(const NBitsWeightsView& w, int64_t col0, int64_t cols, __half* out, cudaStream_t stream) {
+  return Dequantize(w, col0, cols, out, stream);
+}
+Status DequantizeNBits(const NBitsWeightsView& w, int64_t col0, int64_t cols, __nv_bfloat16* out, cudaStream_t stream) {
+  return Dequantize(w, col0, cols, out, stream);
+}
+
+}  // namespace qc::cuda

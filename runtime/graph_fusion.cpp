@@ -44,15 +44,36 @@ class Fuser {
   // Softmax(Add(Mul(x, c), mask), axis=-1), c a scalar constant => qconvert.fused.
   // ScaledMaskedSoftmax(x, mask; scale=c): the attention scores [B, H, S, S] are the largest
   // tensors of a prefill, and the chain reads and writes them three times.
+  //
+  // The 16-bit exports compute the softmax in float32 (transformers' softmax(..., dtype=float32)
+  // .to(dtype)): Cast(Softmax(Cast(Add(Mul(x, c), mask), to=float)), to=T) with x, c and mask of
+  // type T fuses too, into the T-typed op (which computes in float32 and rounds once on store).
   int FuseScaledMaskedSoftmax() {
     int fused = 0;
-    for (Node& softmax : graph_.nodes) {
-      if (!IsDefault(softmax, "Softmax") || softmax.inputs.size() != 1) continue;
+    for (size_t last = 0; last < graph_.nodes.size(); ++last) {
+      if (erase_.count(static_cast<int>(last))) continue;
+      Node& end = graph_.nodes[last];
+      int softmax_index = static_cast<int>(last);
+      std::vector<int> casts;  // the 16-bit form's two Casts
+      DType cast_type = DType::kUndefined;
+      if (IsDefault(end, "Cast") && end.inputs.size() == 1) {
+        cast_type = static_cast<DType>(end.GetInt("to", 0));
+        softmax_index = Producer(end.inputs[0], "Softmax");
+        if (!IsHalfFloat(cast_type) || softmax_index < 0 || !Private(end.inputs[0])) continue;
+        const int widen = CastTo(graph_.nodes[softmax_index].inputs[0], DType::kFloat32);
+        if (widen < 0) continue;
+        casts = {softmax_index, widen};  // erased with the rest; `end` becomes the fused op
+      } else if (!IsDefault(end, "Softmax")) {
+        continue;
+      }
+      const Node& softmax = graph_.nodes[softmax_index];
+      if (softmax.inputs.size() != 1) continue;
       // Only an explicit last axis: the default axis differs before and after opset 13.
       auto axis = softmax.attributes.find("axis");
       if (axis == softmax.attributes.end() || axis->second.i != -1) continue;
-      const int add = Producer(softmax.inputs[0], "Add");
-      if (add < 0 || !Private(softmax.inputs[0]) || graph_.nodes[add].inputs.size() != 2) continue;
+      const std::string& scores = casts.empty() ? softmax.inputs[0] : graph_.nodes[casts[1]].inputs[0];
+      const int add = Producer(scores, "Add");
+      if (add < 0 || !Private(scores) || graph_.nodes[add].inputs.size() != 2) continue;
       const Node& add_node = graph_.nodes[add];
       for (int side = 0; side < 2; ++side) {
         const int mul = Producer(add_node.inputs[side], "Mul");
@@ -60,13 +81,17 @@ class Fuser {
         const Node& mul_node = graph_.nodes[mul];
         const int c_side = ScalarConstant(mul_node.inputs[1]) ? 1 : ScalarConstant(mul_node.inputs[0]) ? 0 : -1;
         if (c_side < 0) continue;
+        // Mul and Add take one type T for all their inputs: c's type is x's and the mask's, and must
+        // be the Softmax's (float32) or, in the 16-bit form, the outer Cast's.
+        const DType c_type = graph_.FindInitializer(mul_node.inputs[c_side])->dtype();
+        if (c_type != (casts.empty() ? DType::kFloat32 : cast_type)) continue;
         const float scale = graph_.FindInitializer(mul_node.inputs[c_side])->ToFloats()[0];
-        Node f = Fused(softmax, "qconvert.fused", "ScaledMaskedSoftmax",
-                       {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
+        Node f = Fused(end, "qconvert.fused", "ScaledMaskedSoftmax", {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
         f.attributes["scale"] = FloatAttribute(scale);
         erase_.insert(add);
         erase_.insert(mul);
-        softmax = std::move(f);
+        for (int c : casts) erase_.insert(c);
+        end = std::move(f);
         ++fused;
         break;
       }
@@ -78,25 +103,51 @@ class Fuser {
   //   Mul(w, Mul(x, Reciprocal(Sqrt(Add(ReduceMean(Pow(x, 2), axes=[-1]), eps)))))
   // => SimplifiedLayerNormalization(x, w; axis=-1, epsilon=eps): one pass over x instead of four
   // full-size ones, as ONNX Runtime's own optimizer rewrites it.
+  //
+  // The 16-bit exports normalise in float32 and multiply by the weight in their own type T:
+  //   Mul(w, Cast(<the chain on x32>, to=T)), x32 = Cast(x, to=float), w and x of type T
+  // => SimplifiedLayerNormalization(x, w) in T (float32 inside, one rounding on store instead of
+  // two).
   int FuseRmsNorm() {
     int fused = 0;
     for (Node& scale_mul : graph_.nodes) {
       if (!IsDefault(scale_mul, "Mul") || scale_mul.inputs.size() != 2) continue;
       for (int side = 0; side < 2; ++side) {
         const Tensor* w = graph_.FindInitializer(scale_mul.inputs[side]);
-        if (w == nullptr || w->rank() != 1 || w->dtype() != DType::kFloat32) continue;
-        const std::vector<int> chain = RmsChain(scale_mul.inputs[1 - side]);
+        if (w == nullptr || w->rank() != 1 || !IsComputeFloat(w->dtype())) continue;
+        std::vector<int> casts;
+        std::string normalised = scale_mul.inputs[1 - side];
+        if (w->dtype() != DType::kFloat32) {
+          const int narrow = CastTo(normalised, w->dtype());
+          if (narrow < 0) continue;
+          casts.push_back(narrow);
+          normalised = graph_.nodes[narrow].inputs[0];
+        }
+        const std::vector<int> chain = RmsChain(normalised);
         if (chain.empty()) continue;
         const Node& pow = graph_.nodes[chain.back()];
+        std::string x = pow.inputs[0];
+        if (!casts.empty()) {
+          // x32 is read by the chain's Pow and Mul only; x itself must be of w's type.
+          const int widen = Producer(x, "Cast");
+          auto readers = readers_.find(x);
+          if (widen < 0 || graph_.nodes[widen].GetInt("to", 0) != static_cast<int64_t>(DType::kFloat32) ||
+              readers == readers_.end() || readers->second != 2 || outputs_.count(x) ||
+              graph_.nodes[widen].inputs.size() != 1 || TypeOf(graph_.nodes[widen].inputs[0]) != w->dtype())
+            continue;
+          casts.push_back(widen);
+          x = graph_.nodes[widen].inputs[0];
+        }
         const Node& add = graph_.nodes[chain[3]];
         const std::string& eps = ScalarConstant(add.inputs[0]) ? add.inputs[0] : add.inputs[1];
-        Node f = Fused(scale_mul, "", "SimplifiedLayerNormalization", {pow.inputs[0], scale_mul.inputs[side]});
+        Node f = Fused(scale_mul, "", "SimplifiedLayerNormalization", {x, scale_mul.inputs[side]});
         Attribute axis;
         axis.type = Attribute::Type::kInt;
         axis.i = -1;
         f.attributes["axis"] = axis;
         f.attributes["epsilon"] = FloatAttribute(graph_.FindInitializer(eps)->ToFloats()[0]);
         for (int node : chain) erase_.insert(node);
+        for (int node : casts) erase_.insert(node);
         scale_mul = std::move(f);
         ++fused;
         break;
@@ -127,9 +178,44 @@ class Fuser {
     auto it = readers_.find(value);
     return it != readers_.end() && it->second == 1 && !outputs_.count(value);
   }
+  // A one-element float constant (float32 in a float32 chain; float16/bfloat16 ones scale the
+  // 16-bit exports' attention scores).
   bool ScalarConstant(const std::string& value) const {
     const Tensor* t = graph_.FindInitializer(value);
-    return t != nullptr && t->dtype() == DType::kFloat32 && t->numel() == 1;
+    return t != nullptr && IsComputeFloat(t->dtype()) && t->numel() == 1;
+  }
+  // The Cast node producing `value` with target `to`, its output private to the chain; else -1.
+  int CastTo(const std::string& value, DType to) const {
+    const int c = Producer(value, "Cast");
+    if (c < 0 || !Private(value) || graph_.nodes[c].inputs.size() != 1) return -1;
+    return graph_.nodes[c].GetInt("to", 0) == static_cast<int64_t>(to) ? c : -1;
+  }
+  // The element type of `value` where the graph fixes it: declared (input, value_info,
+  // initializer), a Cast's target, or the type every input of a type-preserving op shares
+  // (ONNX's own constraints); kUndefined when nothing says.
+  DType TypeOf(const std::string& value) {
+    if (auto it = types_.find(value); it != types_.end()) return it->second;
+    types_[value] = DType::kUndefined;  // guards against cycles in a malformed graph
+    DType t = DType::kUndefined;
+    if (const Tensor* init = graph_.FindInitializer(value)) t = init->dtype();
+    for (const auto* infos : {&graph_.inputs, &graph_.value_infos, &graph_.outputs})
+      for (const ValueInfo& vi : *infos)
+        if (t == DType::kUndefined && vi.name == value) t = vi.dtype;
+    auto p = producer_.find(value);
+    if (t == DType::kUndefined && p != producer_.end()) {
+      const Node& n = graph_.nodes[p->second];
+      static const std::set<std::string> kSameType = {
+          "Add", "Sub", "Mul", "Div", "Neg", "Sqrt", "Reciprocal", "Sigmoid", "Softmax", "MatMul", "Reshape", "Transpose",
+          "Squeeze", "Unsqueeze", "Identity", "Expand", "Slice", "Concat", "Gather", "ReduceMean", "Max", "Min",
+          "SimplifiedLayerNormalization", "QuickGelu", "MatMulNBits"};
+      if (n.op_type == "Cast" && n.domain.empty()) {
+        t = static_cast<DType>(n.GetInt("to", 0));
+      } else if (kSameType.count(n.op_type) && !n.inputs.empty() && !n.inputs[0].empty()) {
+        t = TypeOf(n.inputs[0]);  // Gather/Reshape/...: the data input's; elementwise: every input's
+      }
+    }
+    types_[value] = t;
+    return t;
   }
   // The nodes [Mul(x, r), Reciprocal, Sqrt, Add(eps), ReduceMean, Pow(x, 2)] computing the
   // normalised `value`, each output private to the chain; empty if `value` is not that.
@@ -197,6 +283,7 @@ class Fuser {
   std::unordered_map<std::string, int> producer_;
   std::set<std::string> outputs_;
   std::set<int> erase_;
+  std::unordered_map<std::string, DType> types_;  // TypeOf's answers
 };
 
 }  // namespace

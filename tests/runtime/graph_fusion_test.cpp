@@ -6,6 +6,7 @@
 
 #include "formats/model_builder.h"
 #include "runtime/executor.h"
+#include "runtime/float_precision.h"
 #include "runtime/graph_fusion.h"
 
 namespace qc {
@@ -185,6 +186,114 @@ TEST(GraphFusionTest, Negative_SoftmaxChainsThatMustStay) {
   ASSERT_TRUE(model.ok()) << model.status().message();
   Graph g = model->graph;
   EXPECT_EQ(FuseForExecution(g), 0);
+}
+
+// The 16-bit exports' forms (torch.onnx dynamo of a float16 Llama): Cast to float32 around the
+// RMSNorm chain and the softmax. Fused, they run as one 16-bit op each (float32 inside, one
+// rounding on store), within a float16 rounding of the written graph on the CPU.
+constexpr int64_t kFloat = static_cast<int64_t>(DType::kFloat32);
+
+Model HalfRmsNorm(DType half, DType x_type, int extra_x32_readers) {
+  GraphBuilder b(7);
+  std::string x = b.AddInput("x", x_type, {{-1, "s"}, {96, ""}});
+  std::string w = b.AddInitializer("w", ConvertFloatTensor(RandomInput({96}, 9), half));
+  std::string x32 = b.Op("Cast", {x}, {{"to", AttrInt(kFloat)}});
+  std::string mean = b.Op("ReduceMean", {b.Op("Pow", {x32, b.AddScalar(2.0f)}), b.AddInt64s({-1})});
+  std::string r = b.Op("Reciprocal", {b.Op("Sqrt", {b.Op("Add", {mean, b.AddScalar(1e-6f)})})});
+  std::string normalised = b.Op("Cast", {b.Op("Mul", {x32, r})}, {{"to", AttrInt(static_cast<int64_t>(half))}});
+  b.AddOutput(b.Op("Mul", {normalised, w}), half, {{-1, "s"}, {96, ""}});
+  for (int i = 0; i < extra_x32_readers; ++i) b.AddOutput(b.Op("Neg", {x32}), DType::kFloat32, {});
+  auto model = b.Build({{"", 18}});
+  QC_CHECK(model.ok());
+  return std::move(model).value();
+}
+
+// Runs `model` fused and unfused on the CPU; the largest |difference| over max(1, |unfused|).
+double FusedVsUnfused(const Model& model, const NamedTensors& feeds) {
+  SessionOptions unfused_options;
+  unfused_options.fuse_ops = false;
+  auto fast = Session::Create(model);
+  auto unfused = Session::Create(model, unfused_options);
+  EXPECT_TRUE(fast.ok() && unfused.ok());
+  if (!fast.ok() || !unfused.ok()) return INFINITY;
+  auto a = (*fast)->Run(feeds);
+  auto u = (*unfused)->Run(feeds);
+  EXPECT_TRUE(a.ok() && u.ok()) << (a.ok() ? u.status().message() : a.status().message());
+  if (!a.ok() || !u.ok()) return INFINITY;
+  EXPECT_EQ((*a)[0].dtype(), (*u)[0].dtype());
+  const std::vector<float> av = (*a)[0].ToFloats(), uv = (*u)[0].ToFloats();
+  double worst = 0;
+  for (size_t i = 0; i < av.size(); ++i)
+    worst = std::max(worst, std::fabs(double(av[i]) - uv[i]) / std::max(1.0, std::fabs(double(uv[i]))));
+  return worst;
+}
+
+TEST(GraphFusionTest, HalfRmsNormWithCastsBecomesOneNode) {
+  for (DType half : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(DTypeName(half));
+    const Model model = HalfRmsNorm(half, half, 0);
+    Graph fused = model.graph;
+    EXPECT_EQ(FuseForExecution(fused), 1);
+    ASSERT_EQ(fused.nodes.size(), 1u);
+    EXPECT_EQ(fused.nodes[0].op_type, "SimplifiedLayerNormalization");
+    EXPECT_EQ(fused.nodes[0].inputs, (std::vector<std::string>{"x", "w"}));
+    const Tensor x = ConvertFloatTensor(RandomInput({13, 96}, 8), half);
+    // One rounding fewer than the written graph: within one unit in the last place of the type.
+    EXPECT_LE(FusedVsUnfused(model, {{"x", x}}), half == DType::kFloat16 ? 2e-3 : 1.6e-2);
+  }
+}
+
+TEST(GraphFusionTest, Negative_HalfRmsNormThatMustStay) {
+  // x is bfloat16 while w is float16 (the Casts make the written graph valid; the fused op would
+  // not be); x32 read outside the chain.
+  Graph mixed = HalfRmsNorm(DType::kFloat16, DType::kBFloat16, 0).graph;
+  EXPECT_EQ(FuseForExecution(mixed), 0);
+  Graph shared = HalfRmsNorm(DType::kFloat16, DType::kFloat16, 1).graph;
+  EXPECT_EQ(FuseForExecution(shared), 0);
+}
+
+Model HalfSoftmax(DType half, DType scale_type, int64_t inner_to) {
+  GraphBuilder b;
+  const std::vector<Dim> dims = {{2, ""}, {3, ""}, {-1, "s"}, {-1, "s"}};
+  std::string x = b.AddInput("x", half, dims);
+  std::string mask = b.AddInput("mask", half, {{1, ""}, {1, ""}, {-1, "s"}, {-1, "s"}});
+  std::string c = b.AddInitializer("scale", ConvertFloatTensor(Tensor::Scalar<float>(0.125f), scale_type));
+  std::string scores = b.Op("Add", {b.Op("Mul", {x, c}), mask});
+  std::string wide = b.Op("Cast", {scores}, {{"to", AttrInt(inner_to)}});
+  std::string probs = b.Op("Softmax", {wide}, {{"axis", AttrInt(-1)}});
+  b.AddOutput(b.Op("Cast", {probs}, {{"to", AttrInt(static_cast<int64_t>(half))}}), half, dims);
+  auto model = b.Build({{"", 18}});
+  QC_CHECK(model.ok());
+  return std::move(model).value();
+}
+
+TEST(GraphFusionTest, HalfSoftmaxWithCastsBecomesOneNode) {
+  for (DType half : {DType::kFloat16, DType::kBFloat16}) {
+    SCOPED_TRACE(DTypeName(half));
+    const Model model = HalfSoftmax(half, half, kFloat);
+    Graph fused = model.graph;
+    EXPECT_EQ(FuseForExecution(fused), 1);
+    ASSERT_EQ(fused.nodes.size(), 1u);
+    EXPECT_EQ(fused.nodes[0].op_type, "ScaledMaskedSoftmax");
+    EXPECT_EQ(fused.nodes[0].inputs, (std::vector<std::string>{"x", "mask"}));
+    EXPECT_EQ(fused.nodes[0].outputs, model.graph.nodes.back().outputs);
+    Tensor m = RandomInput({1, 1, 29, 29}, 6);
+    for (int64_t i = 0; i < m.numel(); ++i)  // a causal mask as the 16-bit exports make it
+      if (i % 29 > i / 29) m.mutable_data<float>()[i] = half == DType::kFloat16 ? -65504.0f : -3.0e38f;
+    const NamedTensors feeds = {{"x", ConvertFloatTensor(RandomInput({2, 3, 29, 29}, 5), half)},
+                                {"mask", ConvertFloatTensor(m, half)}};
+    // Probabilities in [0, 1]: the scores' float16 roundings are skipped, one store rounding kept.
+    EXPECT_LE(FusedVsUnfused(model, feeds), half == DType::kFloat16 ? 2e-3 : 1.6e-2);
+  }
+}
+
+TEST(GraphFusionTest, Negative_HalfSoftmaxThatMustStay) {
+  // A float32 scale in a float16 chain (invalid for Mul, never fused); the softmax in float16
+  // itself (the inner Cast not to float32).
+  Graph wrong_scale = HalfSoftmax(DType::kFloat16, DType::kFloat32, kFloat).graph;
+  EXPECT_EQ(FuseForExecution(wrong_scale), 0);
+  Graph no_widen = HalfSoftmax(DType::kFloat16, DType::kFloat16, static_cast<int64_t>(DType::kFloat16)).graph;
+  EXPECT_EQ(FuseForExecution(no_widen), 0);
 }
 
 }  // namespace

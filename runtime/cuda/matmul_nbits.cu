@@ -81,20 +81,6 @@ NBitsParams MakeParams(const NBitsWeightsView& w) {
 
 // ---- device helpers ---------------------------------------------------------------------------
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v);
-template <>
-__device__ __forceinline__ float ToFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
-
 __device__ __forceinline__ uint32_t Lop3AndOr(uint32_t a, uint32_t mask, uint32_t magic) {
   uint32_t d;  // (a & mask) | magic in one LOP3
   asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));

@@ -10,15 +10,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
 // The layout as the kernel reads it (NBitsLayout's helpers are host functions).
 struct DequantParams {
   int64_t k, k_blocks, block, row_bytes, blob_bytes, zp_row_bytes;

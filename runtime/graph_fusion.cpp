@@ -210,6 +210,9 @@ class Fuser {
           "SimplifiedLayerNormalization", "QuickGelu", "MatMulNBits"};
       if (n.op_type == "Cast" && n.domain.empty()) {
         t = static_cast<DType>(n.GetInt("to", 0));
+      } else if ((n.op_type == "GatherBlockQuantized" && n.inputs.size() > 2) ||
+                 (n.op_type == "DequantizeLinear" && n.inputs.size() > 1)) {
+        t = TypeOf(n.inputs[n.op_type == "DequantizeLinear" ? 1 : 2]);  // the scales' type
       } else if (kSameType.count(n.op_type) && !n.inputs.empty() && !n.inputs[0].empty()) {
         t = TypeOf(n.inputs[0]);  // Gather/Reshape/...: the data input's; elementwise: every input's
       }

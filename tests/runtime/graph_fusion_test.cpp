@@ -193,9 +193,13 @@ TEST(GraphFusionTest, Negative_SoftmaxChainsThatMustStay) {
 // rounding on store), within a float16 rounding of the written graph on the CPU.
 constexpr int64_t kFloat = static_cast<int64_t>(DType::kFloat32);
 
-Model HalfRmsNorm(DType half, DType x_type, int extra_x32_readers) {
+// x is a graph input of `x_type`, or (from_table) an embedding lookup in a `x_type` table, whose
+// type the fusion must infer (no value_info).
+Model HalfRmsNorm(DType half, DType x_type, int extra_x32_readers, bool from_table = false) {
   GraphBuilder b(7);
-  std::string x = b.AddInput("x", x_type, {{-1, "s"}, {96, ""}});
+  std::string x = from_table ? b.Op("Gather", {b.AddInitializer("table", ConvertFloatTensor(RandomInput({50, 96}, 10), x_type)),
+                                               b.AddInput("ids", DType::kInt64, {{-1, "s"}})})
+                             : b.AddInput("x", x_type, {{-1, "s"}, {96, ""}});
   std::string w = b.AddInitializer("w", ConvertFloatTensor(RandomInput({96}, 9), half));
   std::string x32 = b.Op("Cast", {x}, {{"to", AttrInt(kFloat)}});
   std::string mean = b.Op("ReduceMean", {b.Op("Pow", {x32, b.AddScalar(2.0f)}), b.AddInt64s({-1})});
@@ -241,6 +245,14 @@ TEST(GraphFusionTest, HalfRmsNormWithCastsBecomesOneNode) {
     // One rounding fewer than the written graph: within one unit in the last place of the type.
     EXPECT_LE(FusedVsUnfused(model, {{"x", x}}), half == DType::kFloat16 ? 2e-3 : 1.6e-2);
   }
+}
+
+TEST(GraphFusionTest, HalfRmsNormInfersTheTypeOfAnEmbeddingLookup) {
+  Graph fused = HalfRmsNorm(DType::kFloat16, DType::kFloat16, 0, /*from_table=*/true).graph;
+  EXPECT_EQ(FuseForExecution(fused), 1);
+  EXPECT_EQ(CountOps(fused, "SimplifiedLayerNormalization"), 1);
+  Graph mixed = HalfRmsNorm(DType::kFloat16, DType::kBFloat16, 0, /*from_table=*/true).graph;
+  EXPECT_EQ(FuseForExecution(mixed), 0);
 }
 
 TEST(GraphFusionTest, Negative_HalfRmsNormThatMustStay) {

@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
   run_cmd->add_option("--dtype", run.dtype, "Compute in this float type (float16/bfloat16 need --device cuda; default: the model's own)")
       ->check(CLI::IsMember({"float32", "float16", "bfloat16"}));
   run_cmd->add_flag("--check-finite", run.check_finite,
-                    "Check every node's output for NaN/Inf, in execution order (slow: every value is copied to the host); "
+                    "Check every node's output for NaN/Inf, in execution order (slow: every value is copied to the host; "
+                    "with --device cuda every device block starts as NaN, so reads of unwritten memory show too); "
                     "an error names the first node that produced one, and no logits are written");
 
   qc::TokenizeOptions tok;

@@ -5,6 +5,7 @@
 #include "converter/commands.h"
 #include "formats/npy.h"
 #include "formats/onnx_reader.h"
+#include "runtime/cuda_executor.h"
 #include "runtime/executor.h"
 #include "runtime/input_binding.h"
 #include "runtime/non_finite.h"
@@ -38,6 +39,8 @@ Status RunRun(const RunOptions& options) {
   QC_ASSIGN_OR_RETURN(SessionOptions so, DeviceSessionOptions(options.device, options.dtype));
   so.use_reference_kernels = options.reference;
   if (options.reference && so.device == Device::kCuda) return InvalidArgument("--reference runs the CPU reference kernels; it cannot be combined with --device cuda");
+  // On the GPU, blocks start as NaN: a kernel reading memory nothing wrote is then caught too.
+  if (options.check_finite && so.device == Device::kCuda) QC_RETURN_IF_ERROR(PoisonDeviceAllocations());
   QC_ASSIGN_OR_RETURN(auto session, Session::Create(model, so));
   auto feeds = BindInputs(*session, ids, overrides);
   if (!feeds.ok()) return feeds.status().WithContext(options.input_ids);

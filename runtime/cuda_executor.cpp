@@ -33,6 +33,7 @@ std::vector<OpProfile> CudaExecutor::Profile() const { return {}; }
 std::vector<std::string> CudaExecutor::Summary() const { return {}; }
 CudaRunState::~CudaRunState() = default;
 CudaMemoryStats CudaMemory() { return {}; }
+Status PoisonDeviceAllocations() { return FailedPrecondition("built without CUDA"); }
 std::unique_ptr<CudaRunState> CudaExecutor::Begin(size_t) const { return std::make_unique<CudaRunState>(); }
 Status CudaExecutor::RunSteps(std::vector<Tensor>&, CudaRunState&, int) const { return FailedPrecondition("built without CUDA"); }
 Status CudaExecutor::Park(std::vector<Tensor>&, CudaRunState&) const { return FailedPrecondition("built without CUDA"); }
@@ -405,6 +406,11 @@ CudaMemoryStats CudaMemory() {
   const cuda::CachingAllocator::Stats s = cuda::CachingAllocator::Default().stats();
   return {static_cast<int64_t>(s.bytes_in_use), static_cast<int64_t>(s.peak_bytes_in_use), static_cast<int64_t>(s.bytes_cached),
           cuda::PinnedPoolBytes()};
+}
+
+Status PoisonDeviceAllocations() {
+  cuda::CachingAllocator::Default().set_poison(true);
+  return Status::Ok();
 }
 
 CudaRunState::~CudaRunState() {

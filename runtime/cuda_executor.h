@@ -56,6 +56,10 @@ struct CudaMemoryStats {
   int64_t pinned_host_bytes = 0;  // page-locked host memory for parked activations (kept for reuse)
 };
 CudaMemoryStats CudaMemory();
+/// Diagnostics, process-wide: every device block the allocator hands out from now on is first
+/// filled with NaN bytes (cuda::CachingAllocator::set_poison), so reads of memory nothing wrote
+/// show as NaN. Slow (a device synchronisation per allocation). FailedPrecondition without CUDA.
+Status PoisonDeviceAllocations();
 
 class CudaExecutor {
  public:

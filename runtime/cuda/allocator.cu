@@ -67,22 +67,27 @@ CachingAllocator::~CachingAllocator() { (void)EmptyCache(); }
 
 StatusOr<DeviceBuffer> CachingAllocator::Allocate(size_t bytes) {
   const size_t rounded = RoundSize(bytes);
+  void* ptr = nullptr;
+  size_t block = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.lower_bound(rounded);
     if (it != free_.end() && it->first - rounded <= MaxSlack(rounded)) {
-      const size_t block = it->first;
-      void* ptr = it->second;
+      block = it->first;
+      ptr = it->second;
       free_.erase(it);
       stats_.bytes_cached -= block;
       stats_.bytes_in_use += block;
       stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
       ++stats_.cache_hits;
-      return DeviceBuffer(this, ptr, bytes, block);
     }
   }
+  if (ptr != nullptr) {
+    DeviceBuffer buffer(this, ptr, bytes, block);
+    QC_RETURN_IF_ERROR(Poison(buffer));
+    return std::move(buffer);
+  }
   DeviceGuard guard(device_);
-  void* ptr = nullptr;
   cudaError_t err = cudaMalloc(&ptr, rounded);
   if (err == cudaErrorMemoryAllocation) {
     (void)cudaGetLastError();
@@ -93,11 +98,25 @@ StatusOr<DeviceBuffer> CachingAllocator::Allocate(size_t bytes) {
     (void)cudaGetLastError();
     return CudaError(err, ("cudaMalloc(" + std::to_string(rounded) + " bytes)").c_str(), __FILE__, __LINE__);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  stats_.bytes_in_use += rounded;
-  stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
-  ++stats_.device_allocations;
-  return DeviceBuffer(this, ptr, bytes, rounded);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stats_.bytes_in_use += rounded;
+    stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
+    ++stats_.device_allocations;
+  }
+  DeviceBuffer buffer(this, ptr, bytes, rounded);
+  QC_RETURN_IF_ERROR(Poison(buffer));
+  return std::move(buffer);
+}
+
+Status CachingAllocator::Poison(const DeviceBuffer& buffer) {
+  if (!poison_) return Status::Ok();
+  DeviceGuard guard(device_);
+  // Work queued on any stream may still use the block's previous contents (stream-ordered reuse).
+  QC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  QC_CUDA_RETURN_IF_ERROR(cudaMemset(buffer.data(), 0xff, buffer.block_));
+  QC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  return Status::Ok();
 }
 
 void CachingAllocator::Release(void* ptr, size_t block) {

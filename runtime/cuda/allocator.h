@@ -1,6 +1,7 @@
 // A caching device-memory allocator: cudaMalloc once, then reuse freed blocks of a fitting size.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -63,6 +64,11 @@ class CachingAllocator {
   StatusOr<DeviceBuffer> Allocate(size_t bytes);
   /// cudaFree of every cached (not in use) block.
   Status EmptyCache();
+  /// Diagnostics: from now on every block handed out, new or reused, is first filled with 0xFF
+  /// bytes (NaN in float16, float32 and float64), after the device has finished all queued work,
+  /// so a kernel that reads memory nothing wrote yields NaN instead of whatever the block held.
+  /// Synchronises the device on every allocation: for `run --check-finite`, not for speed.
+  void set_poison(bool on) { poison_ = on; }
 
   struct Stats {
     size_t bytes_in_use = 0;       // rounded sizes of live DeviceBuffers
@@ -83,11 +89,14 @@ class CachingAllocator {
  private:
   friend class DeviceBuffer;
   void Release(void* ptr, size_t block);
+  // Fills `buffer`'s block with 0xFF when set_poison is on (see there).
+  Status Poison(const DeviceBuffer& buffer);
 
   const int device_;
   mutable std::mutex mu_;
   std::multimap<size_t, void*> free_;  // rounded size -> cached block
   Stats stats_;
+  std::atomic<bool> poison_{false};
 };
 
 }  // namespace qc::cuda

@@ -795,6 +795,40 @@ TEST(CudaAllocator, ReusesFreedBlocks) {
   EXPECT_EQ(alloc.stats().bytes_cached, 0u);
 }
 
+// set_poison: reused and new blocks both come out as 0xFF bytes (NaN floats); off again, a
+// reused block keeps what it held.
+TEST(CudaAllocator, PoisonFillsReusedAndNewBlocks) {
+  SKIP_WITHOUT_DEVICE();
+  CachingAllocator alloc;
+  auto bytes_of = [](const DeviceBuffer& b, size_t n) {
+    std::vector<uint8_t> v(n);
+    QC_CHECK(cudaMemcpy(v.data(), b.data(), n, cudaMemcpyDeviceToHost) == cudaSuccess);
+    return v;
+  };
+  {
+    auto a = alloc.Allocate(4096);
+    ASSERT_TRUE(a.ok());
+    ASSERT_EQ(cudaMemset(a->data(), 0, 4096), cudaSuccess);
+  }
+  alloc.set_poison(true);
+  auto reused = alloc.Allocate(4096);
+  ASSERT_TRUE(reused.ok());
+  EXPECT_EQ(alloc.stats().cache_hits, 1);
+  for (uint8_t v : bytes_of(*reused, 4096)) ASSERT_EQ(v, 0xff);
+  auto fresh = alloc.Allocate(size_t{3} << 20);
+  ASSERT_TRUE(fresh.ok());
+  for (uint8_t v : bytes_of(*fresh, size_t{3} << 20)) ASSERT_EQ(v, 0xff);
+  float f = 0;
+  ASSERT_EQ(cudaMemcpy(&f, fresh->data(), sizeof f, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_TRUE(std::isnan(f));
+  alloc.set_poison(false);
+  ASSERT_EQ(cudaMemset(reused->data(), 0, 4096), cudaSuccess);
+  reused->Reset();
+  auto again = alloc.Allocate(4096);
+  ASSERT_TRUE(again.ok());
+  for (uint8_t v : bytes_of(*again, 4096)) ASSERT_EQ(v, 0);
+}
+
 TEST(CudaAllocator, Negative_OutOfMemoryIsAStatus) {
   SKIP_WITHOUT_DEVICE();
   CachingAllocator alloc;

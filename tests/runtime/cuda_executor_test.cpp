@@ -18,6 +18,7 @@
 #include "formats/model_builder.h"
 #include "formats/npy.h"
 #include "formats/onnx_reader.h"
+#include "runtime/cuda/allocator.h"
 #include "runtime/cuda/device.h"
 #include "runtime/executor.h"
 #include "runtime/float_precision.h"
@@ -565,6 +566,53 @@ TEST(CudaOps, MatMulNBitsEveryFloatType) {
                                   {Tensor()},
                                   {Random({n}, 243), true}};
   ExpectMatchesReferenceInEveryFloatType({"MatMulNBits", inputs, attrs, "com.microsoft", 1, 1e-4f});
+}
+
+// A stack of quantized MLP blocks at prefill lengths, float32, through the executor (MatMulNBits
+// sharing one workspace that grows from K = 2048 to 5632, SiLU, residual adds), with every device
+// block poisoned to NaN on allocation: a read of memory nothing wrote would show. The float32 w4
+// dynamo 1.1B export gave NaN logits on the H200 at 2047-2048 tokens (finite at <= 1536 and on
+// the CPU); this is that model's MLP path at both lengths against the CPU.
+TEST(CudaExecutor, QuantizedMlpStackAtPrefillLengths) {
+  SKIP_WITHOUT_DEVICE();
+  const int64_t hidden = 2048, inter = 5632, block = 128;
+  GraphBuilder b(31);
+  std::string x = b.AddInput("x", DType::kFloat32, {Dim{1, ""}, Dim{-1, "s"}, Dim{hidden, ""}});
+  auto linear = [&](const std::string& in, int64_t k, int64_t n, uint32_t seed) {
+    const int64_t kb = k / block;
+    const std::string w = b.AddInitializer("w" + std::to_string(seed), RandomBytes(DType::kUInt8, {n, kb, block / 2}, seed));
+    const std::string sc = b.AddInitializer("s" + std::to_string(seed), Random({n * kb}, seed + 1, 0.001f, 0.02f));
+    const std::string zp = b.AddInitializer("z" + std::to_string(seed), RandomBytes(DType::kUInt8, {n * ((kb * 4 + 7) / 8)}, seed + 2));
+    return b.Op("MatMulNBits", {in, w, sc, zp},
+                {{"K", AttrInt(k)}, {"N", AttrInt(n)}, {"bits", AttrInt(4)}, {"block_size", AttrInt(block)}}, "com.microsoft");
+  };
+  for (uint32_t layer = 0; layer < 3; ++layer) {
+    const std::string kv = linear(x, hidden, 256, 100 * layer + 10);  // a k/v projection's shape, read below
+    const std::string up = linear(x, hidden, inter, 100 * layer + 20);
+    const std::string act = b.Op("Mul", {up, b.Op("Sigmoid", {up})});
+    const std::string down = linear(act, inter, hidden, 100 * layer + 30);
+    x = b.Op("Add", {b.Op("Add", {x, down}), b.Op("ReduceMean", {kv, b.AddInt64s({-1})})});
+  }
+  b.AddOutput(x, DType::kFloat32, {});
+  auto model = b.Build({{"", 18}, {"com.microsoft", 1}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  struct Poisoned {  // on for this test only, whatever way it ends
+    Poisoned() { cuda::CachingAllocator::Default().set_poison(true); }
+    ~Poisoned() { cuda::CachingAllocator::Default().set_poison(false); }
+  } poisoned;
+  for (int64_t seq : {1536, 2047, 2048}) {
+    SCOPED_TRACE("seq " + std::to_string(seq));
+    StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", Random({1, seq, hidden}, 40 + static_cast<uint32_t>(seq), -1.0f, 1.0f)}});
+    ASSERT_TRUE(ran.ok()) << ran.status().message();
+    const std::vector<float> want = ran->cpu[0].ToFloats(), got = ran->gpu[0].ToFloats();
+    ASSERT_EQ(want.size(), got.size());
+    int bad = 0;
+    for (size_t i = 0; i < want.size() && bad < 5; ++i)
+      if (!(std::fabs(want[i] - got[i]) <= 1e-3f * std::max(1.0f, std::fabs(want[i])))) {
+        ++bad;
+        ADD_FAILURE() << "element " << i << " (row " << i / hidden << "): cpu " << want[i] << " cuda " << got[i];
+      }
+  }
 }
 
 // The executor: a graph mixing view ops, host shape arithmetic and an op without a CUDA kernel

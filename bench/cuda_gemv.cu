@@ -533,73 +533,56 @@ int main(int argc, char** argv) {
     std::printf("| %lld | %lld | %s | fp16 | cuBLAS | %.2f | %.0f | %.1f%% | | | | | | | | | | |\n", static_cast<long long>(s.n),
                 static_cast<long long>(s.k), s.name, cub.us, cub.gbs, 100.0 * cub.gbs / copy);
   }
+  // One sweep table per (activation kind, shape): us per call of the options make(row, col) for
+  // every row and column value, as markdown with `corner` naming the two axes.
+  auto sweep_table = [&](const Variant& v, const Shape& s, const char* corner, const std::vector<int>& rows,
+                         const std::vector<int>& cols, auto make) {
+    std::vector<qc::cuda::NBitsOptions> variants;
+    for (int r : rows)
+      for (int c : cols) variants.push_back(make(r, c));
+    const std::vector<Result> r = run(v, s, variants);
+    std::printf("\n%s, %lld x %lld\n\n| %s |", v.name, static_cast<long long>(s.n), static_cast<long long>(s.k), corner);
+    for (int c : cols) std::printf(" %d |", c);
+    std::printf("\n| --- |");
+    for (size_t i = 0; i < cols.size(); ++i) std::printf(" --- |");
+    std::printf("\n");
+    size_t i = 0;
+    for (int row : rows) {
+      std::printf("| %d |", row);
+      for (size_t j = 0; j < cols.size(); ++j, ++i) std::printf(" %.2f%s |", r[i].us, r[i].ok ? "" : " FAIL");
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  };
   if (sweep) {
     // GEMV kernel, us per call by (16-column tiles per block, K slices); auto = the default.
-    const int tiles[] = {0, 1, 2, 4};
-    const int splits[] = {0, 1, 2, 3, 4, 6, 8};
     std::printf("\nGEMV kernel sweep, us per call: rows = tiles per block, columns = K slices (0: the kernel's "
                 "choice)\n");
     for (const Variant& v : kinds)
-      for (const Shape& s : shapes) {
-        std::vector<qc::cuda::NBitsOptions> variants;
-        for (int t : tiles)
-          for (int sk : splits) {
-            qc::cuda::NBitsOptions o;
-            o.kernel = qc::cuda::NBitsKernel::kGemv;
-            o.split_k = sk;
-            o.gemv_tiles = t;
-            variants.push_back(o);
-          }
-        const std::vector<Result> r = run(v, s, variants);
-        std::printf("\n%s, %lld x %lld\n\n| tiles \\ splits |", v.name, static_cast<long long>(s.n),
-                    static_cast<long long>(s.k));
-        for (int sk : splits) std::printf(" %d |", sk);
-        std::printf("\n| --- |");
-        for (size_t i = 0; i < std::size(splits); ++i) std::printf(" --- |");
-        std::printf("\n");
-        size_t i = 0;
-        for (int t : tiles) {
-          std::printf("| %d |", t);
-          for (size_t j = 0; j < std::size(splits); ++j, ++i) std::printf(" %.2f%s |", r[i].us, r[i].ok ? "" : " FAIL");
-          std::printf("\n");
-        }
-        std::fflush(stdout);
-      }
+      for (const Shape& s : shapes)
+        sweep_table(v, s, "tiles \\ splits", {0, 1, 2, 4}, {0, 1, 2, 3, 4, 6, 8}, [](int tiles, int splits) {
+          qc::cuda::NBitsOptions o;
+          o.kernel = qc::cuda::NBitsKernel::kGemv;
+          o.split_k = splits;
+          o.gemv_tiles = tiles;
+          return o;
+        });
   }
   if (sweep_i8) {
     // Int8 GEMV kernel, us per call by (persistent blocks per SM, ring stages); 0 stages: the
     // default (the ring fills ~112 KB of shared memory per block).
-    const int per_sm[] = {1, 2};
-    const int stages[] = {0, 3, 6, 12};
     std::printf("\nInt8 GEMV kernel sweep, us per call: rows = blocks per SM, columns = ring stages (0: the "
                 "kernel's choice)\n");
     for (const Variant& v : kinds) {
       if (v.bits == 8 && v.half) continue;
-      for (const Shape& s : shapes) {
-        std::vector<qc::cuda::NBitsOptions> variants;
-        for (int b : per_sm)
-          for (int st : stages) {
-            qc::cuda::NBitsOptions o;
-            o.kernel = qc::cuda::NBitsKernel::kGemvInt8;
-            o.gemv_blocks = b * info->sm_count;
-            o.ring_stages = st;
-            variants.push_back(o);
-          }
-        const std::vector<Result> r = run(v, s, variants);
-        std::printf("\n%s, %lld x %lld\n\n| blocks/SM \\ stages |", v.name, static_cast<long long>(s.n),
-                    static_cast<long long>(s.k));
-        for (int st : stages) std::printf(" %d |", st);
-        std::printf("\n| --- |");
-        for (size_t i = 0; i < std::size(stages); ++i) std::printf(" --- |");
-        std::printf("\n");
-        size_t i = 0;
-        for (int b : per_sm) {
-          std::printf("| %d |", b);
-          for (size_t j = 0; j < std::size(stages); ++j, ++i) std::printf(" %.2f%s |", r[i].us, r[i].ok ? "" : " FAIL");
-          std::printf("\n");
-        }
-        std::fflush(stdout);
-      }
+      for (const Shape& s : shapes)
+        sweep_table(v, s, "blocks/SM \\ stages", {1, 2}, {0, 3, 6, 12}, [&](int per_sm, int stages) {
+          qc::cuda::NBitsOptions o;
+          o.kernel = qc::cuda::NBitsKernel::kGemvInt8;
+          o.gemv_blocks = per_sm * info->sm_count;
+          o.ring_stages = stages;
+          return o;
+        });
     }
   }
   if (prefill) {

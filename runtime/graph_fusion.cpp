@@ -54,15 +54,14 @@ class Fuser {
       if (erase_.count(static_cast<int>(last))) continue;
       Node& end = graph_.nodes[last];
       int softmax_index = static_cast<int>(last);
-      std::vector<int> casts;  // the 16-bit form's two Casts
-      DType cast_type = DType::kUndefined;
+      int widen = -1;                   // the 16-bit form's inner Cast (its outer one is `end`)
+      DType type = DType::kFloat32;     // of x, c and the mask: float32, or the 16-bit form's T
       if (IsDefault(end, "Cast") && end.inputs.size() == 1) {
-        cast_type = static_cast<DType>(end.GetInt("to", 0));
+        type = static_cast<DType>(end.GetInt("to", 0));
         softmax_index = Producer(end.inputs[0], "Softmax");
-        if (!IsHalfFloat(cast_type) || softmax_index < 0 || !Private(end.inputs[0])) continue;
-        const int widen = CastTo(graph_.nodes[softmax_index].inputs[0], DType::kFloat32);
+        if (!IsHalfFloat(type) || softmax_index < 0 || !Private(end.inputs[0])) continue;
+        widen = CastTo(graph_.nodes[softmax_index].inputs[0], DType::kFloat32);
         if (widen < 0) continue;
-        casts = {softmax_index, widen};  // erased with the rest; `end` becomes the fused op
       } else if (!IsDefault(end, "Softmax")) {
         continue;
       }
@@ -71,7 +70,7 @@ class Fuser {
       // Only an explicit last axis: the default axis differs before and after opset 13.
       auto axis = softmax.attributes.find("axis");
       if (axis == softmax.attributes.end() || axis->second.i != -1) continue;
-      const std::string& scores = casts.empty() ? softmax.inputs[0] : graph_.nodes[casts[1]].inputs[0];
+      const std::string& scores = widen < 0 ? softmax.inputs[0] : graph_.nodes[widen].inputs[0];
       const int add = Producer(scores, "Add");
       if (add < 0 || !Private(scores) || graph_.nodes[add].inputs.size() != 2) continue;
       const Node& add_node = graph_.nodes[add];
@@ -83,14 +82,16 @@ class Fuser {
         if (c_side < 0) continue;
         // Mul and Add take one type T for all their inputs: c's type is x's and the mask's, and must
         // be the Softmax's (float32) or, in the 16-bit form, the outer Cast's.
-        const DType c_type = graph_.FindInitializer(mul_node.inputs[c_side])->dtype();
-        if (c_type != (casts.empty() ? DType::kFloat32 : cast_type)) continue;
+        if (graph_.FindInitializer(mul_node.inputs[c_side])->dtype() != type) continue;
         const float scale = graph_.FindInitializer(mul_node.inputs[c_side])->ToFloats()[0];
         Node f = Fused(end, "qconvert.fused", "ScaledMaskedSoftmax", {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
         f.attributes["scale"] = FloatAttribute(scale);
         erase_.insert(add);
         erase_.insert(mul);
-        for (int c : casts) erase_.insert(c);
+        if (widen >= 0) {  // `end`, the outer Cast, becomes the fused op
+          erase_.insert(softmax_index);
+          erase_.insert(widen);
+        }
         end = std::move(f);
         ++fused;
         break;

@@ -6,7 +6,6 @@
 namespace qc {
 namespace {
 
-
 Tensor Widen(const Tensor& t) { return Tensor::Adopt<float>(t.ToFloats(), t.shape()); }
 
 Tensor Narrow(const Tensor& t, DType to) {

@@ -82,30 +82,26 @@ StatusOr<DeviceBuffer> CachingAllocator::Allocate(size_t bytes) {
       ++stats_.cache_hits;
     }
   }
-  if (ptr != nullptr) {
-    DeviceBuffer buffer(this, ptr, bytes, block);
-    QC_RETURN_IF_ERROR(Poison(buffer));
-    return std::move(buffer);
-  }
-  DeviceGuard guard(device_);
-  cudaError_t err = cudaMalloc(&ptr, rounded);
-  if (err == cudaErrorMemoryAllocation) {
-    (void)cudaGetLastError();
-    QC_RETURN_IF_ERROR(EmptyCache());
-    err = cudaMalloc(&ptr, rounded);
-  }
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    return CudaError(err, ("cudaMalloc(" + std::to_string(rounded) + " bytes)").c_str(), __FILE__, __LINE__);
-  }
-  {
+  if (ptr == nullptr) {
+    DeviceGuard guard(device_);
+    cudaError_t err = cudaMalloc(&ptr, rounded);
+    if (err == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      QC_RETURN_IF_ERROR(EmptyCache());
+      err = cudaMalloc(&ptr, rounded);
+    }
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return CudaError(err, ("cudaMalloc(" + std::to_string(rounded) + " bytes)").c_str(), __FILE__, __LINE__);
+    }
+    block = rounded;
     std::lock_guard<std::mutex> lock(mu_);
     stats_.bytes_in_use += rounded;
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     ++stats_.device_allocations;
   }
-  DeviceBuffer buffer(this, ptr, bytes, rounded);
-  QC_RETURN_IF_ERROR(Poison(buffer));
+  DeviceBuffer buffer(this, ptr, bytes, block);
+  QC_RETURN_IF_ERROR(Poison(buffer));  // after the lock: a failure gives the block back through Release
   return std::move(buffer);
 }
 

@@ -1253,8 +1253,8 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
-  // kGemvInt8 is not taken here until it has been measured faster on the GPU (docs/BENCHMARKS.md,
-  // "The int8 GEMV kernel"): it runs only when forced.
+  // kGemvInt8 is not taken here: on the H200 it measured slower than kGemv and kMma on every shape
+  // (docs/BENCHMARKS.md, "The int8 GEMV kernel"); it runs only when forced.
   // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
   // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
   // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.

@@ -53,7 +53,8 @@ enum class NBitsKernel {
   /// 16-column x 128-code units through a copy-engine ring in shared memory, and multiplies them
   /// with mma.sync m16n8k32 s8 (codes minus the zero point, one LOP3 per 4 codes; exact int32
   /// sums), folding the block scale in fp32 once per unit. Tiles cut between blocks are summed by
-  /// the last block to finish, in block order. Taken only when forced (not yet measured on a GPU).
+  /// the last block to finish, in block order. Taken only when forced: on the H200 it measured ~2x
+  /// slower than kGemv on W4 and ~1.5x slower than kMma on W8 (docs/BENCHMARKS.md).
   kGemvInt8,
   /// Tensor cores (mma.sync m16n8k16, fp32 accumulation): packed weights are streamed once with
   /// 4-16 byte loads and dequantised in registers straight into A fragments; activations are
@@ -67,7 +68,7 @@ enum class NBitsKernel {
 const char* NBitsKernelName(NBitsKernel kernel);
 /// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations: kGemv where it
 /// measured fastest (one fp32 row, 4-bit weights), else kMma where it can run, else kGeneric
-/// (kGemvInt8 only when forced, until measured).
+/// (kGemvInt8 only when forced: it measured slower).
 NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
 /// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less

@@ -19,8 +19,8 @@ StatusOr<DeviceBuffer> CopyToDevice(const void* data, size_t bytes, CachingAlloc
   return std::move(buf);  // explicit: nvcc does not apply C++20 implicit move into StatusOr
 }
 
-// The float types that widen exactly to the kernels' float32 scales, zero points and bias.
-
+// Float scales, zero points or bias (float32, float16 or bfloat16: IsComputeFloat) as the
+// kernels' float32, widened exactly.
 StatusOr<DeviceBuffer> CopyFloats(const Tensor& t, CachingAllocator& allocator) {
   if (t.dtype() == DType::kFloat32) return CopyToDevice(t.raw(), t.numel() * sizeof(float), allocator);
   const std::vector<float> f = t.ToFloats();

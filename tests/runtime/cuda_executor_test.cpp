@@ -570,9 +570,9 @@ TEST(CudaOps, MatMulNBitsEveryFloatType) {
 
 // A stack of quantized MLP blocks at prefill lengths, float32, through the executor (MatMulNBits
 // sharing one workspace that grows from K = 2048 to 5632, SiLU, residual adds), with every device
-// block poisoned to NaN on allocation: a read of memory nothing wrote would show. The float32 w4
-// dynamo 1.1B export gave NaN logits on the H200 at 2047-2048 tokens (finite at <= 1536 and on
-// the CPU); this is that model's MLP path at both lengths against the CPU.
+// block poisoned to NaN on allocation: a read of memory nothing wrote would show. The 1.1B model's
+// MLP path at prefill lengths against the CPU (its NaN logits at 2048 tokens were the weight-upload
+// race of CudaMatMulNBits.UploadLandsAfterPendingWorkOnItsStream, which the poisoning's syncs hide).
 TEST(CudaExecutor, QuantizedMlpStackAtPrefillLengths) {
   SKIP_WITHOUT_DEVICE();
   const int64_t hidden = 2048, inter = 5632, block = 128;
@@ -606,9 +606,13 @@ TEST(CudaExecutor, QuantizedMlpStackAtPrefillLengths) {
     ASSERT_TRUE(ran.ok()) << ran.status().message();
     const std::vector<float> want = ran->cpu[0].ToFloats(), got = ran->gpu[0].ToFloats();
     ASSERT_EQ(want.size(), got.size());
+    // The sums cancel (the residual stream reaches ~1e3 where some outputs are ~1), so the bound is
+    // relative to the largest output: fp32 accumulation over K = 5632 in another order.
+    float largest = 0;
+    for (float v : want) largest = std::max(largest, std::fabs(v));
     int bad = 0;
     for (size_t i = 0; i < want.size() && bad < 5; ++i)
-      if (!(std::fabs(want[i] - got[i]) <= 1e-3f * std::max(1.0f, std::fabs(want[i])))) {
+      if (!(std::fabs(want[i] - got[i]) <= 1e-4f * largest)) {
         ++bad;
         ADD_FAILURE() << "element " << i << " (row " << i / hidden << "): cpu " << want[i] << " cuda " << got[i];
       }

@@ -7,12 +7,15 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "formats/graph.h"
@@ -662,6 +665,37 @@ TEST(CudaDequantizeNBits, Negative_ColumnsOutsideTheMatrix) {
   EXPECT_NE(past.message().find("outside [0, 8)"), std::string::npos) << past.message();
   EXPECT_FALSE(cuda::DequantizeNBits(up->view(), -1, 2, out.get(), nullptr).ok());
   EXPECT_TRUE(cuda::DequantizeNBits(up->view(), 8, 0, out.get(), nullptr).ok());  // empty: nothing to do
+}
+
+// The cache hands a block back out while work queued on its stream may still write it (reuse is
+// ordered by that stream). The upload must land after that work: a plain cudaMemcpy, on the legacy
+// stream, raced it, and a pending activation write corrupted the weights (the float32 w4 1.1B
+// model's NaN logits at 2048 tokens on the H200, when the GPU lagged furthest behind the host).
+TEST(CudaMatMulNBits, UploadLandsAfterPendingWorkOnItsStream) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(9);
+  Layer L = MakeLayer(LayerSpec{1, 4096, 512, 4, 128, true, false, false, false}, rng);
+  const Tensor& b = L.inputs[1];
+  const size_t bytes = static_cast<size_t>(b.nbytes());
+  cudaStream_t raw_stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&raw_stream, cudaStreamNonBlocking), cudaSuccess);
+  std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> stream(raw_stream, [](cudaStream_t s) { (void)cudaStreamDestroy(s); });
+  CachingAllocator alloc;
+  {
+    auto pending = alloc.Allocate(bytes);
+    ASSERT_TRUE(pending.ok());
+    // Still queued when the block goes back to the cache: 300 ms of host callback, then a write.
+    auto sleep = [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(300)); };
+    ASSERT_EQ(cudaLaunchHostFunc(stream.get(), sleep, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaMemsetAsync(pending->data(), 0xab, bytes, stream.get()), cudaSuccess);
+  }
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L), stream.get(), alloc);
+  ASSERT_TRUE(up.ok()) << up.status().message();
+  EXPECT_EQ(alloc.stats().cache_hits, 1);  // B got the pending block
+  ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+  std::vector<uint8_t> got(bytes);
+  ASSERT_EQ(cudaMemcpy(got.data(), up->view().b, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(std::memcmp(got.data(), b.raw(), bytes), 0) << "the weights were overwritten by the stream's pending write";
 }
 
 TEST(CudaMatMulNBits, ZeroRowsIsANoOp) {

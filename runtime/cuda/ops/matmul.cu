@@ -184,7 +184,7 @@ Status MatMulNBitsCuda(OpContext& ctx) {
   std::unique_ptr<NBitsState> fresh;
   const NBitsState* state = dynamic_cast<const NBitsState*>(ctx.state.get());
   if (!state) {
-    QC_ASSIGN_OR_RETURN(NBitsWeights w, NBitsWeights::Upload(ctx.node, ctx.inputs));
+    QC_ASSIGN_OR_RETURN(NBitsWeights w, NBitsWeights::Upload(ctx.node, ctx.inputs, ctx.cuda.stream()));
     fresh = std::make_unique<NBitsState>(std::move(w));
     state = fresh.get();
   }

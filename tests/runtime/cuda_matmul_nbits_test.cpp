@@ -618,11 +618,13 @@ TEST(CudaMatMulNBits, GemvInt8AwkwardShapes) {
 TEST(CudaDequantizeNBits, EveryLayoutMatchesTheHostDequantisation) {
   SKIP_WITHOUT_DEVICE();
   std::mt19937 rng(13);
+  // K = 296 (a multiple of 8, without g_idx): the eight-codes-per-thread kernel; K = 300: per code.
+  for (int64_t k : {300, 296})
   for (int bits : {2, 3, 4, 8})
     for (int block : {16, 32, 128, 0})
       for (int zp = 0; zp < 3; ++zp)
         for (bool g_idx : {false, true}) {
-          LayerSpec spec{1, 300, 37, bits, block, zp > 0, zp == 2, g_idx, false};
+          LayerSpec spec{1, k, 37, bits, block, zp > 0, zp == 2, g_idx, false};
           SCOPED_TRACE(Describe(spec));
           const Layer L = MakeLayer(spec, rng);
           auto up = NBitsWeights::Upload(L.node, InputPtrs(L));

@@ -13,6 +13,8 @@
 #   QCONVERT=PATH   the qconvert binary (default: build/qconvert)
 #   SEQLEN, WINDOWS evaluation windows (default 1024 x 32); the ids are seeded random tokens
 #   (the model is random too: perplexity is only compared between the two runtimes).
+#   W4_FROM        which exports the w4 rows quantize, NAME:EXPORT pairs (default
+#                  "w4:float32 w4-float16:float16"; e.g. "w4-float16:float16" to skip the float32 one)
 # Needs: an NVIDIA GPU, python3 with torch, transformers, onnx and onnxruntime (CUDA provider).
 # Takes ~8 minutes on an H200 from scratch. Through a remote runner with a time limit, write the
 # output to a file and print it after (`bench/cuda_e2e.sh >LOG 2>&1; cat LOG`): a pipe into `tail`
@@ -52,7 +54,7 @@ if [ ! -f "$work/w8a8/model.onnx" ]; then
     --calib "$work/calib.npy" --nsamples 8 --seqlen 128 -o "$work/w8a8/model.onnx" --no-progress &
 fi
 gpu_mib() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits | head -1; }
-for model in w4:float32 w4-float16:float16; do
+for model in ${W4_FROM:-w4:float32 w4-float16:float16}; do
   name="${model%%:*}"
   [ -f "$work/$name/model.onnx" ] && continue
   log "quantize $name: gptq w4 g128 --device cuda, 128 x 2048 calibration tokens"

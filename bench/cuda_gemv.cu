@@ -20,6 +20,7 @@
 #include "runtime/cuda/allocator.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits.h"
+#include "runtime/cuda/nbits_dequantize.h"
 
 namespace {
 
@@ -381,6 +382,55 @@ Result RunCublas(int64_t n, int64_t k, cudaStream_t stream, cublasHandle_t handl
   return res;
 }
 
+// Prefill-sized products with fp16 activations (--prefill): kMma on the packed W4 g128 weights, the
+// executor's prefill path (DequantizeNBits into a dense fp16 [n, k] matrix, then cublasGemmEx), and
+// cuBLAS on dense fp16 weights (the unquantized layer), us per call. One weight copy: at these row
+// counts the GEMM is bound by arithmetic, not by reading the weights.
+struct PrefillTimes {
+  double mma = 0, dequant_gemm = 0, dense = 0;
+};
+PrefillTimes RunPrefill(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cublasHandle_t handle,
+                        qc::cuda::NBitsWorkspace& ws) {
+  qc::cuda::NBitsLayout layout{k, n, 4, 128};
+  uint8_t* b;
+  float* s;
+  __half *x, *y, *dense, *w16;
+  CHECK_CUDA(cudaMalloc(&b, n * layout.row_bytes()));
+  CHECK_CUDA(cudaMalloc(&s, n * layout.k_blocks() * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(__half)));
+  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(__half)));
+  CHECK_CUDA(cudaMalloc(&dense, n * k * sizeof(__half)));
+  CHECK_CUDA(cudaMalloc(&w16, n * k * sizeof(__half)));
+  FillBytes<<<1024, 256, 0, stream>>>(b, n * layout.row_bytes(), 400);
+  FillFloats<<<1024, 256, 0, stream>>>(s, n * layout.k_blocks(), 401, -0.02f, 0.02f);
+  FillHalves<<<1024, 256, 0, stream>>>(x, m * k, 402, -1.0f, 1.0f);
+  FillHalves<<<1024, 256, 0, stream>>>(w16, n * k, 403, -0.1f, 0.1f);
+  CHECK_CUDA(cudaGetLastError());
+  NBitsWeightsView w;
+  w.layout = layout;
+  w.b = b;
+  w.scales = s;
+  const float alpha = 1.0f, beta = 0.0f;
+  auto gemm = [&](const __half* weights) {  // row-major y[m, n] = x[m, k] . weights[n, k]^T
+    CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
+                              &alpha, weights, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F, static_cast<int>(k), &beta, y,
+                              CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  PrefillTimes t;
+  t.mma = TimeGraph(stream, [&](int) {
+    CHECK_OK(qc::cuda::MatMulNBits(w, x, y, m, ws, stream, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}));
+  });
+  t.dequant_gemm = TimeGraph(stream, [&](int) {
+    CHECK_OK(qc::cuda::DequantizeNBits(w, 0, n, dense, stream));
+    gemm(dense);
+  });
+  t.dense = TimeGraph(stream, [&](int) { gemm(w16); });
+  for (void* p : {static_cast<void*>(b), static_cast<void*>(s), static_cast<void*>(x), static_cast<void*>(y),
+                  static_cast<void*>(dense), static_cast<void*>(w16)})
+    CHECK_CUDA(cudaFree(p));
+  return t;
+}
+
 // The variants a row of the table runs: the default call (kAuto), the int8 GEMV kernel with its
 // default geometry, the same without programmatic dependent launch (one call timed in isolation),
 // the fp16 GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
@@ -399,11 +449,12 @@ int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
   // split-K factors, to tune the defaults; --sweep-i8: the int8 GEMV kernel over blocks per SM and
   // ring stages. --rows M: batch M instead of 1.
-  bool sweep = false, sweep_i8 = false;
+  bool sweep = false, sweep_i8 = false, prefill = false;
   int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     sweep_i8 = sweep_i8 || std::strcmp(argv[i], "--sweep-i8") == 0;
+    prefill = prefill || std::strcmp(argv[i], "--prefill") == 0;
     g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
     g_pattern = g_pattern || std::strcmp(argv[i], "--pattern") == 0;
     if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) rows = std::atoll(argv[++i]);
@@ -533,6 +584,21 @@ int main(int argc, char** argv) {
           return o;
         });
     }
+  }
+  if (prefill) {
+    // Where the executor's 16-bit prefill path (kDequantGemmMinRows) should start.
+    std::printf("\nPrefill, W4 g128 with fp16 activations, us per call (1.1B Llama layers): kMma; dequantise + "
+                "cuBLAS (the executor's path from %lld rows); cuBLAS on dense fp16 weights\n\n",
+                static_cast<long long>(qc::cuda::kDequantGemmMinRows));
+    std::printf("| N x K | m | kMma us | dequant + GEMM us | dense fp16 us |\n| --- | --- | --- | --- | --- |\n");
+    const std::pair<int64_t, int64_t> layers[] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
+    for (const auto& [n, k] : layers)
+      for (int64_t m : {16, 32, 64, 128, 256, 1024, 2048}) {
+        const PrefillTimes t = RunPrefill(n, k, m, stream, handle, ws);
+        std::printf("| %lld x %lld | %lld | %.1f | %.1f | %.1f |\n", static_cast<long long>(n), static_cast<long long>(k),
+                    static_cast<long long>(m), t.mma, t.dequant_gemm, t.dense);
+        std::fflush(stdout);
+      }
   }
   CHECK_CUBLAS(cublasDestroy(handle));
   CHECK_CUDA(cudaStreamDestroy(stream));

@@ -45,9 +45,11 @@ class Fuser {
   // ScaledMaskedSoftmax(x, mask; scale=c): the attention scores [B, H, S, S] are the largest
   // tensors of a prefill, and the chain reads and writes them three times.
   //
-  // The 16-bit exports compute the softmax in float32 (transformers' softmax(..., dtype=float32)
-  // .to(dtype)): Cast(Softmax(Cast(Add(Mul(x, c), mask), to=float)), to=T) with x, c and mask of
-  // type T fuses too, into the T-typed op (which computes in float32 and rounds once on store).
+  // x, c and the mask share one type T (Mul and Add take one), float32 or 16-bit; the fused op
+  // computes in float32 and rounds once on store. The 16-bit exports either softmax in T itself
+  // (torch.onnx dynamo of a float16 Llama: the plain chain) or in float32 (transformers'
+  // softmax(..., dtype=float32).to(dtype)): Cast(Softmax(Cast(Add(Mul(x, c), mask), to=float)),
+  // to=T), which fuses too, into the T-typed op.
   int FuseScaledMaskedSoftmax() {
     int fused = 0;
     for (size_t last = 0; last < graph_.nodes.size(); ++last) {
@@ -55,7 +57,7 @@ class Fuser {
       Node& end = graph_.nodes[last];
       int softmax_index = static_cast<int>(last);
       int widen = -1;                   // the 16-bit form's inner Cast (its outer one is `end`)
-      DType type = DType::kFloat32;     // of x, c and the mask: float32, or the 16-bit form's T
+      DType type = DType::kUndefined;   // the Cast form's T (the plain form takes c's type)
       if (IsDefault(end, "Cast") && end.inputs.size() == 1) {
         type = static_cast<DType>(end.GetInt("to", 0));
         softmax_index = Producer(end.inputs[0], "Softmax");
@@ -80,9 +82,9 @@ class Fuser {
         const Node& mul_node = graph_.nodes[mul];
         const int c_side = ScalarConstant(mul_node.inputs[1]) ? 1 : ScalarConstant(mul_node.inputs[0]) ? 0 : -1;
         if (c_side < 0) continue;
-        // Mul and Add take one type T for all their inputs: c's type is x's and the mask's, and must
-        // be the Softmax's (float32) or, in the 16-bit form, the outer Cast's.
-        if (graph_.FindInitializer(mul_node.inputs[c_side])->dtype() != type) continue;
+        // c's type is x's and the mask's: in the Cast form it must be the outer Cast's.
+        const DType c_type = graph_.FindInitializer(mul_node.inputs[c_side])->dtype();
+        if (widen >= 0 ? c_type != type : !IsComputeFloat(c_type)) continue;
         const float scale = graph_.FindInitializer(mul_node.inputs[c_side])->ToFloats()[0];
         Node f = Fused(end, "qconvert.fused", "ScaledMaskedSoftmax", {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
         f.attributes["scale"] = FloatAttribute(scale);

@@ -34,6 +34,7 @@
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits_i8.h"
+#include "runtime/cuda/nbits_codes.cuh"
 
 namespace qc::cuda {
 namespace {
@@ -79,20 +80,6 @@ NBitsParams MakeParams(const NBitsWeightsView& w) {
 }
 
 // ---- device helpers ---------------------------------------------------------------------------
-
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v);
-template <>
-__device__ __forceinline__ float ToFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
-
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
 
 __device__ __forceinline__ uint32_t Lop3AndOr(uint32_t a, uint32_t mask, uint32_t magic) {
   uint32_t d;  // (a & mask) | magic in one LOP3
@@ -492,14 +479,6 @@ __global__ void __launch_bounds__(kThreads) NBitsMmaKernel(NBitsParams p, const 
 }
 
 // ---- CUDA-core kernel ---------------------------------------------------------------------------
-
-// `bits` wide value `i` of a little-endian bit stream (may straddle two bytes for 3/5/6/7 bits).
-__device__ __forceinline__ int ReadBits(const uint8_t* p, int64_t i, int bits) {
-  const int64_t bit = i * bits;
-  unsigned v = p[bit / 8];
-  if ((bit % 8) + bits > 8) v |= static_cast<unsigned>(p[bit / 8 + 1]) << 8;
-  return static_cast<int>((v >> (bit % 8)) & ((1u << bits) - 1u));
-}
 
 // One warp per output column, lanes along K, up to 16 rows per warp (grid.y: row tiles).
 template <typename TA>

@@ -19,7 +19,9 @@ class NBitsWeights {
   /// Checks `node`'s attributes (K, N, bits, block_size) and its inputs 1..5 (B, scales,
   /// zero_points, g_idx, bias; nullptr where absent) as the CPU kernel does, then copies them to
   /// the device. float16/bfloat16 scales, zero points and bias are widened to float32 (exact). Input 0 is not read.
+  /// The copies are ordered on `stream` (the stream that uses `allocator`'s blocks) and complete on return.
   static StatusOr<NBitsWeights> Upload(const Node& node, const std::vector<const Tensor*>& inputs,
+                                       cudaStream_t stream = nullptr,
                                        CachingAllocator& allocator = CachingAllocator::Default());
 
   const NBitsWeightsView& view() const { return view_; }

@@ -1,17 +1,21 @@
 // Tests of runtime/cuda (label gpu): the MatMulNBits kernels against the CPU reference kernel over
 // awkward shapes and every layout, the caching allocator, and the upload checks. Every test skips
 // when the machine has no CUDA device.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "formats/graph.h"
@@ -22,6 +26,7 @@
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits.h"
 #include "runtime/cuda/matmul_nbits_i8.h"
+#include "runtime/cuda/nbits_dequantize.h"
 #include "runtime/cuda/nbits_weights.h"
 
 namespace qc {
@@ -605,6 +610,94 @@ TEST(CudaMatMulNBits, GemvInt8AwkwardShapes) {
         ExpectClose(RunF32(*up, L, ws, I8Options(3, 0, false)), want, prod, kF32Tol, 0, "gemv-i8, 3 blocks");
         ExpectClose(RunF32(*up, L, ws, I8Options(7, 3)), want, prod, kF32Tol, 0, "gemv-i8, 7 blocks, 3 stages");
       }
+}
+
+// DequantizeNBits (the prefill path's dense weights) on every layout: float32 output equals this
+// file's own dequantisation bit for bit ((code - zp) * scale in float), the 16-bit outputs are
+// that value rounded once; a column range starting inside the matrix writes just those columns.
+TEST(CudaDequantizeNBits, EveryLayoutMatchesTheHostDequantisation) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(13);
+  // K = 296 (a multiple of 8, without g_idx): the eight-codes-per-thread kernel; K = 300: per code.
+  for (int64_t k : {300, 296})
+  for (int bits : {2, 3, 4, 8})
+    for (int block : {16, 32, 128, 0})
+      for (int zp = 0; zp < 3; ++zp)
+        for (bool g_idx : {false, true}) {
+          LayerSpec spec{1, k, 37, bits, block, zp > 0, zp == 2, g_idx, false};
+          SCOPED_TRACE(Describe(spec));
+          const Layer L = MakeLayer(spec, rng);
+          auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+          ASSERT_TRUE(up.ok()) << up.status().message();
+          const int64_t col0 = 5, cols = 31;  // columns 5..35 of 37
+          auto f32 = DeviceArray<float>::Poisoned(cols * L.k);
+          auto f16 = DeviceArray<__half>::Poisoned(cols * L.k);
+          auto b16 = DeviceArray<__nv_bfloat16>::Poisoned(cols * L.k);
+          ASSERT_OK(cuda::DequantizeNBits(up->view(), col0, cols, f32.get(), nullptr));
+          ASSERT_OK(cuda::DequantizeNBits(up->view(), col0, cols, f16.get(), nullptr));
+          ASSERT_OK(cuda::DequantizeNBits(up->view(), col0, cols, b16.get(), nullptr));
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          const std::vector<float> g32 = f32.ToHost();
+          const std::vector<__half> g16 = f16.ToHost();
+          const std::vector<__nv_bfloat16> gb = b16.ToHost();
+          int bad = 0;
+          for (int64_t c = 0; c < cols && bad < 5; ++c)
+            for (int64_t kk = 0; kk < L.k && bad < 5; ++kk) {
+              const int64_t i = c * L.k + kk;
+              const float want = L.w[(col0 + c) * L.k + kk];
+              if (g32[i] != want || __half2float(g16[i]) != __half2float(__float2half_rn(want)) ||
+                  __bfloat162float(gb[i]) != __bfloat162float(__float2bfloat16_rn(want))) {
+                ++bad;
+                ADD_FAILURE() << "column " << col0 + c << " input " << kk << ": want " << want << ", got " << g32[i] << " / "
+                              << __half2float(g16[i]) << " / " << __bfloat162float(gb[i]);
+              }
+            }
+        }
+}
+
+TEST(CudaDequantizeNBits, Negative_ColumnsOutsideTheMatrix) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(14);
+  const Layer L = MakeLayer(LayerSpec{1, 64, 8, 4, 32}, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  auto out = DeviceArray<float>::Poisoned(8 * 64);
+  const Status past = cuda::DequantizeNBits(up->view(), 4, 5, out.get(), nullptr);
+  EXPECT_FALSE(past.ok());
+  EXPECT_NE(past.message().find("outside [0, 8)"), std::string::npos) << past.message();
+  EXPECT_FALSE(cuda::DequantizeNBits(up->view(), -1, 2, out.get(), nullptr).ok());
+  EXPECT_TRUE(cuda::DequantizeNBits(up->view(), 8, 0, out.get(), nullptr).ok());  // empty: nothing to do
+}
+
+// The cache hands a block back out while work queued on its stream may still write it (reuse is
+// ordered by that stream). The upload must land after that work: a plain cudaMemcpy, on the legacy
+// stream, raced it, and a pending activation write corrupted the weights (the float32 w4 1.1B
+// model's NaN logits at 2048 tokens on the H200, when the GPU lagged furthest behind the host).
+TEST(CudaMatMulNBits, UploadLandsAfterPendingWorkOnItsStream) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(9);
+  Layer L = MakeLayer(LayerSpec{1, 4096, 512, 4, 128, true, false, false, false}, rng);
+  const Tensor& b = L.inputs[1];
+  const size_t bytes = static_cast<size_t>(b.nbytes());
+  cudaStream_t raw_stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&raw_stream, cudaStreamNonBlocking), cudaSuccess);
+  std::unique_ptr<CUstream_st, void (*)(cudaStream_t)> stream(raw_stream, [](cudaStream_t s) { (void)cudaStreamDestroy(s); });
+  CachingAllocator alloc;
+  {
+    auto pending = alloc.Allocate(bytes);
+    ASSERT_TRUE(pending.ok());
+    // Still queued when the block goes back to the cache: 300 ms of host callback, then a write.
+    auto sleep = [](void*) { std::this_thread::sleep_for(std::chrono::milliseconds(300)); };
+    ASSERT_EQ(cudaLaunchHostFunc(stream.get(), sleep, nullptr), cudaSuccess);
+    ASSERT_EQ(cudaMemsetAsync(pending->data(), 0xab, bytes, stream.get()), cudaSuccess);
+  }
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L), stream.get(), alloc);
+  ASSERT_TRUE(up.ok()) << up.status().message();
+  EXPECT_EQ(alloc.stats().cache_hits, 1);  // B got the pending block
+  ASSERT_EQ(cudaStreamSynchronize(stream.get()), cudaSuccess);
+  std::vector<uint8_t> got(bytes);
+  ASSERT_EQ(cudaMemcpy(got.data(), up->view().b, bytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(std::memcmp(got.data(), b.raw(), bytes), 0) << "the weights were overwritten by the stream's pending write";
 }
 
 TEST(CudaMatMulNBits, ZeroRowsIsANoOp) {

@@ -264,25 +264,31 @@ TEST(GraphFusionTest, Negative_HalfRmsNormThatMustStay) {
   EXPECT_EQ(FuseForExecution(shared), 0);
 }
 
-Model HalfSoftmax(DType half, DType scale_type, int64_t inner_to) {
+// Without `casts`, the plain chain in `half` (the float16 dynamo export's attention).
+Model HalfSoftmax(DType half, DType scale_type, int64_t inner_to, bool casts = true) {
   GraphBuilder b;
   const std::vector<Dim> dims = {{2, ""}, {3, ""}, {-1, "s"}, {-1, "s"}};
   std::string x = b.AddInput("x", half, dims);
   std::string mask = b.AddInput("mask", half, {{1, ""}, {1, ""}, {-1, "s"}, {-1, "s"}});
   std::string c = b.AddInitializer("scale", ConvertFloatTensor(Tensor::Scalar<float>(0.125f), scale_type));
   std::string scores = b.Op("Add", {b.Op("Mul", {x, c}), mask});
-  std::string wide = b.Op("Cast", {scores}, {{"to", AttrInt(inner_to)}});
-  std::string probs = b.Op("Softmax", {wide}, {{"axis", AttrInt(-1)}});
-  b.AddOutput(b.Op("Cast", {probs}, {{"to", AttrInt(static_cast<int64_t>(half))}}), half, dims);
+  if (!casts) {
+    b.AddOutput(b.Op("Softmax", {scores}, {{"axis", AttrInt(-1)}}), half, dims);
+  } else {
+    std::string wide = b.Op("Cast", {scores}, {{"to", AttrInt(inner_to)}});
+    std::string probs = b.Op("Softmax", {wide}, {{"axis", AttrInt(-1)}});
+    b.AddOutput(b.Op("Cast", {probs}, {{"to", AttrInt(static_cast<int64_t>(half))}}), half, dims);
+  }
   auto model = b.Build({{"", 18}});
   QC_CHECK(model.ok());
   return std::move(model).value();
 }
 
-TEST(GraphFusionTest, HalfSoftmaxWithCastsBecomesOneNode) {
-  for (DType half : {DType::kFloat16, DType::kBFloat16}) {
-    SCOPED_TRACE(DTypeName(half));
-    const Model model = HalfSoftmax(half, half, kFloat);
+TEST(GraphFusionTest, HalfSoftmaxWithOrWithoutCastsBecomesOneNode) {
+  for (DType half : {DType::kFloat16, DType::kBFloat16})
+  for (bool casts : {true, false}) {
+    SCOPED_TRACE(DTypeName(half) + (casts ? " with casts" : " plain"));
+    const Model model = HalfSoftmax(half, half, kFloat, casts);
     Graph fused = model.graph;
     EXPECT_EQ(FuseForExecution(fused), 1);
     ASSERT_EQ(fused.nodes.size(), 1u);

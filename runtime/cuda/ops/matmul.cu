@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "runtime/cpu/broadcast.h"
+#include "runtime/cuda/nbits_dequantize.h"
 #include "runtime/cuda/nbits_weights.h"
 #include "runtime/cuda/ops/common.cuh"
 
@@ -16,22 +17,24 @@ bool FitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
 // Row-major C[b] = alpha * op(A[b]) · op(B[b]) + beta * C[b] for `batch` matrices of dtype `t`, via
 // the column-major identity Cᵀ = op(B)ᵀ · op(A)ᵀ. Strides are in elements (0: the same matrix for
-// every b).
+// every b); C's rows are `ldc` elements apart (0: n, a dense C; more: C is a column block of a wider
+// matrix).
 Status Gemm(OpContext& ctx, DType t, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a, int64_t stride_a,
-            const void* b, int64_t stride_b, float beta, void* c, int64_t batch) {
-  if (!FitsInt(m) || !FitsInt(n) || !FitsInt(k) || !FitsInt(batch)) return ctx.Decline("dimensions beyond 2^31");
+            const void* b, int64_t stride_b, float beta, void* c, int64_t batch, int64_t ldc = 0) {
+  if (ldc == 0) ldc = n;
+  if (!FitsInt(m) || !FitsInt(n) || !FitsInt(k) || !FitsInt(batch) || !FitsInt(ldc)) return ctx.Decline("dimensions beyond 2^31");
   const int lda = static_cast<int>(trans_a ? m : k), ldb = static_cast<int>(trans_b ? k : n);
   const cublasOperation_t op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N, op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   if (t == DType::kFloat32) {
     QC_CUBLAS_RETURN_IF_ERROR(ctx.cuda.blas().sgemm_strided_batched(
         ctx.cuda.cublas(), op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, static_cast<const float*>(b), ldb,
-        stride_b, static_cast<const float*>(a), lda, stride_a, &beta, static_cast<float*>(c), static_cast<int>(n), m * n, static_cast<int>(batch)));
+        stride_b, static_cast<const float*>(a), lda, stride_a, &beta, static_cast<float*>(c), static_cast<int>(ldc), m * ldc, static_cast<int>(batch)));
     return Status::Ok();
   }
   const cudaDataType type = t == DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
   QC_CUBLAS_RETURN_IF_ERROR(ctx.cuda.blas().gemm_strided_batched_ex(
       ctx.cuda.cublas(), op_b, op_a, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, b, type, ldb, stride_b, a, type, lda,
-      stride_a, &beta, c, type, static_cast<int>(n), m * n, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      stride_a, &beta, c, type, static_cast<int>(ldc), m * ldc, static_cast<int>(batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return Status::Ok();
 }
 
@@ -143,6 +146,35 @@ Status GemmCuda(OpContext& ctx) {
   return Gemm(ctx, t, ta, tb, m, n, k, alpha, a.raw(), 0, b.raw(), 0, has_c ? beta : 0.0f, yp, 1);
 }
 
+template <typename T>
+__global__ void AddColumnBiasKernel(T* y, const float* bias, int64_t rows, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows * n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    y[i] = StoreValue<T>(LoadValue(y[i]) + bias[i % n]);
+}
+
+// Prefill-sized MatMulNBits in a 16-bit type (runtime/cuda/nbits_dequantize.h): the weights are
+// dequantised into a dense [cols, K] matrix of the activation type, a chunk of columns at a time
+// (bounded scratch), and multiplied by cuBLAS's tensor-core GEMM into that column block of Y.
+template <typename T>
+Status DequantizedGemm(OpContext& ctx, const NBitsWeightsView& w, const Tensor& x, Tensor* y, int64_t m) {
+  constexpr int64_t kChunkElements = int64_t{16} << 20;  // 32 MiB of 16-bit weights at a time
+  const int64_t k = w.layout.k, n = w.layout.n;
+  const int64_t chunk = std::clamp<int64_t>(kChunkElements / k / 16 * 16, 16, 65535 / 16 * 16);
+  QC_ASSIGN_OR_RETURN(Tensor dense, ctx.cuda.Empty(x.dtype(), {std::min(chunk, n), k}));
+  for (int64_t col0 = 0; col0 < n; col0 += chunk) {
+    const int64_t cols = std::min(chunk, n - col0);
+    QC_RETURN_IF_ERROR(DequantizeNBits(w, col0, cols, dense.mutable_device_data<T>(), ctx.cuda.stream()));
+    QC_RETURN_IF_ERROR(Gemm(ctx, x.dtype(), false, true, m, cols, k, 1.0f, x.raw(), 0, dense.raw(), 0, 0.0f,
+                            y->mutable_device_data<T>() + col0, 1, /*ldc=*/n));
+    if (!ctx.declined.empty()) return Status::Ok();
+  }
+  if (w.bias != nullptr) {
+    AddColumnBiasKernel<T><<<BlocksFor(m * n), kThreads, 0, ctx.cuda.stream()>>>(y->mutable_device_data<T>(), w.bias, m, n);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("AddColumnBiasKernel");
+  }
+  return Status::Ok();
+}
+
 // Inputs 1..5 (B, scales, zero_points, g_idx, bias) are read on the host and uploaded once into
 // the kernel's layout when they are session constants (always, for qconvert's artifacts).
 Status MatMulNBitsCuda(OpContext& ctx) {
@@ -152,7 +184,7 @@ Status MatMulNBitsCuda(OpContext& ctx) {
   std::unique_ptr<NBitsState> fresh;
   const NBitsState* state = dynamic_cast<const NBitsState*>(ctx.state.get());
   if (!state) {
-    QC_ASSIGN_OR_RETURN(NBitsWeights w, NBitsWeights::Upload(ctx.node, ctx.inputs));
+    QC_ASSIGN_OR_RETURN(NBitsWeights w, NBitsWeights::Upload(ctx.node, ctx.inputs, ctx.cuda.stream()));
     fresh = std::make_unique<NBitsState>(std::move(w));
     state = fresh.get();
   }
@@ -165,7 +197,11 @@ Status MatMulNBitsCuda(OpContext& ctx) {
   const int64_t m = layout.k == 0 ? 0 : x.numel() / layout.k;
   const NBitsWeightsView& w = state->weights.view();
   NBitsWorkspace& ws = ctx.cuda.nbits_workspace();
-  if (x.dtype() == DType::kFloat32) {
+  if (x.dtype() == DType::kFloat16 && m >= kDequantGemmMinRows) {
+    QC_RETURN_IF_ERROR(DequantizedGemm<__half>(ctx, w, x, y, m));
+  } else if (x.dtype() == DType::kBFloat16 && m >= kDequantGemmMinRows) {
+    QC_RETURN_IF_ERROR(DequantizedGemm<__nv_bfloat16>(ctx, w, x, y, m));
+  } else if (x.dtype() == DType::kFloat32) {
     QC_RETURN_IF_ERROR(MatMulNBits(w, x.device_data<float>(), y->mutable_device_data<float>(), m, ws, ctx.cuda.stream()));
   } else if (x.dtype() == DType::kFloat16) {  // the kernels' own fp16 path: fp16 products, fp32 accumulation
     QC_RETURN_IF_ERROR(MatMulNBits(w, x.device_data<__half>(), y->mutable_device_data<__half>(), m, ws, ctx.cuda.stream()));

@@ -56,14 +56,16 @@ Status RunEval(const EvalOptions& options) {
     j["windows"] = r.windows;
     j["tokens_scored"] = r.tokens_scored;
     j["seconds"] = r.seconds;
+    j["first_window_seconds"] = r.first_window_seconds;
     j["tokens_per_second"] = r.tokens_per_second;
     j["device"] = options.device;
     j["dtype"] = compute == DType::kUndefined ? "none" : DTypeName(compute);
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("perplexity %.4f over %lld windows of %lld (%lld tokens scored) in %.2f s, %.0f tokens/s\n", r.ppl,
-                static_cast<long long>(r.windows), static_cast<long long>(options.seqlen), static_cast<long long>(r.tokens_scored),
-                r.seconds, r.tokens_per_second);
+    std::printf("perplexity %.4f over %lld windows of %lld (%lld tokens scored) in %.2f s (first window %.2f s), %.0f tokens/s%s\n",
+                r.ppl, static_cast<long long>(r.windows), static_cast<long long>(options.seqlen),
+                static_cast<long long>(r.tokens_scored), r.seconds, r.first_window_seconds, r.tokens_per_second,
+                r.windows > 1 ? " after it" : "");
   }
   return Status::Ok();
 }

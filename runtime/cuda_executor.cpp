@@ -94,6 +94,7 @@ struct CudaExecutor::Impl {
     bool view = false;
     std::unique_ptr<cuda::OpState> state;
     Epilogue epilogue;
+    double host_seconds = 0;  // wall time the host spent on this step over all runs (queueing it)
   };
   struct Copies {
     int64_t count = 0, bytes = 0;
@@ -114,6 +115,9 @@ struct CudaExecutor::Impl {
 
   // Statistics over all runs.
   mutable int64_t runs = 0;
+  // Wall time of Run(): until every step was queued, and until its outputs were on the host. When
+  // the two are close the GPU waited for the host (launch-bound); far apart, the host waited.
+  mutable double queued_seconds = 0, run_seconds = 0;
   mutable Copies to_device, to_host;
   mutable std::map<std::string, int64_t> fallbacks;  // "Op: reason" -> calls
   mutable std::map<Where, int64_t> step_counts;
@@ -385,8 +389,10 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
 
 Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
+  const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<CudaRunState> run = Begin(frame.size());
   QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
+  const auto queued = std::chrono::steady_clock::now();
   Impl::Run r{frame, run->mirror, run->overridden};
   for (int s : m.plan->output_slots()) {
     if (!frame[s].defined() || !frame[s].on_device()) continue;
@@ -399,6 +405,8 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
   }
   QC_RETURN_IF_ERROR(m.cuda->Synchronize());
   m.runs++;
+  m.queued_seconds += std::chrono::duration<double>(queued - t0).count();
+  m.run_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return Status::Ok();
 }
 
@@ -464,6 +472,7 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
       frame[s].ReleasePages();
       frame[s] = r.mirror[s] = Tensor();
     }
+    m.steps[i].host_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     run.cursor = static_cast<int>(i) + 1;
   }
   if (m.options.stream_constants) {
@@ -518,6 +527,14 @@ cuda::Context& CudaExecutor::context() const { return *impl_->cuda; }
 
 std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 
+namespace {
+std::string FormatMs(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f ms", 1e3 * seconds);
+  return buf;
+}
+}  // namespace
+
 std::vector<std::string> CudaExecutor::Summary() const {
   const Impl& m = *impl_;
   std::vector<std::string> lines;
@@ -536,6 +553,29 @@ std::vector<std::string> CudaExecutor::Summary() const {
                 static_cast<long long>(m.to_device.count), MiB(m.to_device.bytes), static_cast<long long>(m.to_host.count),
                 MiB(m.to_host.bytes));
   lines.push_back(buf);
+  if (m.runs > 0 && m.run_seconds > 0) {
+    std::snprintf(buf, sizeof buf,
+                  "cuda: %.2f ms per run, all steps queued after %.2f ms (%.0f%%: near 100%%, the GPU waited for the host)",
+                  1e3 * m.run_seconds / m.runs, 1e3 * m.queued_seconds / m.runs, 100.0 * m.queued_seconds / m.run_seconds);
+    lines.push_back(buf);
+    // Where the host's time goes, by op (the steps' own time; the rest is per-run set-up).
+    std::map<std::string, std::pair<double, int>> by_op;
+    double steps_seconds = 0;
+    for (size_t i = 0; i < m.steps.size(); ++i) {
+      auto& [seconds, count] = by_op[m.plan->steps()[i].node->op_type];
+      seconds += m.steps[i].host_seconds;
+      count++;
+      steps_seconds += m.steps[i].host_seconds;
+    }
+    std::vector<std::pair<double, std::string>> top;
+    for (const auto& [op, t] : by_op) top.emplace_back(t.first, op);
+    std::sort(top.rbegin(), top.rend());
+    std::string text = "cuda: host time per run: steps " + FormatMs(steps_seconds / m.runs) + " (";
+    for (size_t i = 0; i < top.size() && i < 6; ++i)
+      text += (i ? ", " : "") + top[i].second + " " + FormatMs(top[i].first / m.runs) + " in " +
+              std::to_string(by_op[top[i].second].second);
+    lines.push_back(text + "), outside the steps " + FormatMs((m.run_seconds - steps_seconds) / m.runs));
+  }
   for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");
   return lines;
 }

@@ -22,8 +22,11 @@ struct PerplexityResult {
   double mean_nll = 0;
   int64_t windows = 0;
   int64_t tokens_scored = 0;
-  double seconds = 0;
-  double tokens_per_second = 0;  // tokens fed through the model per second
+  double seconds = 0;               // every window, wall
+  double first_window_seconds = 0;  // of which the first (it warms up: cuBLAS loads its kernels)
+  /// Tokens fed through the model per second after the first window (the steady state, as
+  /// tools/ort_eval.py and tools/torch_eval.py time theirs); over all windows when there is one.
+  double tokens_per_second = 0;
 };
 
 /// The graph input and output AddNextTokenNll adds.

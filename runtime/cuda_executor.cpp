@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 
 #include "runtime/cpu/broadcast.h"
@@ -14,6 +16,8 @@
 
 #ifdef QC_HAVE_CUDA
 #include "runtime/cuda/context.h"
+#include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/graph.h"
 #include "runtime/cuda/ops/op_kernel.h"
 #include "runtime/cuda/pinned_pool.h"
 #endif
@@ -123,6 +127,59 @@ struct CudaExecutor::Impl {
   mutable std::map<Where, int64_t> step_counts;
   mutable std::map<std::string, OpProfile> profile;
 
+  // SessionOptions::cuda_graphs. A run's signature: each feed's dtype and shape, and the outputs wanted.
+  struct Signature {
+    std::vector<std::pair<DType, Shape>> feeds;
+    std::vector<int> wanted;
+    bool operator==(const Signature&) const = default;
+  };
+  // A run captured as a CUDA graph, and what a replay needs besides it.
+  struct GraphRun {
+    Signature signature;
+    std::unique_ptr<cuda::CapturedGraph> graph;
+    std::shared_ptr<cuda::CachingAllocator::Reservation> blocks;  // every device block it addresses
+    // Host bytes the graph copies to the device, staged in page-locked memory. Those that are a
+    // feed (or a host view of one) are refreshed from it before each replay; the others are values
+    // of host steps, the same while the signature and the feeds the host reads are.
+    struct Staged {
+      int feed = -1;
+      size_t offset = 0, bytes = 0;
+      std::shared_ptr<void> pinned;
+    };
+    std::vector<Staged> staged;
+    std::vector<std::pair<int, Tensor>> host_read;  // feeds the host steps read, as captured
+    std::vector<std::pair<int, Tensor>> outputs;    // the output slots' values after the run
+  };
+  std::vector<int> feed_slots;  // the graph inputs' slots
+  mutable std::unique_ptr<GraphRun> graph_run;
+  mutable GraphRun* capturing = nullptr;  // set while a run is being captured
+  mutable std::optional<Signature> last_signature;
+  mutable bool graphs_off = false;
+  mutable std::string graphs_off_reason;
+  mutable int64_t graph_replays = 0;
+
+  bool GraphsOn() const { return options.cuda_graphs && !options.profile && !options.stream_constants && !graphs_off; }
+
+  // The feed whose host bytes hold all of `t`'s (a feed, or a view of one), or -1.
+  int FeedHolding(const std::vector<Tensor>& frame, const Tensor& t, size_t* offset) const {
+    if (!t.defined() || t.on_device() || t.nbytes() == 0) return -1;
+    const char* p = static_cast<const char*>(t.raw());
+    for (int f : feed_slots) {
+      const Tensor& feed = frame[f];
+      if (!feed.defined() || feed.on_device()) continue;
+      const char* base = static_cast<const char*>(feed.raw());
+      if (p >= base && p + t.nbytes() <= base + feed.nbytes()) {
+        *offset = static_cast<size_t>(p - base);
+        return f;
+      }
+    }
+    return -1;
+  }
+
+  // During a capture: the upload of host value `s`, staged through page-locked memory (a graph
+  // cannot hold a copy from pageable memory) and recorded for replays.
+  StatusOr<Tensor> StagedUpload(const std::vector<Tensor>& frame, int s) const;
+
   // Per run: frame[s] is the value, mirror[s] its copy on the other side (if made); overridden[s]
   // when an Execution replaced a constant (the replacement is no session constant).
   struct Run {
@@ -136,6 +193,12 @@ struct CudaExecutor::Impl {
     return !r.frame[s].on_device() || (r.mirror[s].defined() && !r.mirror[s].on_device());
   }
   StatusOr<const Tensor*> HostOf(Run& r, int s) const {
+    if (capturing != nullptr) {  // a host step reads this value: a feed it comes from must not change
+      size_t offset = 0;
+      const int f = FeedHolding(r.frame, r.frame[s], &offset);
+      if (f >= 0 && std::none_of(capturing->host_read.begin(), capturing->host_read.end(), [&](const auto& h) { return h.first == f; }))
+        capturing->host_read.emplace_back(f, r.frame[f]);
+    }
     if (!r.frame[s].on_device()) return &r.frame[s];
     if (!r.mirror[s].defined()) {
       QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Download(r.frame[s]));
@@ -155,11 +218,28 @@ struct CudaExecutor::Impl {
       r.mirror[s] = streamed[s];
     }
     if (!r.mirror[s].defined()) {
-      QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
+      if (capturing != nullptr) {
+        QC_ASSIGN_OR_RETURN(r.mirror[s], StagedUpload(r.frame, s));
+      } else {
+        QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
+      }
       to_device.count++;
       to_device.bytes += r.frame[s].nbytes();
     }
     return &r.mirror[s];
+  }
+
+  // SessionOptions::cuda_graphs: replays the captured graph when the run has its signature (*ran),
+  // captures and launches one on the second run in a row with the same signature, and otherwise
+  // leaves the run to the steps. A capture that fails turns graphs off for the session (the caller
+  // then runs the steps on a fresh run state; `frame` is as it came).
+  Status RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
+                    const std::vector<int>& wanted, bool* ran) const;
+  void DropGraphs(std::string reason) const {
+    graph_run.reset();
+    cuda->nbits_workspace().set_keep_outgrown(false);
+    graphs_off = true;
+    graphs_off_reason = std::move(reason);
   }
 
   // `widen`: host inputs of float16/bfloat16 may be widened for a kernel without a 16-bit path
@@ -347,6 +427,7 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
   for (const ValueInfo& in : graph.inputs) {  // initializer defaults a caller may override
     const int s = plan.SlotOf(in.name);
     if (s >= 0) impl->constant[s] = false;
+    if (s >= 0) impl->feed_slots.push_back(s);
   }
   impl->device_constants.resize(slots);
   impl->streamed.resize(slots);
@@ -387,11 +468,100 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
   return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(impl)));
 }
 
+StatusOr<Tensor> CudaExecutor::Impl::StagedUpload(const std::vector<Tensor>& frame, int s) const {
+  const Tensor& host = frame[s];
+  const size_t bytes = static_cast<size_t>(host.nbytes());
+  QC_ASSIGN_OR_RETURN(Tensor t, cuda->Empty(host.dtype(), host.shape()));
+  GraphRun::Staged staged;
+  staged.bytes = bytes;
+  QC_ASSIGN_OR_RETURN(staged.pinned, cuda::AllocatePinned(bytes));
+  if (bytes > 0) {
+    std::memcpy(staged.pinned.get(), host.raw(), bytes);
+    QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), staged.pinned.get(), bytes, cudaMemcpyHostToDevice, cuda->stream()));
+  }
+  staged.feed = FeedHolding(frame, host, &staged.offset);
+  capturing->staged.push_back(std::move(staged));
+  return t;
+}
+
+Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
+                                      const std::vector<int>& wanted, bool* ran) const {
+  *ran = false;
+  Signature signature{{}, wanted};
+  for (int f : feed_slots)
+    signature.feeds.emplace_back(frame[f].defined() ? frame[f].dtype() : DType::kUndefined,
+                                 frame[f].defined() ? frame[f].shape() : Shape{});
+  if (graph_run && graph_run->signature == signature) {
+    for (const auto& [f, value] : graph_run->host_read)
+      if (frame[f].on_device() || std::memcmp(value.raw(), frame[f].raw(), static_cast<size_t>(value.nbytes())) != 0) {
+        DropGraphs("a feed the host steps read changed");
+        return Status::Ok();
+      }
+    for (GraphRun::Staged& staged : graph_run->staged)
+      if (staged.feed >= 0 && staged.bytes > 0)
+        std::memcpy(staged.pinned.get(), static_cast<const char*>(frame[staged.feed].raw()) + staged.offset, staged.bytes);
+    QC_RETURN_IF_ERROR(graph_run->graph->Launch(cuda->stream()));
+    for (const auto& [s, value] : graph_run->outputs) frame[s] = value;
+    graph_replays++;
+    *ran = true;
+    return Status::Ok();
+  }
+  if (!last_signature || !(*last_signature == signature)) {  // a first run of its kind runs as steps
+    last_signature = signature;
+    return Status::Ok();
+  }
+  // The second run in a row with this signature: capture it. Everything it allocates stays reserved
+  // for the graph, which replays into the same blocks.
+  graph_run.reset();
+  cuda->nbits_workspace().set_keep_outgrown(false);
+  auto captured = std::make_unique<GraphRun>();
+  captured->signature = signature;
+  QC_ASSIGN_OR_RETURN(captured->blocks, cuda->allocator().BeginReserving());
+  const std::vector<Tensor> feeds = frame;
+  capturing = captured.get();
+  Status status = cuda::CapturedGraph::BeginCapture(cuda->stream());
+  std::unique_ptr<cuda::CapturedGraph> graph;
+  if (status.ok()) {
+    status = executor.RunSteps(frame, run, plan->num_steps());
+    StatusOr<std::unique_ptr<cuda::CapturedGraph>> ended = cuda::CapturedGraph::EndCapture(cuda->stream());
+    if (status.ok() && !ended.ok()) status = ended.status();
+    if (ended.ok()) graph = std::move(ended).value();
+  }
+  capturing = nullptr;
+  cuda->allocator().EndReserving();
+  if (!status.ok()) {  // not capturable (a step synchronised, or failed): steps from now on
+    DropGraphs("the run could not be captured: " + status.message());
+    frame = feeds;
+    return Status::Ok();
+  }
+  captured->graph = std::move(graph);
+  for (int s : plan->output_slots()) {
+    size_t offset = 0;
+    if (!frame[s].defined()) continue;
+    if (FeedHolding(feeds, frame[s], &offset) >= 0) {  // a host view of a feed: a replay would return the old one
+      DropGraphs("an output is a view of a feed");
+      frame = feeds;
+      return Status::Ok();
+    }
+    captured->outputs.emplace_back(s, frame[s]);
+  }
+  QC_RETURN_IF_ERROR(captured->graph->Launch(cuda->stream()));
+  cuda->nbits_workspace().set_keep_outgrown(true);
+  graph_run = std::move(captured);
+  *ran = true;
+  return Status::Ok();
+}
+
 Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<CudaRunState> run = Begin(frame.size());
-  QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
+  bool ran = false;
+  if (m.GraphsOn()) {
+    QC_RETURN_IF_ERROR(m.RunAsGraph(*this, frame, *run, wanted, &ran));
+    if (!ran && run->cursor > 0) run = Begin(frame.size());  // after a failed capture
+  }
+  if (!ran) QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
   const auto queued = std::chrono::steady_clock::now();
   Impl::Run r{frame, run->mirror, run->overridden};
   for (int s : m.plan->output_slots()) {
@@ -576,6 +746,12 @@ std::vector<std::string> CudaExecutor::Summary() const {
               std::to_string(by_op[top[i].second].second);
     lines.push_back(text + "), outside the steps " + FormatMs((m.run_seconds - steps_seconds) / m.runs));
   }
+  if (m.graph_replays > 0 || m.graph_run) {
+    std::snprintf(buf, sizeof buf, "cuda: %lld runs replayed as one CUDA graph (%.1f MiB of device memory reserved for it)",
+                  static_cast<long long>(m.graph_replays), m.graph_run ? MiB(static_cast<int64_t>(m.graph_run->blocks->bytes())) : 0.0);
+    lines.push_back(buf);
+  }
+  if (m.options.cuda_graphs && m.graphs_off) lines.push_back("cuda: CUDA graphs off: " + m.graphs_off_reason);
   for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");
   return lines;
 }

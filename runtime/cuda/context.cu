@@ -29,6 +29,10 @@ StatusOr<std::unique_ptr<Context>> Context::Create(CachingAllocator& allocator) 
   QC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
   QC_CUBLAS_RETURN_IF_ERROR(blas->create(&ctx->cublas_));
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_stream(ctx->cublas_, ctx->stream_));
+  // A workspace of our own (after set_stream, which resets it): cuBLAS then allocates nothing
+  // per call, which a captured CUDA graph needs (32 MiB: cuBLAS's own advice for Hopper).
+  QC_ASSIGN_OR_RETURN(ctx->cublas_workspace_, allocator.Allocate(kCublasWorkspaceBytes));
+  QC_CUBLAS_RETURN_IF_ERROR(blas->set_workspace(ctx->cublas_, ctx->cublas_workspace_.data(), kCublasWorkspaceBytes));
   // Plain fp32 GEMMs (no TF32): the CUDA backend is held to the CPU executor's numbers.
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_math_mode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
   return std::move(ctx);

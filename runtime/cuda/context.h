@@ -43,8 +43,10 @@ class Context {
 
  private:
   explicit Context(CachingAllocator& allocator) : allocator_(&allocator), nbits_workspace_(allocator) {}
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
   CachingAllocator* allocator_;
   NBitsWorkspace nbits_workspace_;
+  DeviceBuffer cublas_workspace_;  // outlives cublas_ (destroyed in ~Context)
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   const CublasApi* blas_ = nullptr;

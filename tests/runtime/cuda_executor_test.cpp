@@ -26,6 +26,7 @@
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
 #include "tests/random_tensor.h"
+#include "tests/shared_models.h"
 
 namespace qc {
 namespace {
@@ -708,16 +709,11 @@ TEST(CudaExecutor, SharedModelsMatchCpu) {
 // -0.005% / -0.024% as 16-bit models (docs/BENCHMARKS.md); the bounds leave 10x of that.
 TEST(CudaExecutor, SharedLlamaPerplexityPerFloatType) {
   SKIP_WITHOUT_DEVICE();
-  const char* env_shared = std::getenv("QC_SHARED_DIR");
-  const std::string dir = std::string(env_shared ? env_shared : QC_SHARED_DIR) + "/models/docs-llama-12m";
-  if (!std::filesystem::exists(dir + "/model.onnx") || !std::filesystem::exists(dir + "/docs-val.ids.npy"))
-    GTEST_SKIP() << "../shared models not found";
-  auto model = ReadOnnxModel(dir + "/model.onnx");
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  auto ids_tensor = ReadNpy(dir + "/docs-val.ids.npy");
-  ASSERT_TRUE(ids_tensor.ok()) << ids_tensor.status().message();
-  std::vector<int32_t> ids;
-  for (int64_t v : ids_tensor->ToInt64s()) ids.push_back(static_cast<int32_t>(v));
+  StatusOr<SharedModelAndIds> shared = LoadSharedModelAndIds("docs-llama-12m");
+  if (shared.status().code() == StatusCode::kNotFound) GTEST_SKIP() << shared.status().message();
+  ASSERT_TRUE(shared.ok()) << shared.status().message();
+  const Model* model = &shared->model;
+  const std::vector<int32_t>& ids = shared->ids;
   PerplexityOptions po;
   po.seqlen = 512;
   po.max_windows = 48;

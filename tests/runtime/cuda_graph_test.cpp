@@ -5,18 +5,15 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "formats/model_builder.h"
-#include "formats/npy.h"
-#include "formats/onnx_reader.h"
 #include "runtime/cuda/device.h"
 #include "runtime/executor.h"
 #include "runtime/perplexity.h"
 #include "tests/random_tensor.h"
+#include "tests/shared_models.h"
 
 namespace qc {
 namespace {
@@ -101,17 +98,12 @@ TEST(CudaGraphs, AnUncapturableRunFallsBackToTheSteps) {
 // the steps' perplexity bit for bit, each on its own ids.
 TEST(CudaGraphs, SharedLlamaPerplexityIsTheSteps) {
   SKIP_WITHOUT_DEVICE();
-  const char* env_shared = std::getenv("QC_SHARED_DIR");
-  const std::string dir = std::string(env_shared ? env_shared : QC_SHARED_DIR) + "/models/docs-llama-12m";
-  if (!std::filesystem::exists(dir + "/model.onnx") || !std::filesystem::exists(dir + "/docs-val.ids.npy"))
-    GTEST_SKIP() << "../shared models not found";
-  auto model = ReadOnnxModel(dir + "/model.onnx");
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  ASSERT_TRUE(AddNextTokenNll(*model).ok());
-  auto ids_tensor = ReadNpy(dir + "/docs-val.ids.npy");
-  ASSERT_TRUE(ids_tensor.ok()) << ids_tensor.status().message();
-  std::vector<int32_t> ids;
-  for (int64_t v : ids_tensor->ToInt64s()) ids.push_back(static_cast<int32_t>(v));
+  StatusOr<SharedModelAndIds> shared = LoadSharedModelAndIds("docs-llama-12m");
+  if (shared.status().code() == StatusCode::kNotFound) GTEST_SKIP() << shared.status().message();
+  ASSERT_TRUE(shared.ok()) << shared.status().message();
+  Model& model = shared->model;
+  const std::vector<int32_t>& ids = shared->ids;
+  ASSERT_TRUE(AddNextTokenNll(model).ok());
   PerplexityOptions po;
   po.seqlen = 512;
   po.max_windows = 8;
@@ -120,7 +112,7 @@ TEST(CudaGraphs, SharedLlamaPerplexityIsTheSteps) {
     SessionOptions options;
     options.device = Device::kCuda;
     options.cuda_graphs = graphs == 1;
-    auto session = Session::Create(*model, options);
+    auto session = Session::Create(model, options);
     ASSERT_TRUE(session.ok()) << session.status().message();
     auto r = EvaluatePerplexity(**session, ids, po);
     ASSERT_TRUE(r.ok()) << r.status().message();

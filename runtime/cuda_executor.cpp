@@ -235,6 +235,16 @@ struct CudaExecutor::Impl {
   // then runs the steps on a fresh run state; `frame` is as it came).
   Status RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
                     const std::vector<int>& wanted, bool* ran) const;
+  // Waits for the stream; an InvalidArgument when a kernel flagged its input (cuda::DeviceError).
+  Status CheckDeviceErrors() const {
+    QC_ASSIGN_OR_RETURN(unsigned errors, cuda->TakeDeviceErrors());
+    if (errors & cuda::kIndexOutOfRange)
+      return InvalidArgument("a Gather or GatherBlockQuantized index is outside its axis [-n, n) (checked on the GPU)");
+    if (errors & cuda::kTokenOutOfVocabulary)
+      return InvalidArgument("a token id to score is outside the model's vocabulary (checked on the GPU)");
+    if (errors != 0) return Internal("unknown device error bits " + std::to_string(errors));
+    return Status::Ok();
+  }
   void DropGraphs(std::string reason) const {
     graph_run.reset();
     cuda->nbits_workspace().set_keep_outgrown(false);
@@ -573,7 +583,7 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
     QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
     frame[s] = *host;
   }
-  QC_RETURN_IF_ERROR(m.cuda->Synchronize());
+  QC_RETURN_IF_ERROR(m.CheckDeviceErrors());  // waits for the stream
   m.runs++;
   m.queued_seconds += std::chrono::duration<double>(queued - t0).count();
   m.run_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -645,6 +655,9 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
     m.steps[i].host_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     run.cursor = static_cast<int>(i) + 1;
   }
+  // A finished run reports what its kernels found invalid on the device (not while captured:
+  // nothing ran yet, and a capture cannot wait for the stream).
+  if (run.cursor >= static_cast<int>(steps.size()) && m.capturing == nullptr) QC_RETURN_IF_ERROR(m.CheckDeviceErrors());
   if (m.options.stream_constants) {
     // A streamed constant no live run will read again is freed (queued work that still reads it
     // is ordered before any reuse of its block: one stream, a stream-ordered allocator).

@@ -6,6 +6,7 @@
 
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/pinned_pool.h"
 
 namespace qc::cuda {
 
@@ -33,6 +34,9 @@ StatusOr<std::unique_ptr<Context>> Context::Create(CachingAllocator& allocator) 
   // per call, which a captured CUDA graph needs (32 MiB: cuBLAS's own advice for Hopper).
   QC_ASSIGN_OR_RETURN(ctx->cublas_workspace_, allocator.Allocate(kCublasWorkspaceBytes));
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_workspace(ctx->cublas_, ctx->cublas_workspace_.data(), kCublasWorkspaceBytes));
+  QC_ASSIGN_OR_RETURN(ctx->device_errors_, allocator.Allocate(sizeof(unsigned)));
+  QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ctx->device_errors_.data(), 0, sizeof(unsigned), ctx->stream_));
+  QC_ASSIGN_OR_RETURN(ctx->device_errors_host_, AllocatePinned(sizeof(unsigned)));
   // Plain fp32 GEMMs (no TF32): the CUDA backend is held to the CPU executor's numbers.
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_math_mode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
   return std::move(ctx);
@@ -74,6 +78,15 @@ StatusOr<Tensor> Context::Download(const Tensor& device) {
 Status Context::Synchronize() {
   QC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return Status::Ok();
+}
+
+StatusOr<unsigned> Context::TakeDeviceErrors() {
+  unsigned* host = static_cast<unsigned*>(device_errors_host_.get());
+  QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, device_errors_.data(), sizeof(unsigned), cudaMemcpyDeviceToHost, stream_));
+  QC_RETURN_IF_ERROR(Synchronize());
+  const unsigned errors = *host;
+  if (errors != 0) QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device_errors_.data(), 0, sizeof(unsigned), stream_));
+  return errors;
 }
 
 }  // namespace qc::cuda

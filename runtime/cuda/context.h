@@ -14,6 +14,13 @@
 
 namespace qc::cuda {
 
+/// Bits of Context::device_errors(): data a kernel validates on the device (reading it on the host
+/// would cost a synchronisation per call, and a captured CUDA graph could not replay that).
+enum DeviceError : unsigned {
+  kIndexOutOfRange = 1u,      // a Gather / GatherBlockQuantized index outside [-n, n)
+  kTokenOutOfVocabulary = 2u,  // a NextTokenNll target outside [0, vocab)
+};
+
 /// Every kernel of a session is queued on one stream, so the caching allocator's stream-ordered
 /// reuse is safe and no kernel needs its own synchronisation. Not thread-safe (one run at a time,
 /// like Session).
@@ -40,6 +47,10 @@ class Context {
   StatusOr<Tensor> Download(const Tensor& device);
   /// Waits for every queued kernel; surfaces asynchronous kernel faults as a Status.
   Status Synchronize();
+  /// A device word the kernels OR DeviceError bits into (the output they were computing then holds
+  /// zeros or NaN); TakeDeviceErrors waits for the stream, returns the bits and clears them.
+  unsigned* device_errors() const { return device_errors_.as<unsigned>(); }
+  StatusOr<unsigned> TakeDeviceErrors();
 
  private:
   explicit Context(CachingAllocator& allocator) : allocator_(&allocator), nbits_workspace_(allocator) {}
@@ -47,6 +58,8 @@ class Context {
   CachingAllocator* allocator_;
   NBitsWorkspace nbits_workspace_;
   DeviceBuffer cublas_workspace_;  // outlives cublas_ (destroyed in ~Context)
+  DeviceBuffer device_errors_;
+  std::shared_ptr<void> device_errors_host_;  // page-locked: the word's copy
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   const CublasApi* blas_ = nullptr;

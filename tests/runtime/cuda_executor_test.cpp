@@ -273,6 +273,39 @@ TEST(CudaOps, GatherAndDataMovement) {
   ExpectMatchesReferenceInEveryFloatType({"Cast", {{Tensor::FromVector<int64_t>(std::vector<int64_t>(9001, -3), {9001})}}, {{"to", AttrInt(1)}}});
 }
 
+// Gather and NextTokenNll check their indices on the device: an index outside its range fails the
+// run with a clear error after it, and the session's next valid run succeeds.
+TEST(CudaOps, Negative_IndicesOutOfRangeFailTheRun) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(3);
+  const std::string ids = b.AddInput("ids", DType::kInt64, {Dim{1, ""}, Dim{40, ""}});
+  const std::string table = b.AddInitializer("table", Random({1000, 67}, 7));
+  const std::string head = b.AddInitializer("head", Random({67, 500}, 8));
+  const std::string logits = b.Op("MatMul", {b.Op("Gather", {table, ids}), head});
+  b.AddNodeWithOutputs("NextTokenNll", {logits, ids}, {"nll"}, {}, "qconvert.eval");
+  b.AddOutput("nll", DType::kFloat64, {});
+  auto model = b.Build({{"", 17}, {"qconvert.eval", 1}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto session = Session::Create(*model, options);
+  ASSERT_TRUE(session.ok()) << session.status().message();
+  auto feed = [](int64_t bad_at, int64_t bad) {
+    std::vector<int64_t> v(40);
+    for (int64_t i = 0; i < 40; ++i) v[i] = (i * 37) % 500;
+    if (bad_at >= 0) v[bad_at] = bad;
+    return NamedTensors{{"ids", Tensor::FromVector<int64_t>(v, {1, 40})}};
+  };
+  auto gather_bad = (*session)->Run(feed(3, 1000));
+  ASSERT_FALSE(gather_bad.ok());
+  EXPECT_NE(gather_bad.status().message().find("Gather or GatherBlockQuantized index is outside its axis"), std::string::npos)
+      << gather_bad.status().message();
+  ASSERT_TRUE((*session)->Run(feed(-1, 0)).ok());  // the error was the run's, not the session's
+  auto nll_bad = (*session)->Run(feed(7, 700));  // a valid Gather index (< 1000), outside the 500-word vocabulary
+  ASSERT_FALSE(nll_bad.ok());
+  EXPECT_NE(nll_bad.status().message().find("outside the model's vocabulary"), std::string::npos) << nll_bad.status().message();
+}
+
 TEST(CudaOps, GatherBlockQuantized) {
   SKIP_WITHOUT_DEVICE();
   // 4-bit codes of a [2400, 64] table in blocks of 32, with packed zero points.

@@ -1,34 +1,36 @@
-// Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU. Indices are
-// read on the host, where they are range-checked as the CPU kernels do (runtime/cpu/gather_ops.cpp,
-// gather_block_quantized.cpp: the numeric spec), then uploaded normalised to [0, rows).
+// Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU
+// (runtime/cpu/gather_ops.cpp, gather_block_quantized.cpp: the numeric spec). Gather and
+// GatherBlockQuantized read their indices on the device (token ids: no copy to the host per call,
+// and a CUDA graph can replay the lookup with new ids); an index outside [-rows, rows) sets
+// kIndexOutOfRange, which fails the run (Context::TakeDeviceErrors). GatherND's index tuples are
+// read on the host, range-checked there as the CPU kernel does, and uploaded as slice offsets.
 #include "runtime/cuda/ops/common.cuh"
 
 namespace qc::cuda {
 namespace {
 
-// Normalises host indices into [0, rows); an error names the offending index.
-StatusOr<std::vector<int64_t>> CheckedIndices(const OpContext& ctx, const Tensor& indices, int64_t rows) {
-  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
-    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
-  std::vector<int64_t> v = indices.ToInt64s();
-  for (int64_t& i : v) {
-    if (i < -rows || i >= rows)
-      return ctx.Error("index " + std::to_string(i) + " is out of range for " + std::to_string(rows) + " rows (expected [" +
-                       std::to_string(-rows) + ", " + std::to_string(rows - 1) + "])");
-    if (i < 0) i += rows;
-  }
-  return v;
+// Index idx[j] of an axis of `len` (negative ones count from the end), or -1 when outside [-len,
+// len): the kernels then record kIndexOutOfRange and write zeros (the run fails after it).
+template <typename I>
+__device__ __forceinline__ int64_t AxisIndex(const I* idx, int64_t j, int64_t len, unsigned* errors) {
+  int64_t k = static_cast<int64_t>(idx[j]);
+  if (k < 0) k += len;
+  if (k >= 0 && k < len) return k;
+  atomicOr(errors, kIndexOutOfRange);
+  return -1;
 }
 
 // out[o, j, i] = data[o, idx[j], i] over [outer, n_idx, inner] elements of `T` (bytes moved as is).
-template <typename T>
-__global__ void GatherKernel(const T* data, const int64_t* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len) {
+template <typename T, typename I>
+__global__ void GatherKernel(const T* data, const I* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len,
+                             unsigned* errors) {
   const int64_t n = outer * n_idx * inner;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e % inner;
     const int64_t j = (e / inner) % n_idx;
     const int64_t o = e / (inner * n_idx);
-    out[e] = data[(o * axis_len + idx[j]) * inner + i];
+    const int64_t k = AxisIndex(idx, j, axis_len, errors);
+    out[e] = k < 0 ? T{} : data[(o * axis_len + k) * inner + i];
   }
 }
 
@@ -39,16 +41,21 @@ __device__ __forceinline__ int ReadCode(const uint8_t* p, int64_t i, int bits) {
 
 // One thread per output value: (code - zero point) * scale of its block, in float32, stored in
 // the scales' type T.
-template <typename T>
-__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales, const uint8_t* zero_points, const int64_t* idx,
-                                           T* out, int64_t n_idx, int64_t lines, int64_t packed, int64_t cols, int64_t n_blocks,
-                                           int64_t zp_line_bytes, int bits, int64_t block_size) {
+template <typename T, typename I>
+__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales, const uint8_t* zero_points, const I* idx,
+                                           T* out, int64_t n_idx, int64_t rows, int64_t lines, int64_t packed, int64_t cols,
+                                           int64_t n_blocks, int64_t zp_line_bytes, int bits, int64_t block_size, unsigned* errors) {
   const int64_t n = n_idx * lines * cols;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = e % cols;
     const int64_t i = (e / cols) % lines;
     const int64_t j = e / (cols * lines);
-    const int64_t line = idx[j] * lines + i;
+    const int64_t k = AxisIndex(idx, j, rows, errors);
+    if (k < 0) {
+      out[e] = StoreValue<T>(0.0f);
+      continue;
+    }
+    const int64_t line = k * lines + i;
     const int64_t blk = c / block_size;
     const int zp = zero_points ? ReadCode(zero_points + line * zp_line_bytes, blk, bits) : 1 << (bits - 1);
     out[e] = StoreValue<T>(static_cast<float>(ReadCode(data + line * packed, c, bits) - zp) * LoadValue(scales[line * n_blocks + blk]));
@@ -74,22 +81,25 @@ Status GatherCuda(OpContext& ctx) {
   if (!NormalizeAxis(ctx.node.GetInt("axis", 0), data.rank(), &axis)) return ctx.Error("axis out of range");
   const int size = ElementSize(data.dtype());
   if (size != 1 && size != 2 && size != 4 && size != 8) return ctx.Decline("dtype " + DTypeName(data.dtype()));
-  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, indices, data.dim(axis)));
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
   Shape out_shape(data.shape().begin(), data.shape().begin() + axis);
   out_shape.insert(out_shape.end(), indices.shape().begin(), indices.shape().end());
   out_shape.insert(out_shape.end(), data.shape().begin() + axis + 1, data.shape().end());
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), out_shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= data.dim(d);
   for (int64_t d = axis + 1; d < data.rank(); ++d) inner *= data.dim(d);
-  const int64_t n = y->numel(), n_idx = static_cast<int64_t>(idx.size()), len = data.dim(axis);
-  const int64_t* ip = dev_idx.device_data<int64_t>();
+  const int64_t n = y->numel(), n_idx = indices.numel(), len = data.dim(axis);
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    GatherKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
-                                                                      outer, n_idx, inner, len);
+    auto run = [&](const auto* ip) {
+      GatherKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
+                                                                     outer, n_idx, inner, len, ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   };
   DispatchBytes(size, launch);  // size checked above
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherKernel");
@@ -183,18 +193,23 @@ Status GatherBlockQuantizedCuda(OpContext& ctx) {
     if (ctx.input(3).dtype() != DType::kUInt8 || ctx.input(3).shape() != want) return ctx.Decline("zero_points dtype/shape");
     zp = ctx.input(3).device_data<uint8_t>();
   }
-  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, ctx.input(1), rows));
-  Shape out_shape = ctx.input(1).shape();
+  const Tensor& indices = ctx.input(1);
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
+  Shape out_shape = indices.shape();
   out_shape.insert(out_shape.end(), data.shape().begin() + 1, data.shape().end() - 1);
   out_shape.push_back(cols);
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, scales.dtype(), out_shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
   DispatchFloat(scales.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    GatherBlockQuantizedKernel<T><<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
-        data.device_data<uint8_t>(), scales.device_data<T>(), zp, dev_idx.device_data<int64_t>(), y->mutable_device_data<T>(),
-        static_cast<int64_t>(idx.size()), lines, packed, cols, n_blocks, zp_line_bytes, bits, block_size);
+    auto run = [&](const auto* ip) {
+      GatherBlockQuantizedKernel<<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
+          data.device_data<uint8_t>(), scales.device_data<T>(), zp, ip, y->mutable_device_data<T>(), indices.numel(), rows, lines,
+          packed, cols, n_blocks, zp_line_bytes, bits, block_size, ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherBlockQuantizedKernel");
   return Status::Ok();

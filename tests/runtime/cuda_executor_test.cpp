@@ -511,6 +511,21 @@ StatusOr<W8A8Layer> BuildW8A8Layer() {
 
 // The W8A8 layer of docs/FORMAT.md end to end: per-token quantization, integer product, scales;
 // every step on the GPU, the result the CPU's.
+// The fused per-token quantization (runtime/graph_fusion.h) of every channel and of rest channels,
+// bit for bit the CPU's (codes and scales); one token of zeros.
+TEST(CudaOps, QuantizeTokensUint8) {
+  SKIP_WITHOUT_DEVICE();
+  Tensor x = Random({37, 1000}, 300, -6.0f, 6.0f);
+  for (int64_t k = 0; k < 1000; ++k) x.mutable_data<float>()[5 * 1000 + k] = 0.0f;
+  std::vector<int64_t> rest;
+  for (int64_t k = 0; k < 1000; ++k)
+    if (k % 11 != 4) rest.push_back(k);
+  const Attributes eps = {{"epsilon", AttrFloat(1e-30f)}};
+  ExpectMatchesReference({"QuantizeTokensUint8", {{x}}, eps, "qconvert.fused", 2, 0.0f});
+  ExpectMatchesReference({"QuantizeTokensUint8", {{x}, {Tensor::FromVector<int64_t>(rest, {static_cast<int64_t>(rest.size())}), true}}, eps,
+                          "qconvert.fused", 2, 0.0f});
+}
+
 TEST(CudaOps, W8A8Subgraph) {
   SKIP_WITHOUT_DEVICE();
   StatusOr<W8A8Layer> layer = BuildW8A8Layer();

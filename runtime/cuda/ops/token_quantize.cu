@@ -1,0 +1,73 @@
+// qconvert.fused.QuantizeTokensUint8 on the GPU (runtime/cpu/fused_token_quantize.cpp is the
+// numeric spec): one block per token reads its row (or rest columns) for the absolute maximum, then
+// again, from L1/L2, for the codes. IEEE division and rintf (half to even) as the CPU's float ops,
+// so the codes and scales are the CPU's bit for bit. Columns are read on the device; one outside
+// [-K, K) sets kIndexOutOfRange.
+#include "runtime/cuda/ops/common.cuh"
+
+namespace qc::cuda {
+namespace {
+
+constexpr int kTokenThreads = 256;
+
+__global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const float* x, const int64_t* columns, int64_t len, int64_t width,
+                                                                      float epsilon, uint8_t* q, float* s, unsigned* errors) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  const float* xr = x + r * len;
+  auto column = [&](int64_t j) -> int64_t {
+    if (columns == nullptr) return j;
+    int64_t k = columns[j];
+    if (k < 0) k += len;
+    if (k >= 0 && k < len) return k;
+    atomicOr(errors, kIndexOutOfRange);
+    return -1;
+  };
+  // NaN-propagating, as the CPU's MaxValue (fmaxf would drop a NaN).
+  auto max_nan = [](float a, float b) { return isnan(a) ? a : isnan(b) ? b : (a < b ? b : a); };
+  float mx = -INFINITY;
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+    const int64_t k = column(j);
+    if (k >= 0) mx = max_nan(mx, fabsf(xr[k]));
+  }
+  mx = BlockMax(mx, scratch);
+  const float scale = max_nan(mx, epsilon) / 127.0f;
+  if (threadIdx.x == 0) s[r] = scale;
+  for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
+    const int64_t k = column(j);
+    q[r * width + j] = k < 0 ? uint8_t{0} : static_cast<uint8_t>(rintf(xr[k] / scale) + 128.0f);
+  }
+}
+
+}  // namespace
+
+Status QuantizeTokensUint8Cuda(OpContext& ctx) {
+  if (!ctx.has_input(0)) return ctx.Error("input x is missing");
+  const Tensor& x = ctx.input(0);
+  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  if (x.rank() < 1) return ctx.Error("x must have rank >= 1");
+  if (ctx.outputs.size() < 2) return ctx.Error("expected 2 outputs (q, s)");
+  const int64_t len = x.dim(-1), rows = len == 0 ? 0 : x.numel() / len;
+  const int64_t* columns = nullptr;
+  int64_t width = len;
+  if (ctx.has_input(1)) {
+    const Tensor& c = ctx.input(1);
+    if (c.dtype() != DType::kInt64 || c.rank() != 1) return ctx.Error("columns must be a 1-D int64 tensor");
+    columns = c.device_data<int64_t>();
+    width = c.numel();
+  }
+  Shape q_shape = x.shape(), s_shape = x.shape();
+  q_shape.back() = width;
+  s_shape.back() = 1;
+  QC_ASSIGN_OR_RETURN(Tensor * q, ctx.Output(0, DType::kUInt8, q_shape));
+  QC_ASSIGN_OR_RETURN(Tensor * s, ctx.Output(1, DType::kFloat32, s_shape));
+  if (rows == 0) return Status::Ok();
+  if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 tokens");
+  QuantizeTokensKernel<<<static_cast<unsigned>(rows), kTokenThreads, 0, ctx.cuda.stream()>>>(
+      x.device_data<float>(), columns, len, width, ctx.node.GetFloat("epsilon", 1e-30f), q->mutable_device_data<uint8_t>(),
+      s->mutable_device_data<float>(), ctx.cuda.device_errors());
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("QuantizeTokensKernel");
+  return Status::Ok();
+}
+
+}  // namespace qc::cuda

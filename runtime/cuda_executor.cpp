@@ -148,6 +148,9 @@ struct CudaExecutor::Impl {
     };
     std::vector<Staged> staged;
     std::vector<std::pair<int, Tensor>> host_read;  // feeds the host steps read, as captured
+    // Kernels' own uploads (Context::Upload: shapes, offsets, zero points the host worked out from
+    // values the host read), staged for the replays.
+    std::vector<std::shared_ptr<void>> kernel_uploads;
     std::vector<std::pair<int, Tensor>> outputs;    // the output slots' values after the run
   };
   std::vector<int> feed_slots;  // the graph inputs' slots
@@ -201,6 +204,8 @@ struct CudaExecutor::Impl {
     }
     if (!r.frame[s].on_device()) return &r.frame[s];
     if (!r.mirror[s].defined()) {
+      // A copy to the host waits for the stream, which a capture cannot (named for the summary).
+      if (capturing != nullptr) return FailedPrecondition("'" + plan->SlotName(s) + "' is needed on the host mid-run");
       QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Download(r.frame[s]));
       to_host.count++;
       to_host.bytes += r.frame[s].nbytes();
@@ -529,6 +534,7 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
   QC_ASSIGN_OR_RETURN(captured->blocks, cuda->allocator().BeginReserving());
   const std::vector<Tensor> feeds = frame;
   capturing = captured.get();
+  cuda->set_capture_pins(&captured->kernel_uploads);
   Status status = cuda::CapturedGraph::BeginCapture(cuda->stream());
   std::unique_ptr<cuda::CapturedGraph> graph;
   if (status.ok()) {
@@ -538,6 +544,7 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
     if (ended.ok()) graph = std::move(ended).value();
   }
   capturing = nullptr;
+  cuda->set_capture_pins(nullptr);
   cuda->allocator().EndReserving();
   if (!status.ok()) {  // not capturable (a step synchronised, or failed): steps from now on
     DropGraphs("the run could not be captured: " + status.message());

@@ -1,6 +1,7 @@
 // The per-session device state (context.h).
 #include "runtime/cuda/context.h"
 
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -59,9 +60,16 @@ StatusOr<Tensor> Context::Empty(DType dtype, Shape shape) {
 StatusOr<Tensor> Context::Upload(const Tensor& host) {
   QC_CHECK(!host.on_device());
   QC_ASSIGN_OR_RETURN(Tensor t, Empty(host.dtype(), host.shape()));
-  if (host.nbytes() > 0)
-    QC_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(t.mutable_raw(), host.raw(), static_cast<size_t>(host.nbytes()), cudaMemcpyHostToDevice, stream_));
+  const size_t bytes = static_cast<size_t>(host.nbytes());
+  if (bytes == 0) return t;
+  const void* source = host.raw();
+  if (capture_pins_ != nullptr) {
+    QC_ASSIGN_OR_RETURN(std::shared_ptr<void> pinned, AllocatePinned(bytes));
+    std::memcpy(pinned.get(), source, bytes);
+    source = pinned.get();
+    capture_pins_->push_back(std::move(pinned));
+  }
+  QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), source, bytes, cudaMemcpyHostToDevice, stream_));
   return t;
 }
 

@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <memory>
+#include <vector>
 
 #include "formats/status.h"
 #include "formats/tensor.h"
@@ -42,7 +43,10 @@ class Context {
   /// An uninitialised device tensor from the caching allocator (Tensor::on_device()).
   StatusOr<Tensor> Empty(DType dtype, Shape shape);
   /// A device copy of a host tensor (queued on the stream; the host bytes may be freed on return).
+  /// While a CUDA graph is captured (set_capture_pins), the bytes go through page-locked memory
+  /// that `pins` keeps for the graph's replays (a graph cannot copy from pageable memory).
   StatusOr<Tensor> Upload(const Tensor& host);
+  void set_capture_pins(std::vector<std::shared_ptr<void>>* pins) { capture_pins_ = pins; }
   /// A host copy of a device tensor; waits for the stream.
   StatusOr<Tensor> Download(const Tensor& device);
   /// Waits for every queued kernel; surfaces asynchronous kernel faults as a Status.
@@ -60,6 +64,7 @@ class Context {
   DeviceBuffer cublas_workspace_;  // outlives cublas_ (destroyed in ~Context)
   DeviceBuffer device_errors_;
   std::shared_ptr<void> device_errors_host_;  // page-locked: the word's copy
+  std::vector<std::shared_ptr<void>>* capture_pins_ = nullptr;
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
   const CublasApi* blas_ = nullptr;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/half_widening.h"
@@ -76,6 +77,11 @@ bool BroadcastsLarge(const Plan::Step& step, const std::vector<Tensor>& frame) {
 }
 
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+std::string FormatMs(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f ms", 1e3 * seconds);
+  return buf;
+}
 
 }  // namespace
 
@@ -527,14 +533,6 @@ cuda::Context& CudaExecutor::context() const { return *impl_->cuda; }
 
 std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 
-namespace {
-std::string FormatMs(double seconds) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f ms", 1e3 * seconds);
-  return buf;
-}
-}  // namespace
-
 std::vector<std::string> CudaExecutor::Summary() const {
   const Impl& m = *impl_;
   std::vector<std::string> lines;
@@ -567,13 +565,14 @@ std::vector<std::string> CudaExecutor::Summary() const {
       count++;
       steps_seconds += m.steps[i].host_seconds;
     }
-    std::vector<std::pair<double, std::string>> top;
-    for (const auto& [op, t] : by_op) top.emplace_back(t.first, op);
+    std::vector<std::tuple<double, std::string, int>> top;  // seconds, op, steps
+    for (const auto& [op, t] : by_op) top.emplace_back(t.first, op, t.second);
     std::sort(top.rbegin(), top.rend());
     std::string text = "cuda: host time per run: steps " + FormatMs(steps_seconds / m.runs) + " (";
-    for (size_t i = 0; i < top.size() && i < 6; ++i)
-      text += (i ? ", " : "") + top[i].second + " " + FormatMs(top[i].first / m.runs) + " in " +
-              std::to_string(by_op[top[i].second].second);
+    for (size_t i = 0; i < top.size() && i < 6; ++i) {
+      const auto& [seconds, op, count] = top[i];
+      text += (i ? ", " : "") + op + " " + FormatMs(seconds / m.runs) + " in " + std::to_string(count);
+    }
     lines.push_back(text + "), outside the steps " + FormatMs((m.run_seconds - steps_seconds) / m.runs));
   }
   for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");

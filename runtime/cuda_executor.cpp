@@ -9,6 +9,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 #include "runtime/cpu/broadcast.h"
 #include "runtime/cpu/half_widening.h"
@@ -80,6 +81,11 @@ bool BroadcastsLarge(const Plan::Step& step, const std::vector<Tensor>& frame) {
 }
 
 double MiB(int64_t bytes) { return static_cast<double>(bytes) / (1 << 20); }
+std::string FormatMs(double seconds) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.2f ms", 1e3 * seconds);
+  return buf;
+}
 
 }  // namespace
 
@@ -717,14 +723,6 @@ cuda::Context& CudaExecutor::context() const { return *impl_->cuda; }
 
 std::vector<OpProfile> CudaExecutor::Profile() const { return SortedProfile(impl_->profile); }
 
-namespace {
-std::string FormatMs(double seconds) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f ms", 1e3 * seconds);
-  return buf;
-}
-}  // namespace
-
 std::vector<std::string> CudaExecutor::Summary() const {
   const Impl& m = *impl_;
   std::vector<std::string> lines;
@@ -757,13 +755,14 @@ std::vector<std::string> CudaExecutor::Summary() const {
       count++;
       steps_seconds += m.steps[i].host_seconds;
     }
-    std::vector<std::pair<double, std::string>> top;
-    for (const auto& [op, t] : by_op) top.emplace_back(t.first, op);
+    std::vector<std::tuple<double, std::string, int>> top;  // seconds, op, steps
+    for (const auto& [op, t] : by_op) top.emplace_back(t.first, op, t.second);
     std::sort(top.rbegin(), top.rend());
     std::string text = "cuda: host time per run: steps " + FormatMs(steps_seconds / m.runs) + " (";
-    for (size_t i = 0; i < top.size() && i < 6; ++i)
-      text += (i ? ", " : "") + top[i].second + " " + FormatMs(top[i].first / m.runs) + " in " +
-              std::to_string(by_op[top[i].second].second);
+    for (size_t i = 0; i < top.size() && i < 6; ++i) {
+      const auto& [seconds, op, count] = top[i];
+      text += (i ? ", " : "") + op + " " + FormatMs(seconds / m.runs) + " in " + std::to_string(count);
+    }
     lines.push_back(text + "), outside the steps " + FormatMs((m.run_seconds - steps_seconds) / m.runs));
   }
   if (m.graph_replays > 0 || m.graph_run) {

@@ -82,9 +82,9 @@ class Fuser {
         const Node& mul_node = graph_.nodes[mul];
         const int c_side = ScalarConstant(mul_node.inputs[1]) ? 1 : ScalarConstant(mul_node.inputs[0]) ? 0 : -1;
         if (c_side < 0) continue;
-        // c's type is x's and the mask's: in the Cast form it must be the outer Cast's.
-        const DType c_type = graph_.FindInitializer(mul_node.inputs[c_side])->dtype();
-        if (widen >= 0 ? c_type != type : !IsComputeFloat(c_type)) continue;
+        // c's type (a compute float: ScalarConstant) is x's and the mask's: in the Cast form it
+        // must be the outer Cast's.
+        if (widen >= 0 && graph_.FindInitializer(mul_node.inputs[c_side])->dtype() != type) continue;
         const float scale = graph_.FindInitializer(mul_node.inputs[c_side])->ToFloats()[0];
         Node f = Fused(end, "qconvert.fused", "ScaledMaskedSoftmax", {mul_node.inputs[1 - c_side], add_node.inputs[1 - side]});
         f.attributes["scale"] = FloatAttribute(scale);

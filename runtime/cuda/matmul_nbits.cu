@@ -46,38 +46,6 @@ constexpr int kActGroup = 256;             // codes per activation scale (>= eve
 constexpr int kMinItersPerWarp = 2;        // a K slice shorter than 2 iterations per warp costs more than it hides
 constexpr int kGenericRows = 16;           // rows per warp of the CUDA-core kernel (accumulators in registers)
 
-struct NBitsParams {
-  int k, n, bits, block_size, block_shift, k_blocks, k_padded;
-  int64_t row_bytes, zp_row_bytes;
-  const uint8_t* b;
-  const float* scales;
-  const uint8_t* zp;
-  const float* zp_float;
-  const int32_t* g_idx;
-  const float* bias;
-};
-
-NBitsParams MakeParams(const NBitsWeightsView& w) {
-  const NBitsLayout& l = w.layout;
-  NBitsParams p;
-  p.k = static_cast<int>(l.k);
-  p.n = static_cast<int>(l.n);
-  p.bits = static_cast<int>(l.bits);
-  p.block_size = static_cast<int>(l.block_size);
-  p.block_shift = 0;
-  while ((1 << p.block_shift) < p.block_size) ++p.block_shift;
-  p.k_blocks = static_cast<int>(l.k_blocks());
-  p.k_padded = p.k_blocks * p.block_size;
-  p.row_bytes = l.row_bytes();
-  p.zp_row_bytes = l.zp_row_bytes();
-  p.b = w.b;
-  p.scales = w.scales;
-  p.zp = w.zero_points;
-  p.zp_float = w.zero_points_float;
-  p.g_idx = w.g_idx;
-  p.bias = w.bias;
-  return p;
-}
 
 // ---- device helpers ---------------------------------------------------------------------------
 
@@ -489,21 +457,11 @@ __global__ void __launch_bounds__(kThreads) NBitsGenericKernel(NBitsParams p, co
   if (col >= p.n) return;
   const int row0 = blockIdx.y * kGenericRows;
   const int rows = min(kGenericRows, m - row0);
-  const uint8_t* brow = p.b + static_cast<int64_t>(col) * p.row_bytes;
-  const int blob = p.block_size * p.bits / 8;
-  const int default_zp = 1 << (p.bits - 1);
   float acc[kGenericRows];
 #pragma unroll
   for (int r = 0; r < kGenericRows; ++r) acc[r] = 0.0f;
   for (int kk = lane; kk < p.k; kk += 32) {
-    const int stored_blk = kk / p.block_size;
-    const int blk = p.g_idx != nullptr ? p.g_idx[kk] : stored_blk;
-    const int q = ReadBits(brow + static_cast<int64_t>(stored_blk) * blob, kk % p.block_size, p.bits);
-    const int64_t pi = static_cast<int64_t>(col) * p.k_blocks + blk;
-    float zp = static_cast<float>(default_zp);
-    if (p.zp != nullptr) zp = static_cast<float>(ReadBits(p.zp + static_cast<int64_t>(col) * p.zp_row_bytes, blk, p.bits));
-    else if (p.zp_float != nullptr) zp = p.zp_float[pi];
-    const float w = (static_cast<float>(q) - zp) * p.scales[pi];
+    const float w = p.Weight(col, kk);
 #pragma unroll
     for (int r = 0; r < kGenericRows; ++r)
       if (r < rows) acc[r] = fmaf(ToFloat(x[static_cast<int64_t>(row0 + r) * p.k + kk]), w, acc[r]);

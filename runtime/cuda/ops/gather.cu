@@ -9,17 +9,6 @@
 namespace qc::cuda {
 namespace {
 
-// Index idx[j] of an axis of `len` (negative ones count from the end), or -1 when outside [-len,
-// len): the kernels then record kIndexOutOfRange and write zeros (the run fails after it).
-template <typename I>
-__device__ __forceinline__ int64_t AxisIndex(const I* idx, int64_t j, int64_t len, unsigned* errors) {
-  int64_t k = static_cast<int64_t>(idx[j]);
-  if (k < 0) k += len;
-  if (k >= 0 && k < len) return k;
-  atomicOr(errors, kIndexOutOfRange);
-  return -1;
-}
-
 // out[o, j, i] = data[o, idx[j], i] over [outer, n_idx, inner] elements of `T` (bytes moved as is).
 template <typename T, typename I>
 __global__ void GatherKernel(const T* data, const I* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len,

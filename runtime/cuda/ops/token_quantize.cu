@@ -15,14 +15,7 @@ __global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const floa
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
   const float* xr = x + r * len;
-  auto column = [&](int64_t j) -> int64_t {
-    if (columns == nullptr) return j;
-    int64_t k = columns[j];
-    if (k < 0) k += len;
-    if (k >= 0 && k < len) return k;
-    atomicOr(errors, kIndexOutOfRange);
-    return -1;
-  };
+  auto column = [&](int64_t j) { return columns == nullptr ? j : AxisIndex(columns, j, len, errors); };
   // NaN-propagating, as the CPU's MaxValue (fmaxf would drop a NaN).
   auto max_nan = [](float a, float b) { return isnan(a) ? a : isnan(b) ? b : (a < b ? b : a); };
   float mx = -INFINITY;

@@ -130,6 +130,10 @@ struct CudaExecutor::Impl {
   mutable double queued_seconds = 0, run_seconds = 0;
   mutable Copies to_device, to_host;
   mutable std::map<std::string, int64_t> fallbacks;  // "Op: reason" -> calls
+  // Device values a step read on the host mid-run (each a copy that waits for the GPU, and what
+  // keeps a run from being captured): "'value' (made by Op) for Op" -> copies.
+  mutable std::map<std::string, int64_t> mid_run_reads;
+  mutable int current_step = -1;  // the step RunSteps is running, -1 outside it
   mutable std::map<Where, int64_t> step_counts;
   mutable std::map<std::string, OpProfile> profile;
 
@@ -158,6 +162,9 @@ struct CudaExecutor::Impl {
     // values the host read), staged for the replays.
     std::vector<std::shared_ptr<void>> kernel_uploads;
     std::vector<std::pair<int, Tensor>> outputs;    // the output slots' values after the run
+    // While capturing: the frame as the run began. A feed's slot is freed after its last reader,
+    // but a view of it may still be uploaded or read later, and must be traced back to the feed.
+    std::vector<Tensor> feeds;
   };
   std::vector<int> feed_slots;  // the graph inputs' slots
   mutable std::unique_ptr<GraphRun> graph_run;
@@ -169,7 +176,8 @@ struct CudaExecutor::Impl {
 
   bool GraphsOn() const { return options.cuda_graphs && !options.profile && !options.stream_constants && !graphs_off; }
 
-  // The feed whose host bytes hold all of `t`'s (a feed, or a view of one), or -1.
+  // The feed in `frame` (the frame as a run began) whose host bytes hold all of `t`'s (a feed, or a
+  // view of one), or -1.
   int FeedHolding(const std::vector<Tensor>& frame, const Tensor& t, size_t* offset) const {
     if (!t.defined() || t.on_device() || t.nbytes() == 0) return -1;
     const char* p = static_cast<const char*>(t.raw());
@@ -183,6 +191,15 @@ struct CudaExecutor::Impl {
       }
     }
     return -1;
+  }
+
+  // "'value' (made by Op) for Op": device value `s` read on the host by the current step.
+  std::string MidRunRead(int s) const {
+    std::string text = "'" + plan->SlotName(s) + "'";
+    for (const Plan::Step& step : plan->steps())
+      if (std::find(step.out.begin(), step.out.end(), s) != step.out.end()) text += " (made by " + step.node->op_type + ")";
+    if (current_step >= 0) text += " for " + plan->steps()[current_step].node->Describe();
+    return text;
   }
 
   // During a capture: the upload of host value `s`, staged through page-locked memory (a graph
@@ -204,14 +221,15 @@ struct CudaExecutor::Impl {
   StatusOr<const Tensor*> HostOf(Run& r, int s) const {
     if (capturing != nullptr) {  // a host step reads this value: a feed it comes from must not change
       size_t offset = 0;
-      const int f = FeedHolding(r.frame, r.frame[s], &offset);
+      const int f = FeedHolding(capturing->feeds, r.frame[s], &offset);
       if (f >= 0 && std::none_of(capturing->host_read.begin(), capturing->host_read.end(), [&](const auto& h) { return h.first == f; }))
-        capturing->host_read.emplace_back(f, r.frame[f]);
+        capturing->host_read.emplace_back(f, capturing->feeds[f]);
     }
     if (!r.frame[s].on_device()) return &r.frame[s];
     if (!r.mirror[s].defined()) {
       // A copy to the host waits for the stream, which a capture cannot (named for the summary).
-      if (capturing != nullptr) return FailedPrecondition("'" + plan->SlotName(s) + "' is needed on the host mid-run");
+      if (capturing != nullptr) return FailedPrecondition(MidRunRead(s) + " is needed on the host mid-run");
+      if (current_step >= 0) mid_run_reads[MidRunRead(s)]++;
       QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Download(r.frame[s]));
       to_host.count++;
       to_host.bytes += r.frame[s].nbytes();
@@ -250,7 +268,7 @@ struct CudaExecutor::Impl {
   Status CheckDeviceErrors() const {
     QC_ASSIGN_OR_RETURN(unsigned errors, cuda->TakeDeviceErrors());
     if (errors & cuda::kIndexOutOfRange)
-      return InvalidArgument("a Gather or GatherBlockQuantized index is outside its axis [-n, n) (checked on the GPU)");
+      return InvalidArgument("a Gather, GatherND or GatherBlockQuantized index is outside its axis [-n, n) (checked on the GPU)");
     if (errors & cuda::kTokenOutOfVocabulary)
       return InvalidArgument("a token id to score is outside the model's vocabulary (checked on the GPU)");
     if (errors != 0) return Internal("unknown device error bits " + std::to_string(errors));
@@ -500,7 +518,7 @@ StatusOr<Tensor> CudaExecutor::Impl::StagedUpload(const std::vector<Tensor>& fra
     std::memcpy(staged.pinned.get(), host.raw(), bytes);
     QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), staged.pinned.get(), bytes, cudaMemcpyHostToDevice, cuda->stream()));
   }
-  staged.feed = FeedHolding(frame, host, &staged.offset);
+  staged.feed = FeedHolding(capturing->feeds, host, &staged.offset);
   capturing->staged.push_back(std::move(staged));
   return t;
 }
@@ -538,7 +556,8 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
   auto captured = std::make_unique<GraphRun>();
   captured->signature = signature;
   QC_ASSIGN_OR_RETURN(captured->blocks, cuda->allocator().BeginReserving());
-  const std::vector<Tensor> feeds = frame;
+  captured->feeds = frame;
+  const std::vector<Tensor>& feeds = captured->feeds;
   capturing = captured.get();
   cuda->set_capture_pins(&captured->kernel_uploads);
   Status status = cuda::CapturedGraph::BeginCapture(cuda->stream());
@@ -568,6 +587,7 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
     }
     captured->outputs.emplace_back(s, frame[s]);
   }
+  captured->feeds.clear();  // a replay reads the run's own frame
   QC_RETURN_IF_ERROR(captured->graph->Launch(cuda->stream()));
   cuda->nbits_workspace().set_keep_outgrown(true);
   graph_run = std::move(captured);
@@ -639,9 +659,14 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
   Impl::Run r{frame, run.mirror, run.overridden};
   const auto& steps = m.plan->steps();
   std::vector<char>& skip = run.skip;  // steps done by a fused epilogue
+  struct StepCursor {  // Impl::current_step is the running step's, and -1 again however this returns
+    int& step;
+    ~StepCursor() { step = -1; }
+  } cursor{m.current_step};
   end = std::min(end, static_cast<int>(steps.size()));
   for (size_t i = run.cursor; i < static_cast<size_t>(std::max(end, run.cursor)); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
+    m.current_step = static_cast<int>(i);
     Impl::Where where = Impl::Where::kCuda;
     bool fused = false;
     if (skip[i]) {
@@ -772,6 +797,8 @@ std::vector<std::string> CudaExecutor::Summary() const {
   }
   if (m.options.cuda_graphs && m.graphs_off) lines.push_back("cuda: CUDA graphs off: " + m.graphs_off_reason);
   for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");
+  for (const auto& [what, copies] : m.mid_run_reads)
+    lines.push_back("cuda: read on the host mid-run: " + what + " (" + std::to_string(copies) + " copies)");
   return lines;
 }
 

@@ -163,9 +163,10 @@ class Fuser {
   // many passes over X (or its rest channels X_R = Gather(X, R, axis=-1), outlier-split):
   //   s = Div(Max(ReduceMax(Abs(X_R), axes=[-1], keepdims=1), eps), 127)
   //   q = Cast<uint8>(Add(Round(Div(X_R, s)), 128))
-  // => qconvert.fused.QuantizeTokensUint8(X[, R]; epsilon=eps) -> (q, s), float32 only. s keeps its
-  // other readers (the layers' output scaling). The fused node takes the chain's first node's
-  // place: its inputs exist there, and every reader of q and s comes after it.
+  // => qconvert.fused.QuantizeTokensUint8(X[, R]; epsilon=eps) -> (q, s), in X's type (float32,
+  // float16 or bfloat16; the chain's constants of the same type). s keeps its other readers (the
+  // layers' output scaling). The fused node takes the chain's first node's place: its inputs exist
+  // there, and every reader of q and s comes after it.
   int FuseTokenQuantization() {
     int fused = 0;
     for (size_t last = 0; last < graph_.nodes.size(); ++last) {
@@ -193,7 +194,7 @@ class Fuser {
       const int max = Producer(m, "Max");
       if (max < 0 || !Private(m) || graph_.nodes[max].inputs.size() != 2) continue;
       const Node& max_node = graph_.nodes[max];
-      const int eps_side = IsFloatScalar(max_node.inputs[1]) ? 1 : IsFloatScalar(max_node.inputs[0]) ? 0 : -1;
+      const int eps_side = ScalarConstant(max_node.inputs[1]) ? 1 : ScalarConstant(max_node.inputs[0]) ? 0 : -1;
       if (eps_side < 0) continue;
       const std::string& abs_max = max_node.inputs[1 - eps_side];
       const int reduce = Producer(abs_max, "ReduceMax");
@@ -203,7 +204,16 @@ class Fuser {
       const std::string& abs_value = graph_.nodes[reduce].inputs[0];
       const int abs = Producer(abs_value, "Abs");
       if (abs < 0 || !Private(abs_value) || graph_.nodes[abs].inputs.size() != 1 || graph_.nodes[abs].inputs[0] != xr) continue;
-      if (TypeOf(xr) != DType::kFloat32) continue;
+      // One float type throughout (float32, or a 16-bit one whose ops the fused kernel rounds as
+      // the chain does): X's, and the constants' 128, 127 and eps.
+      const DType type = TypeOf(xr);
+      const Node& add_node = graph_.nodes[add];
+      const std::string& c128 = &add_node.inputs[0] == rounded ? add_node.inputs[1] : add_node.inputs[0];
+      if (!IsComputeFloat(type)) continue;
+      bool one_type = true;
+      for (const std::string* c : std::initializer_list<const std::string*>{&c128, &graph_.nodes[div_m].inputs[1], &max_node.inputs[eps_side]})
+        one_type &= graph_.FindInitializer(*c)->dtype() == type;
+      if (!one_type) continue;
       // X_R read by the chain alone (Abs and the Div): a Gather of X along the last axis fuses too.
       std::vector<std::string> inputs = {xr};
       int first = abs;
@@ -261,15 +271,11 @@ class Fuser {
     const Tensor* t = graph_.FindInitializer(value);
     return t != nullptr && IsComputeFloat(t->dtype()) && t->numel() == 1;
   }
-  // A float32 one-element initializer.
-  bool IsFloatScalar(const std::string& value) const {
-    const Tensor* t = graph_.FindInitializer(value);
-    return t != nullptr && t->dtype() == DType::kFloat32 && t->numel() == 1;
-  }
+  // A one-element compute-float initializer equal to `v`.
   bool IsFloatConstant(const std::string& value, float v) const {
-    return IsFloatScalar(value) && graph_.FindInitializer(value)->data<float>()[0] == v;
+    return ScalarConstant(value) && graph_.FindInitializer(value)->ToFloats()[0] == v;
   }
-  // The other input of a two-input node one of whose inputs is the float32 constant `v`; else null.
+  // The other input of a two-input node one of whose inputs is the float constant `v`; else null.
   const std::string* OtherInputThan(const Node& node, float v) const {
     if (node.inputs.size() != 2) return nullptr;
     if (IsFloatConstant(node.inputs[1], v)) return &node.inputs[0];

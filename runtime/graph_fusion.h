@@ -19,7 +19,7 @@ namespace qc {
 ///                                        =>  SimplifiedLayerNormalization(x, w) in T
 /// (float32 inside, one rounding on store instead of two; a float16 Llama export runs ~400
 /// kernels fewer per forward pass), and the W8A8 layers' per-token activation quantization
-/// (docs/FORMAT.md), float32:
+/// (docs/FORMAT.md), in float32, float16 or bfloat16 (each step rounded as the chain's op):
 ///   s = Div(Max(ReduceMax(Abs(x'), axes=[-1], keepdims=1), eps), 127),
 ///   q = Cast<uint8>(Add(Round(Div(x', s)), 128)), x' = x or Gather(x, columns, axis=-1)
 ///                                        =>  qconvert.fused.QuantizeTokensUint8(x[, columns]; epsilon=eps) -> (q, s)

@@ -273,8 +273,8 @@ TEST(CudaOps, GatherAndDataMovement) {
   ExpectMatchesReferenceInEveryFloatType({"Cast", {{Tensor::FromVector<int64_t>(std::vector<int64_t>(9001, -3), {9001})}}, {{"to", AttrInt(1)}}});
 }
 
-// Gather and NextTokenNll check their indices on the device: an index outside its range fails the
-// run with a clear error after it, and the session's next valid run succeeds.
+// Gather, GatherND and NextTokenNll check their indices on the device: an index outside its range
+// fails the run with a clear error after it, and the session's next valid run succeeds.
 TEST(CudaOps, Negative_IndicesOutOfRangeFailTheRun) {
   SKIP_WITHOUT_DEVICE();
   GraphBuilder b(3);
@@ -298,12 +298,27 @@ TEST(CudaOps, Negative_IndicesOutOfRangeFailTheRun) {
   };
   auto gather_bad = (*session)->Run(feed(3, 1000));
   ASSERT_FALSE(gather_bad.ok());
-  EXPECT_NE(gather_bad.status().message().find("Gather or GatherBlockQuantized index is outside its axis"), std::string::npos)
+  EXPECT_NE(gather_bad.status().message().find("Gather, GatherND or GatherBlockQuantized index is outside its axis"), std::string::npos)
       << gather_bad.status().message();
   ASSERT_TRUE((*session)->Run(feed(-1, 0)).ok());  // the error was the run's, not the session's
   auto nll_bad = (*session)->Run(feed(7, 700));  // a valid Gather index (< 1000), outside the 500-word vocabulary
   ASSERT_FALSE(nll_bad.ok());
   EXPECT_NE(nll_bad.status().message().find("outside the model's vocabulary"), std::string::npos) << nll_bad.status().message();
+
+  // GatherND's index tuples (a feed here; in the dynamo exports, values made on the device).
+  GraphBuilder nd(3);
+  const std::string tuples = nd.AddInput("tuples", DType::kInt64, {Dim{3, ""}, Dim{2, ""}});
+  // data over kHostStepBytes: the step runs on the GPU, not as a small host step.
+  nd.AddOutput(nd.Op("GatherND", {nd.AddInitializer("data", Random({4, 9, 500}, 9)), tuples}), DType::kFloat32, {});
+  auto nd_model = nd.Build({{"", 17}});
+  ASSERT_TRUE(nd_model.ok()) << nd_model.status().message();
+  auto nd_session = Session::Create(*nd_model, options);
+  ASSERT_TRUE(nd_session.ok()) << nd_session.status().message();
+  auto nd_bad = (*nd_session)->Run({{"tuples", Tensor::FromVector<int64_t>({0, 1, 3, -9, 2, 9}, {3, 2})}});  // 9: axis 1 has 9
+  ASSERT_FALSE(nd_bad.ok());
+  EXPECT_NE(nd_bad.status().message().find("GatherND or GatherBlockQuantized index is outside its axis"), std::string::npos)
+      << nd_bad.status().message();
+  EXPECT_TRUE((*nd_session)->Run({{"tuples", Tensor::FromVector<int64_t>({0, 1, 3, -9, 2, 8}, {3, 2})}}).ok());
 }
 
 TEST(CudaOps, GatherBlockQuantized) {

@@ -375,6 +375,50 @@ TEST(GraphFusionTest, TokenQuantizationBecomesOneNodeWithTheSameBits) {
   }
 }
 
+// In float16 and bfloat16 (a 16-bit export, or --dtype rewriting a float32 one after fusing) the
+// fused op rounds each step to the type as the chain's ops do: same codes and scales, bit for bit.
+// Tokens: random, zeros and a tiny one (float16: eps and max/127 underflow, s = 0, x/s is NaN or
+// infinite; the codes convert as Cast does), and ties.
+TEST(GraphFusionTest, TokenQuantizationInHalfTypesKeepsTheChainsBits) {
+  Tensor x = RandomInput({6, 96}, 13);
+  float* xp = x.mutable_data<float>();
+  for (int64_t k = 0; k < 96; ++k) {
+    xp[96 + k] = 0.0f;
+    xp[2 * 96 + k] = k == 0 ? 127.0f : static_cast<float>(k % 9) - 4.5f;
+    xp[3 * 96 + k] = (k % 5 - 2) * 1e-6f;
+  }
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    for (bool gather : {false, true}) {
+      SCOPED_TRACE(DTypeName(dtype) + (gather ? ", rest channels" : ", every channel"));
+      Model native = TokenQuantization(gather);
+      ASSERT_TRUE(ConvertFloatPrecision(native.graph, DType::kFloat32, dtype).ok());
+      Graph fused = native.graph;
+      EXPECT_EQ(FuseForExecution(fused), 1);
+      // --dtype's order: the float32 graph fused, then rewritten to 16 bits.
+      Model widened_model = TokenQuantization(gather);
+      EXPECT_EQ(FuseForExecution(widened_model.graph), 1);
+      ASSERT_TRUE(ConvertFloatPrecision(widened_model.graph, DType::kFloat32, dtype).ok());
+      SessionOptions unfused_options;
+      unfused_options.fuse_ops = false;
+      auto fast = Session::Create(native);
+      auto unfused = Session::Create(native, unfused_options);
+      auto widened = Session::Create(widened_model, unfused_options);
+      ASSERT_TRUE(fast.ok() && unfused.ok() && widened.ok())
+          << (!fast.ok() ? fast.status().message() : !unfused.ok() ? unfused.status().message() : widened.status().message());
+      auto a = (*fast)->Run({{"x", x}});
+      auto u = (*unfused)->Run({{"x", x}});
+      auto w = (*widened)->Run({{"x", x}});
+      ASSERT_TRUE(a.ok() && u.ok() && w.ok()) << (!a.ok() ? a.status().message() : !u.ok() ? u.status().message() : w.status().message());
+      for (size_t i = 0; i < 2; ++i) {
+        EXPECT_TRUE((*a)[i].BitEqual((*u)[i])) << "output " << i;
+        EXPECT_TRUE((*w)[i].BitEqual((*u)[i])) << "output " << i;
+      }
+      const int64_t width = (*a)[0].dim(-1);
+      EXPECT_EQ((*a)[0].data<uint8_t>()[2 * width + 1], 124);  // -3.5 rounds to -4 (even)
+    }
+  }
+}
+
 TEST(GraphFusionTest, Negative_TokenQuantizationThatMustStay) {
   Graph other_code = TokenQuantization(false, 126.0f).graph;  // not the int8 code range
   EXPECT_EQ(FuseForExecution(other_code), 0);

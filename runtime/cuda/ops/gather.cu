@@ -1,9 +1,9 @@
 // Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU
-// (runtime/cpu/gather_ops.cpp, gather_block_quantized.cpp: the numeric spec). Gather and
-// GatherBlockQuantized read their indices on the device (token ids: no copy to the host per call,
-// and a CUDA graph can replay the lookup with new ids); an index outside [-rows, rows) sets
-// kIndexOutOfRange, which fails the run (Context::TakeDeviceErrors). GatherND's index tuples are
-// read on the host, range-checked there as the CPU kernel does, and uploaded as slice offsets.
+// (runtime/cpu/gather_ops.cpp, gather_block_quantized.cpp: the numeric spec). All three read their
+// indices on the device: token ids need no copy to the host per call, GatherND's index tuples
+// (which the dynamo exports build on the device from Range/Expand/Concat) need no wait for the
+// GPU mid-run, and a CUDA graph can replay the lookup with new indices. An index outside
+// [-n, n) sets kIndexOutOfRange, which fails the run (Context::TakeDeviceErrors).
 #include "runtime/cuda/ops/common.cuh"
 
 namespace qc::cuda {
@@ -51,12 +51,31 @@ __global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales,
   }
 }
 
-// out[row * slice + i] = data[start[row] + i]: GatherND's slices at offsets computed on the host.
-template <typename T>
-__global__ void GatherSlicesKernel(const T* data, const int64_t* start, T* out, int64_t rows, int64_t slice) {
-  const int64_t n = rows * slice;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[e] = data[start[e / slice] + e % slice];
+// GatherND's geometry: index tuples of `k` coordinates address axes b..b+k-1 of data.
+constexpr int kMaxGatherNDRank = 8;
+struct GatherNDShape {
+  int64_t tuples = 1, slice = 1, batch_stride = 0;  // tuples per batch, elements per slice
+  int k = 0, b = 0;
+  int64_t dims[kMaxGatherNDRank] = {}, strides[kMaxGatherNDRank] = {};  // data's
+};
+
+// out[row * slice + i] = data[offset(row) + i], row = batch * tuples + tuple; a tuple with a
+// coordinate out of range gives zeros (and kIndexOutOfRange).
+template <typename T, typename I>
+__global__ void GatherNDKernel(const T* data, const I* idx, T* out, int64_t rows, GatherNDShape g, unsigned* errors) {
+  const int64_t n = rows * g.slice;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / g.slice;
+    int64_t off = (row / g.tuples) * g.batch_stride;
+    bool valid = true;
+    for (int j = 0; j < g.k; ++j) {
+      const int axis = g.b + j;
+      const int64_t v = AxisIndex(idx, row * g.k + j, g.dims[axis], errors);
+      valid &= v >= 0;
+      off += v * g.strides[axis];
+    }
+    out[e] = valid ? data[off + e % g.slice] : T{};
+  }
 }
 
 }  // namespace
@@ -95,7 +114,6 @@ Status GatherCuda(OpContext& ctx) {
   return Status::Ok();
 }
 
-// Indices (input 1) are read on the host: each index tuple becomes one slice offset there.
 Status GatherNDCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   const Tensor& data = ctx.input(0);
@@ -114,43 +132,36 @@ Status GatherNDCuda(OpContext& ctx) {
                        ShapeToString(indices.shape()));
   const int64_t k = indices.dim(q - 1);
   if (k < 1 || k > r - b) return ctx.Error("indices.shape[-1] = " + std::to_string(k) + " must be in [1, " + std::to_string(r - b) + "]");
+  if (r > kMaxGatherNDRank) return ctx.Decline("data of rank " + std::to_string(r));
   Shape shape(indices.shape().begin(), indices.shape().end() - 1);
   shape.insert(shape.end(), data.shape().begin() + b + k, data.shape().end());
-  int64_t batches = 1, tuples = 1, slice = 1;
+  GatherNDShape g;
+  g.k = static_cast<int>(k);
+  g.b = static_cast<int>(b);
+  int64_t batches = 1;
   for (int d = 0; d < b; ++d) batches *= data.dim(d);
-  for (int d = static_cast<int>(b); d < q - 1; ++d) tuples *= indices.dim(d);
-  for (int d = static_cast<int>(b + k); d < r; ++d) slice *= data.dim(d);
-  std::vector<int64_t> strides(r, 1);
-  for (int d = r - 1; d > 0; --d) strides[d - 1] = strides[d] * data.dim(d);
-  const int64_t batch_stride = b > 0 ? strides[b - 1] : 0;
-  const std::vector<int64_t> idx = indices.ToInt64s();
-  std::vector<int64_t> start(batches * tuples);
-  for (int64_t bi = 0; bi < batches; ++bi)
-    for (int64_t t = 0; t < tuples; ++t) {
-      const int64_t row = bi * tuples + t;
-      int64_t off = bi * batch_stride;
-      for (int64_t j = 0; j < k; ++j) {
-        const int axis = static_cast<int>(b + j);
-        int64_t v = idx[row * k + j];
-        const int64_t dim = data.dim(axis);
-        if (v < -dim || v >= dim)
-          return ctx.Error("index " + std::to_string(v) + " is out of range for axis " + std::to_string(axis) + " of size " + std::to_string(dim));
-        if (v < 0) v += dim;
-        off += v * strides[axis];
-      }
-      start[row] = off;
-    }
+  for (int d = static_cast<int>(b); d < q - 1; ++d) g.tuples *= indices.dim(d);
+  for (int d = static_cast<int>(b + k); d < r; ++d) g.slice *= data.dim(d);
+  for (int d = r - 1; d >= 0; --d) {
+    g.dims[d] = data.dim(d);
+    g.strides[d] = d == r - 1 ? 1 : g.strides[d + 1] * data.dim(d + 1);
+  }
+  g.batch_stride = b > 0 ? g.strides[b - 1] : 0;
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_start, ctx.cuda.Upload(Tensor::FromVector<int64_t>(start, {static_cast<int64_t>(start.size())})));
-  const int64_t rows = static_cast<int64_t>(start.size());
+  const int64_t rows = batches * g.tuples;
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    GatherSlicesKernel<T><<<BlocksFor(rows * slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), dev_start.device_data<int64_t>(),
-                                                                                      static_cast<T*>(y->mutable_raw()), rows, slice);
+    auto run = [&](const auto* ip) {
+      GatherNDKernel<<<BlocksFor(rows * g.slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip,
+                                                                                   static_cast<T*>(y->mutable_raw()), rows, g,
+                                                                                   ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   };
   DispatchBytes(size, launch);  // size checked above
-  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherSlicesKernel");
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherNDKernel");
   return Status::Ok();
 }
 

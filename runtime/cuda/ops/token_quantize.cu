@@ -10,25 +10,30 @@ namespace {
 
 constexpr int kTokenThreads = 256;
 
-__global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const float* x, const int64_t* columns, int64_t len, int64_t width,
-                                                                      float epsilon, uint8_t* q, float* s, unsigned* errors) {
+// T: x's and s's type. Each step rounds to T as the unfused graph's op does (token_quantize's CPU
+// kernel): s = T(max(max|x|, eps) / 127), then q = uint8(rint(T(x / s)) + 128).
+template <typename T>
+__global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const T* x, const int64_t* columns, int64_t len, int64_t width,
+                                                                      float epsilon, uint8_t* q, T* s, unsigned* errors) {
   __shared__ float scratch[32];
   const int64_t r = blockIdx.x;
-  const float* xr = x + r * len;
+  const T* xr = x + r * len;
   auto column = [&](int64_t j) { return columns == nullptr ? j : AxisIndex(columns, j, len, errors); };
   // NaN-propagating, as the CPU's MaxValue (fmaxf would drop a NaN).
   auto max_nan = [](float a, float b) { return isnan(a) ? a : isnan(b) ? b : (a < b ? b : a); };
+  auto rounded = [](float v) { return static_cast<float>(LoadValue(StoreValue<T>(v))); };
   float mx = -INFINITY;
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
     const int64_t k = column(j);
-    if (k >= 0) mx = max_nan(mx, fabsf(xr[k]));
+    if (k >= 0) mx = max_nan(mx, fabsf(static_cast<float>(LoadValue(xr[k]))));
   }
   mx = BlockMax(mx, scratch);
-  const float scale = max_nan(mx, epsilon) / 127.0f;
-  if (threadIdx.x == 0) s[r] = scale;
+  const float scale = rounded(max_nan(mx, epsilon) / 127.0f);
+  if (threadIdx.x == 0) s[r] = StoreValue<T>(scale);
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {
     const int64_t k = column(j);
-    q[r * width + j] = k < 0 ? uint8_t{0} : static_cast<uint8_t>(rintf(xr[k] / scale) + 128.0f);
+    const float code = k < 0 ? 0.0f : rintf(rounded(static_cast<float>(LoadValue(xr[k])) / scale)) + 128.0f;
+    q[r * width + j] = isnan(code) ? uint8_t{0} : static_cast<uint8_t>(fminf(fmaxf(code, 0.0f), 255.0f));  // as Cast
   }
 }
 
@@ -37,7 +42,7 @@ __global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const floa
 Status QuantizeTokensUint8Cuda(OpContext& ctx) {
   if (!ctx.has_input(0)) return ctx.Error("input x is missing");
   const Tensor& x = ctx.input(0);
-  if (x.dtype() != DType::kFloat32) return ctx.Decline("dtype " + DTypeName(x.dtype()));
+  if (!IsKernelFloat(x.dtype())) return ctx.Decline("dtype " + DTypeName(x.dtype()));
   if (x.rank() < 1) return ctx.Error("x must have rank >= 1");
   if (ctx.outputs.size() < 2) return ctx.Error("expected 2 outputs (q, s)");
   const int64_t len = x.dim(-1), rows = len == 0 ? 0 : x.numel() / len;
@@ -53,12 +58,17 @@ Status QuantizeTokensUint8Cuda(OpContext& ctx) {
   q_shape.back() = width;
   s_shape.back() = 1;
   QC_ASSIGN_OR_RETURN(Tensor * q, ctx.Output(0, DType::kUInt8, q_shape));
-  QC_ASSIGN_OR_RETURN(Tensor * s, ctx.Output(1, DType::kFloat32, s_shape));
+  QC_ASSIGN_OR_RETURN(Tensor * s, ctx.Output(1, x.dtype(), s_shape));
   if (rows == 0) return Status::Ok();
   if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 tokens");
-  QuantizeTokensKernel<<<static_cast<unsigned>(rows), kTokenThreads, 0, ctx.cuda.stream()>>>(
-      x.device_data<float>(), columns, len, width, ctx.node.GetFloat("epsilon", 1e-30f), q->mutable_device_data<uint8_t>(),
-      s->mutable_device_data<float>(), ctx.cuda.device_errors());
+  // The unfused graph's eps constant is of x's type.
+  const float epsilon = RoundedToDType(ctx.node.GetFloat("epsilon", 1e-30f), x.dtype());
+  DispatchFloat(x.dtype(), [&](auto zero) {
+    using T = decltype(zero);
+    QuantizeTokensKernel<T><<<static_cast<unsigned>(rows), kTokenThreads, 0, ctx.cuda.stream()>>>(
+        x.device_data<T>(), columns, len, width, epsilon, q->mutable_device_data<uint8_t>(), s->mutable_device_data<T>(),
+        ctx.cuda.device_errors());
+  });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("QuantizeTokensKernel");
   return Status::Ok();
 }

@@ -86,6 +86,10 @@ for model in float32 float16 float32@float16 w4 w4-float16 w8a8; do
   ours="$("$qc" eval "$file" --device cuda "${dtype_args[@]}" --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
     ours="$failed"
   echo "$model qconvert: $ours" >&2
+  # The same without CUDA graphs: every window's steps queued one by one (the host's launch cost).
+  steps="$("$qc" eval "$file" --device cuda "${dtype_args[@]}" --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress --no-cuda-graphs)" ||
+    steps="$failed"
+  echo "$model qconvert --no-cuda-graphs: $steps" >&2
   theirs="$failed"
   if [ "$ort_cuda" = 1 ] && [ "$model" != float32@float16 ]; then
     log "eval $model: onnxruntime"
@@ -98,22 +102,24 @@ for model in float32 float16 float32@float16 w4 w4-float16 w8a8; do
     torch="$(python3 "$root/tools/torch_eval.py" "$work/ids.npy" "$seqlen" "$windows" --dtype "$model")" || torch="$failed"
     echo "$model pytorch: $torch" >&2
   fi
-  rows+=("$model|$(json_field ppl <<<"$ours")|$(json_field tokens_per_second <<<"$ours")|$(json_field ppl <<<"$theirs")|$(json_field tokens_per_second <<<"$theirs")|$(json_field ppl <<<"$torch")|$(json_field tokens_per_second <<<"$torch")")
+  rows+=("$model|$(json_field ppl <<<"$ours")|$(json_field tokens_per_second <<<"$ours")|$(json_field tokens_per_second <<<"$steps")|$(json_field ppl <<<"$theirs")|$(json_field tokens_per_second <<<"$theirs")|$(json_field ppl <<<"$torch")|$(json_field tokens_per_second <<<"$torch")")
 done
 
 echo
 echo "model: TinyLlama-1.1B dimensions (hidden 2048, 22 layers, 32 heads, 4 KV heads, vocab 32000), random init, dynamo export"
 echo "eval: $windows windows of $seqlen tokens (seeded random ids), one window per run; ONNX Runtime CUDA provider available: $ort_cuda"
 echo
-echo "| model file | qconvert ppl | qconvert tok/s | ORT CUDA ppl | ORT CUDA tok/s | PyTorch ppl | PyTorch tok/s | qconvert / ORT | qconvert / PyTorch |"
-echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+echo "eval tok/s: after a first, untimed window in every runtime; qconvert with CUDA graphs (the default) and without"
+echo
+echo "| model file | qconvert ppl | qconvert tok/s | qconvert tok/s, no graphs | ORT CUDA ppl | ORT CUDA tok/s | PyTorch ppl | PyTorch tok/s | qconvert / ORT | qconvert / PyTorch |"
+echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 for row in "${rows[@]}"; do
   python3 - "$row" <<'EOF'
 import sys
-m, p1, t1, p2, t2, p3, t3 = sys.argv[1].split("|")
+m, p1, t1, t0, p2, t2, p3, t3 = sys.argv[1].split("|")
 fmt = lambda p: "-" if p == "failed" else f"{float(p):.4f}"
 tps = lambda t: "-" if float(t) == 0 else f"{float(t):.0f}"
 ratio = lambda a, b: f"{float(a) / float(b):.2f}x" if float(a) > 0 and float(b) > 0 else "-"
-print(f"| {m} | {fmt(p1)} | {tps(t1)} | {fmt(p2)} | {tps(t2)} | {fmt(p3)} | {tps(t3)} | {ratio(t1, t2)} | {ratio(t1, t3)} |")
+print(f"| {m} | {fmt(p1)} | {tps(t1)} | {tps(t0)} | {fmt(p2)} | {tps(t2)} | {fmt(p3)} | {tps(t3)} | {ratio(t1, t2)} | {ratio(t1, t3)} |")
 EOF
 done

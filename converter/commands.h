@@ -41,6 +41,7 @@ struct EvalOptions {
   bool json = false;
   bool progress = true;
   bool profile = false;  // print time per op type to stderr
+  bool cuda_graphs = true;  // SessionOptions::cuda_graphs with --device cuda
   std::string device = "cpu";  // cpu | cuda
   std::string dtype;           // float32 | float16 | bfloat16; empty: the model's own
 };

@@ -15,6 +15,7 @@ namespace qc {
 Status RunEval(const EvalOptions& options) {
   QC_ASSIGN_OR_RETURN(SessionOptions so, DeviceSessionOptions(options.device, options.dtype));
   so.profile = options.profile;
+  so.cuda_graphs = options.cuda_graphs && so.device == Device::kCuda;
   QC_ASSIGN_OR_RETURN(std::vector<int32_t> ids, LoadIds(options.data, options.tokenizer));
   QC_ASSIGN_OR_RETURN(Model model, ReadOnnxModel(options.model));
   const DType own = ModelFloatDType(model.graph);

@@ -111,6 +111,8 @@ int main(int argc, char** argv) {
   eval_cmd->add_flag("--json", eval.json, "Print one JSON object on stdout");
   eval_cmd->add_flag("!--no-progress", eval.progress, "Hide the progress bar");
   eval_cmd->add_flag("--profile", eval.profile, "Print the time spent per op type to stderr");
+  eval_cmd->add_flag("!--no-cuda-graphs", eval.cuda_graphs,
+                     "With --device cuda, run every window step by step instead of replaying the second as a CUDA graph");
   eval_cmd->add_option("--device", eval.device, "Run on the CPU or a CUDA GPU (ops without a CUDA kernel run on the CPU; a summary goes to stderr)")
       ->check(CLI::IsMember({"cpu", "cuda"}))
       ->capture_default_str();

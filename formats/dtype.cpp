@@ -117,4 +117,10 @@ uint16_t FloatToBFloat16(float f) {
   return static_cast<uint16_t>(u >> 16);
 }
 
+float RoundedToDType(float v, DType t) {
+  if (t == DType::kFloat16) return HalfToFloat(FloatToHalf(v));
+  if (t == DType::kBFloat16) return BFloat16ToFloat(FloatToBFloat16(v));
+  return v;
+}
+
 }  // namespace qc

@@ -55,6 +55,8 @@ inline float BFloat16ToFloat(uint16_t b) {
   return f;
 }
 uint16_t FloatToBFloat16(float f);
+/// `v` rounded to the float type `t` (float16 or bfloat16; other types leave it as is), as a float.
+float RoundedToDType(float v, DType t);
 
 /// Storage types for the 16-bit floats so templates can tell them apart from uint16_t.
 struct Float16 {

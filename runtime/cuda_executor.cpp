@@ -5,7 +5,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 #include <tuple>
 
@@ -15,6 +17,8 @@
 
 #ifdef QC_HAVE_CUDA
 #include "runtime/cuda/context.h"
+#include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/graph.h"
 #include "runtime/cuda/ops/op_kernel.h"
 #include "runtime/cuda/pinned_pool.h"
 #endif
@@ -126,8 +130,81 @@ struct CudaExecutor::Impl {
   mutable double queued_seconds = 0, run_seconds = 0;
   mutable Copies to_device, to_host;
   mutable std::map<std::string, int64_t> fallbacks;  // "Op: reason" -> calls
+  // Device values a step read on the host mid-run (each a copy that waits for the GPU, and what
+  // keeps a run from being captured): "'value' (made by Op) for Op" -> copies.
+  mutable std::map<std::string, int64_t> mid_run_reads;
+  mutable int current_step = -1;  // the step RunSteps is running, -1 outside it
   mutable std::map<Where, int64_t> step_counts;
   mutable std::map<std::string, OpProfile> profile;
+
+  // SessionOptions::cuda_graphs. A run's signature: each feed's dtype and shape, and the outputs wanted.
+  struct Signature {
+    std::vector<std::pair<DType, Shape>> feeds;
+    std::vector<int> wanted;
+    bool operator==(const Signature&) const = default;
+  };
+  // A run captured as a CUDA graph, and what a replay needs besides it.
+  struct GraphRun {
+    Signature signature;
+    std::unique_ptr<cuda::CapturedGraph> graph;
+    std::shared_ptr<cuda::CachingAllocator::Reservation> blocks;  // every device block it addresses
+    // Host bytes the graph copies to the device, staged in page-locked memory. Those that are a
+    // feed (or a host view of one) are refreshed from it before each replay; the others are values
+    // of host steps, the same while the signature and the feeds the host reads are.
+    struct Staged {
+      int feed = -1;
+      size_t offset = 0, bytes = 0;
+      std::shared_ptr<void> pinned;
+    };
+    std::vector<Staged> staged;
+    std::vector<std::pair<int, Tensor>> host_read;  // feeds the host steps read, as captured
+    // Kernels' own uploads (Context::Upload: shapes, offsets, zero points the host worked out from
+    // values the host read), staged for the replays.
+    std::vector<std::shared_ptr<void>> kernel_uploads;
+    std::vector<std::pair<int, Tensor>> outputs;    // the output slots' values after the run
+    // While capturing: the frame as the run began. A feed's slot is freed after its last reader,
+    // but a view of it may still be uploaded or read later, and must be traced back to the feed.
+    std::vector<Tensor> feeds;
+  };
+  std::vector<int> feed_slots;  // the graph inputs' slots
+  mutable std::unique_ptr<GraphRun> graph_run;
+  mutable GraphRun* capturing = nullptr;  // set while a run is being captured
+  mutable std::optional<Signature> last_signature;
+  mutable bool graphs_off = false;
+  mutable std::string graphs_off_reason;
+  mutable int64_t graph_replays = 0;
+
+  bool GraphsOn() const { return options.cuda_graphs && !options.profile && !options.stream_constants && !graphs_off; }
+
+  // The feed in `frame` (the frame as a run began) whose host bytes hold all of `t`'s (a feed, or a
+  // view of one), or -1.
+  int FeedHolding(const std::vector<Tensor>& frame, const Tensor& t, size_t* offset) const {
+    if (!t.defined() || t.on_device() || t.nbytes() == 0) return -1;
+    const char* p = static_cast<const char*>(t.raw());
+    for (int f : feed_slots) {
+      const Tensor& feed = frame[f];
+      if (!feed.defined() || feed.on_device()) continue;
+      const char* base = static_cast<const char*>(feed.raw());
+      if (p >= base && p + t.nbytes() <= base + feed.nbytes()) {
+        *offset = static_cast<size_t>(p - base);
+        return f;
+      }
+    }
+    return -1;
+  }
+
+  // "'value' (made by Op) for Op": device value `s` read on the host by the current step.
+  std::string MidRunRead(int s) const {
+    std::string text = "'" + plan->SlotName(s) + "'";
+    for (const Plan::Step& step : plan->steps())
+      if (std::find(step.out.begin(), step.out.end(), s) != step.out.end()) text += " (made by " + step.node->op_type + ")";
+    if (current_step >= 0) text += " for " + plan->steps()[current_step].node->Describe();
+    return text;
+  }
+
+  // During a capture: the upload of host value `s`, staged through page-locked memory (a graph
+  // cannot hold a copy from pageable memory) and recorded for replays.
+  StatusOr<Tensor> StagedUpload(const std::vector<Tensor>& frame, int s) const;
 
   // Per run: frame[s] is the value, mirror[s] its copy on the other side (if made); overridden[s]
   // when an Execution replaced a constant (the replacement is no session constant).
@@ -142,8 +219,17 @@ struct CudaExecutor::Impl {
     return !r.frame[s].on_device() || (r.mirror[s].defined() && !r.mirror[s].on_device());
   }
   StatusOr<const Tensor*> HostOf(Run& r, int s) const {
+    if (capturing != nullptr) {  // a host step reads this value: a feed it comes from must not change
+      size_t offset = 0;
+      const int f = FeedHolding(capturing->feeds, r.frame[s], &offset);
+      if (f >= 0 && std::none_of(capturing->host_read.begin(), capturing->host_read.end(), [&](const auto& h) { return h.first == f; }))
+        capturing->host_read.emplace_back(f, capturing->feeds[f]);
+    }
     if (!r.frame[s].on_device()) return &r.frame[s];
     if (!r.mirror[s].defined()) {
+      // A copy to the host waits for the stream, which a capture cannot (named for the summary).
+      if (capturing != nullptr) return FailedPrecondition(MidRunRead(s) + " is needed on the host mid-run");
+      if (current_step >= 0) mid_run_reads[MidRunRead(s)]++;
       QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Download(r.frame[s]));
       to_host.count++;
       to_host.bytes += r.frame[s].nbytes();
@@ -161,11 +247,38 @@ struct CudaExecutor::Impl {
       r.mirror[s] = streamed[s];
     }
     if (!r.mirror[s].defined()) {
-      QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
+      if (capturing != nullptr) {
+        QC_ASSIGN_OR_RETURN(r.mirror[s], StagedUpload(r.frame, s));
+      } else {
+        QC_ASSIGN_OR_RETURN(r.mirror[s], cuda->Upload(r.frame[s]));
+      }
       to_device.count++;
       to_device.bytes += r.frame[s].nbytes();
     }
     return &r.mirror[s];
+  }
+
+  // SessionOptions::cuda_graphs: replays the captured graph when the run has its signature (*ran),
+  // captures and launches one on the second run in a row with the same signature, and otherwise
+  // leaves the run to the steps. A capture that fails turns graphs off for the session (the caller
+  // then runs the steps on a fresh run state; `frame` is as it came).
+  Status RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
+                    const std::vector<int>& wanted, bool* ran) const;
+  // Waits for the stream; an InvalidArgument when a kernel flagged its input (cuda::DeviceError).
+  Status CheckDeviceErrors() const {
+    QC_ASSIGN_OR_RETURN(unsigned errors, cuda->TakeDeviceErrors());
+    if (errors & cuda::kIndexOutOfRange)
+      return InvalidArgument("a Gather, GatherND or GatherBlockQuantized index is outside its axis [-n, n) (checked on the GPU)");
+    if (errors & cuda::kTokenOutOfVocabulary)
+      return InvalidArgument("a token id to score is outside the model's vocabulary (checked on the GPU)");
+    if (errors != 0) return Internal("unknown device error bits " + std::to_string(errors));
+    return Status::Ok();
+  }
+  void DropGraphs(std::string reason) const {
+    graph_run.reset();
+    cuda->nbits_workspace().set_keep_outgrown(false);
+    graphs_off = true;
+    graphs_off_reason = std::move(reason);
   }
 
   // `widen`: host inputs of float16/bfloat16 may be widened for a kernel without a 16-bit path
@@ -353,6 +466,7 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
   for (const ValueInfo& in : graph.inputs) {  // initializer defaults a caller may override
     const int s = plan.SlotOf(in.name);
     if (s >= 0) impl->constant[s] = false;
+    if (s >= 0) impl->feed_slots.push_back(s);
   }
   impl->device_constants.resize(slots);
   impl->streamed.resize(slots);
@@ -393,11 +507,104 @@ StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(const Plan& plan, c
   return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(impl)));
 }
 
+StatusOr<Tensor> CudaExecutor::Impl::StagedUpload(const std::vector<Tensor>& frame, int s) const {
+  const Tensor& host = frame[s];
+  const size_t bytes = static_cast<size_t>(host.nbytes());
+  QC_ASSIGN_OR_RETURN(Tensor t, cuda->Empty(host.dtype(), host.shape()));
+  GraphRun::Staged staged;
+  staged.bytes = bytes;
+  QC_ASSIGN_OR_RETURN(staged.pinned, cuda::AllocatePinned(bytes));
+  if (bytes > 0) {
+    std::memcpy(staged.pinned.get(), host.raw(), bytes);
+    QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), staged.pinned.get(), bytes, cudaMemcpyHostToDevice, cuda->stream()));
+  }
+  staged.feed = FeedHolding(capturing->feeds, host, &staged.offset);
+  capturing->staged.push_back(std::move(staged));
+  return t;
+}
+
+Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
+                                      const std::vector<int>& wanted, bool* ran) const {
+  *ran = false;
+  Signature signature{{}, wanted};
+  for (int f : feed_slots)
+    signature.feeds.emplace_back(frame[f].defined() ? frame[f].dtype() : DType::kUndefined,
+                                 frame[f].defined() ? frame[f].shape() : Shape{});
+  if (graph_run && graph_run->signature == signature) {
+    for (const auto& [f, value] : graph_run->host_read)
+      if (frame[f].on_device() || std::memcmp(value.raw(), frame[f].raw(), static_cast<size_t>(value.nbytes())) != 0) {
+        DropGraphs("a feed the host steps read changed");
+        return Status::Ok();
+      }
+    for (GraphRun::Staged& staged : graph_run->staged)
+      if (staged.feed >= 0 && staged.bytes > 0)
+        std::memcpy(staged.pinned.get(), static_cast<const char*>(frame[staged.feed].raw()) + staged.offset, staged.bytes);
+    QC_RETURN_IF_ERROR(graph_run->graph->Launch(cuda->stream()));
+    for (const auto& [s, value] : graph_run->outputs) frame[s] = value;
+    graph_replays++;
+    *ran = true;
+    return Status::Ok();
+  }
+  if (!last_signature || !(*last_signature == signature)) {  // a first run of its kind runs as steps
+    last_signature = signature;
+    return Status::Ok();
+  }
+  // The second run in a row with this signature: capture it. Everything it allocates stays reserved
+  // for the graph, which replays into the same blocks.
+  graph_run.reset();
+  cuda->nbits_workspace().set_keep_outgrown(false);
+  auto captured = std::make_unique<GraphRun>();
+  captured->signature = signature;
+  QC_ASSIGN_OR_RETURN(captured->blocks, cuda->allocator().BeginReserving());
+  captured->feeds = frame;
+  const std::vector<Tensor>& feeds = captured->feeds;
+  capturing = captured.get();
+  cuda->set_capture_pins(&captured->kernel_uploads);
+  Status status = cuda::CapturedGraph::BeginCapture(cuda->stream());
+  std::unique_ptr<cuda::CapturedGraph> graph;
+  if (status.ok()) {
+    status = executor.RunSteps(frame, run, plan->num_steps());
+    StatusOr<std::unique_ptr<cuda::CapturedGraph>> ended = cuda::CapturedGraph::EndCapture(cuda->stream());
+    if (status.ok() && !ended.ok()) status = ended.status();
+    if (ended.ok()) graph = std::move(ended).value();
+  }
+  capturing = nullptr;
+  cuda->set_capture_pins(nullptr);
+  cuda->allocator().EndReserving();
+  if (!status.ok()) {  // not capturable (a step synchronised, or failed): steps from now on
+    DropGraphs("the run could not be captured: " + status.message());
+    frame = feeds;
+    return Status::Ok();
+  }
+  captured->graph = std::move(graph);
+  for (int s : plan->output_slots()) {
+    size_t offset = 0;
+    if (!frame[s].defined()) continue;
+    if (FeedHolding(feeds, frame[s], &offset) >= 0) {  // a host view of a feed: a replay would return the old one
+      DropGraphs("an output is a view of a feed");
+      frame = feeds;
+      return Status::Ok();
+    }
+    captured->outputs.emplace_back(s, frame[s]);
+  }
+  captured->feeds.clear();  // a replay reads the run's own frame
+  QC_RETURN_IF_ERROR(captured->graph->Launch(cuda->stream()));
+  cuda->nbits_workspace().set_keep_outgrown(true);
+  graph_run = std::move(captured);
+  *ran = true;
+  return Status::Ok();
+}
+
 Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wanted) const {
   Impl& m = *impl_;
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<CudaRunState> run = Begin(frame.size());
-  QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
+  bool ran = false;
+  if (m.GraphsOn()) {
+    QC_RETURN_IF_ERROR(m.RunAsGraph(*this, frame, *run, wanted, &ran));
+    if (!ran && run->cursor > 0) run = Begin(frame.size());  // after a failed capture
+  }
+  if (!ran) QC_RETURN_IF_ERROR(RunSteps(frame, *run, m.plan->num_steps()));
   const auto queued = std::chrono::steady_clock::now();
   Impl::Run r{frame, run->mirror, run->overridden};
   for (int s : m.plan->output_slots()) {
@@ -409,7 +616,7 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
     QC_ASSIGN_OR_RETURN(const Tensor* host, m.HostOf(r, s));
     frame[s] = *host;
   }
-  QC_RETURN_IF_ERROR(m.cuda->Synchronize());
+  QC_RETURN_IF_ERROR(m.CheckDeviceErrors());  // waits for the stream
   m.runs++;
   m.queued_seconds += std::chrono::duration<double>(queued - t0).count();
   m.run_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -452,9 +659,14 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
   Impl::Run r{frame, run.mirror, run.overridden};
   const auto& steps = m.plan->steps();
   std::vector<char>& skip = run.skip;  // steps done by a fused epilogue
+  struct StepCursor {  // Impl::current_step is the running step's, and -1 again however this returns
+    int& step;
+    ~StepCursor() { step = -1; }
+  } cursor{m.current_step};
   end = std::min(end, static_cast<int>(steps.size()));
   for (size_t i = run.cursor; i < static_cast<size_t>(std::max(end, run.cursor)); ++i) {
     const auto t0 = std::chrono::steady_clock::now();
+    m.current_step = static_cast<int>(i);
     Impl::Where where = Impl::Where::kCuda;
     bool fused = false;
     if (skip[i]) {
@@ -481,6 +693,9 @@ Status CudaExecutor::RunSteps(std::vector<Tensor>& frame, CudaRunState& run, int
     m.steps[i].host_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     run.cursor = static_cast<int>(i) + 1;
   }
+  // A finished run reports what its kernels found invalid on the device (not while captured:
+  // nothing ran yet, and a capture cannot wait for the stream).
+  if (run.cursor >= static_cast<int>(steps.size()) && m.capturing == nullptr) QC_RETURN_IF_ERROR(m.CheckDeviceErrors());
   if (m.options.stream_constants) {
     // A streamed constant no live run will read again is freed (queued work that still reads it
     // is ordered before any reuse of its block: one stream, a stream-ordered allocator).
@@ -575,7 +790,15 @@ std::vector<std::string> CudaExecutor::Summary() const {
     }
     lines.push_back(text + "), outside the steps " + FormatMs((m.run_seconds - steps_seconds) / m.runs));
   }
+  if (m.graph_replays > 0 || m.graph_run) {
+    std::snprintf(buf, sizeof buf, "cuda: %lld runs replayed as one CUDA graph (%.1f MiB of device memory reserved for it)",
+                  static_cast<long long>(m.graph_replays), m.graph_run ? MiB(static_cast<int64_t>(m.graph_run->blocks->bytes())) : 0.0);
+    lines.push_back(buf);
+  }
+  if (m.options.cuda_graphs && m.graphs_off) lines.push_back("cuda: CUDA graphs off: " + m.graphs_off_reason);
   for (const auto& [what, calls] : m.fallbacks) lines.push_back("cuda: CPU fallback " + what + " (" + std::to_string(calls) + " calls)");
+  for (const auto& [what, copies] : m.mid_run_reads)
+    lines.push_back("cuda: read on the host mid-run: " + what + " (" + std::to_string(copies) + " copies)");
   return lines;
 }
 

@@ -40,6 +40,12 @@ struct SessionOptions {
   /// uploading every constant at creation. Sequential calibration of a model whose float weights
   /// do not fit on the device (or should not: the solver needs room) sets it.
   bool stream_constants = false;
+  /// kCuda only: Session::Run captures a run as a CUDA graph once two runs in a row had the same
+  /// feed shapes and wanted outputs, and replays it while they stay so (one launch instead of a
+  /// launch per kernel). Feeds the host reads by value (shape arithmetic on an attention mask) must
+  /// also stay the same; when they change, or a run cannot be captured (a step needs a device value
+  /// on the host), the session runs step by step from then on. Not with `profile`.
+  bool cuda_graphs = false;
   /// The float type the model computes in (runtime/float_precision.h): float32, float16 or
   /// bfloat16; kUndefined runs the model in its own precision. The graph's inputs and declared
   /// outputs keep their dtypes. float16 and bfloat16 need Device::kCuda (InvalidArgument on the

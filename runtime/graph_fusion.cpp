@@ -159,6 +159,90 @@ class Fuser {
     return fused;
   }
 
+  // The W8A8 layers' per-token activation quantization (docs/FORMAT.md, "W8A8"), eight ops and as
+  // many passes over X (or its rest channels X_R = Gather(X, R, axis=-1), outlier-split):
+  //   s = Div(Max(ReduceMax(Abs(X_R), axes=[-1], keepdims=1), eps), 127)
+  //   q = Cast<uint8>(Add(Round(Div(X_R, s)), 128))
+  // => qconvert.fused.QuantizeTokensUint8(X[, R]; epsilon=eps) -> (q, s), in X's type (float32,
+  // float16 or bfloat16; the chain's constants of the same type). s keeps its other readers (the
+  // layers' output scaling). The fused node takes the chain's first node's place: its inputs exist
+  // there, and every reader of q and s comes after it.
+  int FuseTokenQuantization() {
+    int fused = 0;
+    for (size_t last = 0; last < graph_.nodes.size(); ++last) {
+      if (erase_.count(static_cast<int>(last))) continue;
+      const Node& cast = graph_.nodes[last];
+      if (!IsDefault(cast, "Cast") || cast.inputs.size() != 1 || cast.outputs.size() != 1 ||
+          cast.GetInt("to", 0) != static_cast<int64_t>(DType::kUInt8))
+        continue;
+      std::vector<int> chain;  // Add, Round, Div(X, s), then Div(m, 127), Max, ReduceMax, Abs
+      const int add = Producer(cast.inputs[0], "Add");
+      if (add < 0 || !Private(cast.inputs[0])) continue;
+      const std::string* rounded = OtherInputThan(graph_.nodes[add], 128.0f);
+      const int round = rounded ? Producer(*rounded, "Round") : -1;
+      if (round < 0 || !Private(*rounded) || graph_.nodes[round].inputs.size() != 1) continue;
+      const std::string& scaled = graph_.nodes[round].inputs[0];
+      const int div_x = Producer(scaled, "Div");
+      if (div_x < 0 || !Private(scaled) || graph_.nodes[div_x].inputs.size() != 2) continue;
+      const std::string& xr = graph_.nodes[div_x].inputs[0];
+      const std::string& s = graph_.nodes[div_x].inputs[1];
+      const int div_m = Producer(s, "Div");
+      if (div_m < 0 || outputs_.count(s) || graph_.nodes[div_m].inputs.size() != 2 ||
+          !IsFloatConstant(graph_.nodes[div_m].inputs[1], 127.0f))
+        continue;
+      const std::string& m = graph_.nodes[div_m].inputs[0];
+      const int max = Producer(m, "Max");
+      if (max < 0 || !Private(m) || graph_.nodes[max].inputs.size() != 2) continue;
+      const Node& max_node = graph_.nodes[max];
+      const int eps_side = ScalarConstant(max_node.inputs[1]) ? 1 : ScalarConstant(max_node.inputs[0]) ? 0 : -1;
+      if (eps_side < 0) continue;
+      const std::string& abs_max = max_node.inputs[1 - eps_side];
+      const int reduce = Producer(abs_max, "ReduceMax");
+      if (reduce < 0 || !Private(abs_max) || graph_.nodes[reduce].GetInt("keepdims", 1) != 1 ||
+          !LastAxisOnly(graph_.nodes[reduce]))
+        continue;
+      const std::string& abs_value = graph_.nodes[reduce].inputs[0];
+      const int abs = Producer(abs_value, "Abs");
+      if (abs < 0 || !Private(abs_value) || graph_.nodes[abs].inputs.size() != 1 || graph_.nodes[abs].inputs[0] != xr) continue;
+      // One float type throughout (float32, or a 16-bit one whose ops the fused kernel rounds as
+      // the chain does): X's, and the constants' 128, 127 and eps.
+      const DType type = TypeOf(xr);
+      const Node& add_node = graph_.nodes[add];
+      const std::string& c128 = &add_node.inputs[0] == rounded ? add_node.inputs[1] : add_node.inputs[0];
+      if (!IsComputeFloat(type)) continue;
+      bool one_type = true;
+      for (const std::string* c : std::initializer_list<const std::string*>{&c128, &graph_.nodes[div_m].inputs[1], &max_node.inputs[eps_side]})
+        one_type &= graph_.FindInitializer(*c)->dtype() == type;
+      if (!one_type) continue;
+      // X_R read by the chain alone (Abs and the Div): a Gather of X along the last axis fuses too.
+      std::vector<std::string> inputs = {xr};
+      int first = abs;
+      const int gather = Producer(xr, "Gather");
+      auto readers = readers_.find(xr);
+      if (gather >= 0 && readers != readers_.end() && readers->second == 2 && !outputs_.count(xr) &&
+          graph_.nodes[gather].inputs.size() == 2 && graph_.nodes[gather].GetInt("axis", 0) == -1) {
+        const Tensor* columns = graph_.FindInitializer(graph_.nodes[gather].inputs[1]);
+        if (columns != nullptr && columns->dtype() == DType::kInt64 && columns->rank() == 1) {
+          inputs = graph_.nodes[gather].inputs;
+          first = gather;
+          erase_.insert(abs);
+        }
+      }
+      Node f;
+      f.name = graph_.nodes[first].name;
+      f.domain = "qconvert.fused";
+      f.op_type = "QuantizeTokensUint8";
+      f.inputs = std::move(inputs);
+      f.outputs = {cast.outputs[0], s};
+      f.attributes["epsilon"] = FloatAttribute(graph_.FindInitializer(max_node.inputs[eps_side])->ToFloats()[0]);
+      for (int n : {static_cast<int>(last), add, round, div_x, div_m, max, reduce, abs})
+        if (n != first) erase_.insert(n);
+      graph_.nodes[first] = std::move(f);
+      ++fused;
+    }
+    return fused;
+  }
+
   void EraseFusedNodes() {
     if (erase_.empty()) return;
     std::vector<Node> kept;
@@ -186,6 +270,17 @@ class Fuser {
   bool ScalarConstant(const std::string& value) const {
     const Tensor* t = graph_.FindInitializer(value);
     return t != nullptr && IsComputeFloat(t->dtype()) && t->numel() == 1;
+  }
+  // A one-element compute-float initializer equal to `v`.
+  bool IsFloatConstant(const std::string& value, float v) const {
+    return ScalarConstant(value) && graph_.FindInitializer(value)->ToFloats()[0] == v;
+  }
+  // The other input of a two-input node one of whose inputs is the float constant `v`; else null.
+  const std::string* OtherInputThan(const Node& node, float v) const {
+    if (node.inputs.size() != 2) return nullptr;
+    if (IsFloatConstant(node.inputs[1], v)) return &node.inputs[0];
+    if (IsFloatConstant(node.inputs[0], v)) return &node.inputs[1];
+    return nullptr;
   }
   // The Cast node producing `value` with target `to`, its output private to the chain; else -1.
   int CastTo(const std::string& value, DType to) const {
@@ -259,7 +354,7 @@ class Fuser {
     }
     return {};
   }
-  // ReduceMean over axes [-1] only, given as the opset-18 input or the older attribute.
+  // A reduction (ReduceMean, ReduceMax) over axes [-1] only, given as the opset-18 input or the older attribute.
   bool LastAxisOnly(const Node& reduce) const {
     if (reduce.inputs.size() >= 2 && !reduce.inputs[1].empty()) {
       const Tensor* axes = graph_.FindInitializer(reduce.inputs[1]);
@@ -299,7 +394,7 @@ int FuseForExecution(Graph& graph) {
     for (const auto& [key, a] : n.attributes)
       if (a.g || !a.graphs.empty()) return 0;  // subgraphs may read values implicitly: stay out
   Fuser fuser(graph);
-  const int fused = fuser.FuseSilu() + fuser.FuseScaledMaskedSoftmax() + fuser.FuseRmsNorm();
+  const int fused = fuser.FuseSilu() + fuser.FuseScaledMaskedSoftmax() + fuser.FuseRmsNorm() + fuser.FuseTokenQuantization();
   fuser.EraseFusedNodes();
   return fused;
 }

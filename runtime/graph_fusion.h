@@ -18,7 +18,11 @@ namespace qc {
 ///   Mul(w, Cast(<the RMSNorm chain on Cast(x, to=float)>, to=T)), w and x of type T
 ///                                        =>  SimplifiedLayerNormalization(x, w) in T
 /// (float32 inside, one rounding on store instead of two; a float16 Llama export runs ~400
-/// kernels fewer per forward pass).
+/// kernels fewer per forward pass), and the W8A8 layers' per-token activation quantization
+/// (docs/FORMAT.md), in float32, float16 or bfloat16 (each step rounded as the chain's op):
+///   s = Div(Max(ReduceMax(Abs(x'), axes=[-1], keepdims=1), eps), 127),
+///   q = Cast<uint8>(Add(Round(Div(x', s)), 128)), x' = x or Gather(x, columns, axis=-1)
+///                                        =>  qconvert.fused.QuantizeTokensUint8(x[, columns]; epsilon=eps) -> (q, s)
 /// A chain is fused only when its intermediate value has no other reader and is not a graph
 /// output. Returns the number of fusions applied.
 int FuseForExecution(Graph& graph);

@@ -70,6 +70,8 @@ class Plan {
   bool profiling_ = false;
 
   int slots() const { return static_cast<int>(names_.size()); }
+  /// The value name a slot holds.
+  const std::string& SlotName(int slot) const { return names_[slot]; }
   int SlotOf(const std::string& name) const {
     auto it = slot_of_.find(name);
     return it == slot_of_.end() ? -1 : it->second;

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -71,16 +72,21 @@ StatusOr<DeviceBuffer> CachingAllocator::Allocate(size_t bytes) {
   size_t block = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.lower_bound(rounded);
-    if (it != free_.end() && it->first - rounded <= MaxSlack(rounded)) {
+    // A recording reservation's own free blocks first, then the cache.
+    std::multimap<size_t, void*>* sources[2] = {recording_ ? &recording_->free_ : nullptr, &free_};
+    for (std::multimap<size_t, void*>* source : sources) {
+      if (source == nullptr || ptr != nullptr) continue;
+      auto it = source->lower_bound(rounded);
+      if (it == source->end() || it->first - rounded > MaxSlack(rounded)) continue;
       block = it->first;
       ptr = it->second;
-      free_.erase(it);
+      source->erase(it);
       stats_.bytes_cached -= block;
       stats_.bytes_in_use += block;
       stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
       ++stats_.cache_hits;
     }
+    if (ptr != nullptr && recording_ != nullptr) recording_->blocks_.emplace(ptr, block);
   }
   if (ptr == nullptr) {
     DeviceGuard guard(device_);
@@ -96,6 +102,7 @@ StatusOr<DeviceBuffer> CachingAllocator::Allocate(size_t bytes) {
     }
     block = rounded;
     std::lock_guard<std::mutex> lock(mu_);
+    if (recording_ != nullptr) recording_->blocks_.emplace(ptr, block);
     stats_.bytes_in_use += rounded;
     stats_.peak_bytes_in_use = std::max(stats_.peak_bytes_in_use, stats_.bytes_in_use);
     ++stats_.device_allocations;
@@ -117,9 +124,43 @@ Status CachingAllocator::Poison(const DeviceBuffer& buffer) {
 
 void CachingAllocator::Release(void* ptr, size_t block) {
   std::lock_guard<std::mutex> lock(mu_);
-  free_.emplace(block, ptr);
+  std::multimap<size_t, void*>* home = &free_;
+  for (Reservation* r : reservations_)
+    if (r->blocks_.count(ptr)) home = &r->free_;
+  home->emplace(block, ptr);
   stats_.bytes_in_use -= block;
   stats_.bytes_cached += block;
+}
+
+StatusOr<std::shared_ptr<CachingAllocator::Reservation>> CachingAllocator::BeginReserving() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (recording_ != nullptr) return FailedPrecondition("CachingAllocator: a reservation is already recording");
+  std::shared_ptr<Reservation> r(new Reservation(this));
+  reservations_.push_back(r.get());
+  recording_ = r.get();
+  return r;
+}
+
+void CachingAllocator::EndReserving() {
+  std::lock_guard<std::mutex> lock(mu_);
+  recording_ = nullptr;
+}
+
+void CachingAllocator::Dissolve(Reservation* r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  free_.insert(r->free_.begin(), r->free_.end());
+  r->free_.clear();
+  reservations_.erase(std::remove(reservations_.begin(), reservations_.end(), r), reservations_.end());
+  if (recording_ == r) recording_ = nullptr;
+}
+
+CachingAllocator::Reservation::~Reservation() { owner_->Dissolve(this); }
+
+size_t CachingAllocator::Reservation::bytes() const {
+  std::lock_guard<std::mutex> lock(owner_->mu_);
+  size_t total = 0;
+  for (const auto& [ptr, block] : blocks_) total += block;
+  return total;
 }
 
 Status CachingAllocator::EmptyCache() {

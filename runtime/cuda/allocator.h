@@ -5,7 +5,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
+#include <vector>
 
 #include "formats/status.h"
 
@@ -86,15 +88,42 @@ class CachingAllocator {
   /// The rounded size a request of `bytes` occupies.
   static size_t RoundSize(size_t bytes);
 
+  /// Blocks set aside for a captured CUDA graph, which replays into exactly the blocks its capture
+  /// was given. While a reservation records (BeginReserving until EndReserving), every block handed
+  /// out is recorded in it; a recorded block returns to it when freed, now or later, and is handed
+  /// out again only while it records. Destroying the reservation gives its free blocks back to the
+  /// cache and its claim on the others up (they go to the cache when freed).
+  class Reservation {
+   public:
+    ~Reservation();
+    Reservation(const Reservation&) = delete;
+    Reservation& operator=(const Reservation&) = delete;
+    size_t bytes() const;  // the rounded sizes of its blocks, free or in use
+
+   private:
+    friend class CachingAllocator;
+    explicit Reservation(CachingAllocator* owner) : owner_(owner) {}
+    CachingAllocator* owner_;
+    std::multimap<size_t, void*> free_;
+    std::map<void*, size_t> blocks_;  // every recorded block and its rounded size
+  };
+  /// Starts recording into a new reservation (one records at a time: FailedPrecondition otherwise).
+  StatusOr<std::shared_ptr<Reservation>> BeginReserving();
+  /// Stops recording; the reservation keeps its blocks.
+  void EndReserving();
+
  private:
   friend class DeviceBuffer;
   void Release(void* ptr, size_t block);
+  void Dissolve(Reservation* reservation);
   // Fills `buffer`'s block with 0xFF when set_poison is on (see there).
   Status Poison(const DeviceBuffer& buffer);
 
   const int device_;
   mutable std::mutex mu_;
   std::multimap<size_t, void*> free_;  // rounded size -> cached block
+  std::vector<Reservation*> reservations_;  // alive ones (each removes itself)
+  Reservation* recording_ = nullptr;
   Stats stats_;
   std::atomic<bool> poison_{false};
 };

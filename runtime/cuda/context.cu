@@ -1,11 +1,13 @@
 // The per-session device state (context.h).
 #include "runtime/cuda/context.h"
 
+#include <cstring>
 #include <string>
 #include <utility>
 
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/pinned_pool.h"
 
 namespace qc::cuda {
 
@@ -29,6 +31,13 @@ StatusOr<std::unique_ptr<Context>> Context::Create(CachingAllocator& allocator) 
   QC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&ctx->stream_, cudaStreamNonBlocking));
   QC_CUBLAS_RETURN_IF_ERROR(blas->create(&ctx->cublas_));
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_stream(ctx->cublas_, ctx->stream_));
+  // A workspace of our own (after set_stream, which resets it): cuBLAS then allocates nothing
+  // per call, which a captured CUDA graph needs (32 MiB: cuBLAS's own advice for Hopper).
+  QC_ASSIGN_OR_RETURN(ctx->cublas_workspace_, allocator.Allocate(kCublasWorkspaceBytes));
+  QC_CUBLAS_RETURN_IF_ERROR(blas->set_workspace(ctx->cublas_, ctx->cublas_workspace_.data(), kCublasWorkspaceBytes));
+  QC_ASSIGN_OR_RETURN(ctx->device_errors_, allocator.Allocate(sizeof(unsigned)));
+  QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(ctx->device_errors_.data(), 0, sizeof(unsigned), ctx->stream_));
+  QC_ASSIGN_OR_RETURN(ctx->device_errors_host_, AllocatePinned(sizeof(unsigned)));
   // Plain fp32 GEMMs (no TF32): the CUDA backend is held to the CPU executor's numbers.
   QC_CUBLAS_RETURN_IF_ERROR(blas->set_math_mode(ctx->cublas_, CUBLAS_DEFAULT_MATH));
   return std::move(ctx);
@@ -51,9 +60,16 @@ StatusOr<Tensor> Context::Empty(DType dtype, Shape shape) {
 StatusOr<Tensor> Context::Upload(const Tensor& host) {
   QC_CHECK(!host.on_device());
   QC_ASSIGN_OR_RETURN(Tensor t, Empty(host.dtype(), host.shape()));
-  if (host.nbytes() > 0)
-    QC_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(t.mutable_raw(), host.raw(), static_cast<size_t>(host.nbytes()), cudaMemcpyHostToDevice, stream_));
+  const size_t bytes = static_cast<size_t>(host.nbytes());
+  if (bytes == 0) return t;
+  const void* source = host.raw();
+  if (capture_pins_ != nullptr) {
+    QC_ASSIGN_OR_RETURN(std::shared_ptr<void> pinned, AllocatePinned(bytes));
+    std::memcpy(pinned.get(), source, bytes);
+    source = pinned.get();
+    capture_pins_->push_back(std::move(pinned));
+  }
+  QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), source, bytes, cudaMemcpyHostToDevice, stream_));
   return t;
 }
 
@@ -70,6 +86,15 @@ StatusOr<Tensor> Context::Download(const Tensor& device) {
 Status Context::Synchronize() {
   QC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));
   return Status::Ok();
+}
+
+StatusOr<unsigned> Context::TakeDeviceErrors() {
+  unsigned* host = static_cast<unsigned*>(device_errors_host_.get());
+  QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, device_errors_.data(), sizeof(unsigned), cudaMemcpyDeviceToHost, stream_));
+  QC_RETURN_IF_ERROR(Synchronize());
+  const unsigned errors = *host;
+  if (errors != 0) QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device_errors_.data(), 0, sizeof(unsigned), stream_));
+  return errors;
 }
 
 }  // namespace qc::cuda

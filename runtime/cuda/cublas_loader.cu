@@ -20,6 +20,7 @@ Loaded Load() {
   lib.Bind(out.api.destroy, "cublasDestroy_v2");
   lib.Bind(out.api.set_stream, "cublasSetStream_v2");
   lib.Bind(out.api.set_math_mode, "cublasSetMathMode");
+  lib.Bind(out.api.set_workspace, "cublasSetWorkspace_v2");
   lib.Bind(out.api.sgemm_strided_batched, "cublasSgemmStridedBatched");
   lib.Bind(out.api.sgemm, "cublasSgemm_v2");
   lib.Bind(out.api.ssyrk, "cublasSsyrk_v2");

@@ -15,6 +15,7 @@ struct CublasApi {
   decltype(&cublasDestroy_v2) destroy = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
+  decltype(&cublasSetWorkspace_v2) set_workspace = nullptr;
   decltype(&cublasSgemmStridedBatched) sgemm_strided_batched = nullptr;
   // Calibration statistics and the GPTQ solver (calibrate/cuda, passes/cuda).
   decltype(&cublasSgemm_v2) sgemm = nullptr;

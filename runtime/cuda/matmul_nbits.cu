@@ -1224,6 +1224,7 @@ Status NBitsWorkspace::Reserve(int64_t partial_floats, int64_t counters, int64_t
                                int64_t activation_scales, cudaStream_t stream) {
   auto grow = [&](DeviceBuffer& buf, int64_t& capacity, int64_t count, size_t elem) -> Status {
     if (count <= capacity) return Status::Ok();
+    if (keep_outgrown_) outgrown_.push_back(std::move(buf));
     buf.Reset();
     QC_ASSIGN_OR_RETURN(buf, allocator_->Allocate(static_cast<size_t>(count) * elem));
     capacity = count;

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "formats/status.h"
 #include "runtime/cuda/allocator.h"
@@ -104,10 +105,18 @@ class NBitsWorkspace {
   unsigned* counters() const { return counters_.as<unsigned>(); }
   __half* activations() const { return activations_.as<__half>(); }
   float* activation_scales() const { return activation_scales_.as<float>(); }
+  /// While set, buffers outgrown by Reserve are kept instead of freed: a captured CUDA graph's
+  /// kernels still address them. Clearing it frees them.
+  void set_keep_outgrown(bool keep) {
+    keep_outgrown_ = keep;
+    if (!keep) outgrown_.clear();
+  }
 
  private:
   CachingAllocator* allocator_;
   DeviceBuffer partials_, counters_, activations_, activation_scales_;
+  bool keep_outgrown_ = false;
+  std::vector<DeviceBuffer> outgrown_;
   int64_t partial_capacity_ = 0, counter_capacity_ = 0, activation_capacity_ = 0, activation_scale_capacity_ = 0;
 };
 

@@ -65,6 +65,8 @@ StatusOr<Tensor> DownloadToPinnedAsync(Context& ctx, const Tensor& device) {
   return Tensor(device.dtype(), device.shape(), std::shared_ptr<const void>(std::move(block)), data);
 }
 
+StatusOr<std::shared_ptr<void>> AllocatePinned(size_t bytes) { return Pool().Allocate(bytes); }
+
 int64_t PinnedPoolBytes() { return Pool().total(); }
 
 }  // namespace qc::cuda

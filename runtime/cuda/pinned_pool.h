@@ -4,6 +4,8 @@
 // per few MB), never returned before the process ends.
 #pragma once
 
+#include <memory>
+
 #include "formats/status.h"
 #include "formats/tensor.h"
 #include "runtime/cuda/context.h"
@@ -15,6 +17,10 @@ namespace qc::cuda {
 /// ctx.Synchronize(). The block returns to the pool when the last tensor sharing it is gone; a
 /// later copy into it is queued on the same stream, so it cannot overtake a pending upload from it.
 StatusOr<Tensor> DownloadToPinnedAsync(Context& ctx, const Tensor& device);
+
+/// A pooled page-locked block of at least `bytes`, back in the pool when the last copy of the
+/// pointer is gone (staging for copies a captured CUDA graph replays).
+StatusOr<std::shared_ptr<void>> AllocatePinned(size_t bytes);
 
 /// Bytes of page-locked memory the pool holds (in use and cached).
 int64_t PinnedPoolBytes();

@@ -26,6 +26,7 @@
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
 #include "tests/random_tensor.h"
+#include "tests/shared_models.h"
 
 namespace qc {
 namespace {
@@ -272,6 +273,54 @@ TEST(CudaOps, GatherAndDataMovement) {
   ExpectMatchesReferenceInEveryFloatType({"Cast", {{Tensor::FromVector<int64_t>(std::vector<int64_t>(9001, -3), {9001})}}, {{"to", AttrInt(1)}}});
 }
 
+// Gather, GatherND and NextTokenNll check their indices on the device: an index outside its range
+// fails the run with a clear error after it, and the session's next valid run succeeds.
+TEST(CudaOps, Negative_IndicesOutOfRangeFailTheRun) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(3);
+  const std::string ids = b.AddInput("ids", DType::kInt64, {Dim{1, ""}, Dim{40, ""}});
+  const std::string table = b.AddInitializer("table", Random({1000, 67}, 7));
+  const std::string head = b.AddInitializer("head", Random({67, 500}, 8));
+  const std::string logits = b.Op("MatMul", {b.Op("Gather", {table, ids}), head});
+  b.AddNodeWithOutputs("NextTokenNll", {logits, ids}, {"nll"}, {}, "qconvert.eval");
+  b.AddOutput("nll", DType::kFloat64, {});
+  auto model = b.Build({{"", 17}, {"qconvert.eval", 1}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto session = Session::Create(*model, options);
+  ASSERT_TRUE(session.ok()) << session.status().message();
+  auto feed = [](int64_t bad_at, int64_t bad) {
+    std::vector<int64_t> v(40);
+    for (int64_t i = 0; i < 40; ++i) v[i] = (i * 37) % 500;
+    if (bad_at >= 0) v[bad_at] = bad;
+    return NamedTensors{{"ids", Tensor::FromVector<int64_t>(v, {1, 40})}};
+  };
+  auto gather_bad = (*session)->Run(feed(3, 1000));
+  ASSERT_FALSE(gather_bad.ok());
+  EXPECT_NE(gather_bad.status().message().find("Gather, GatherND or GatherBlockQuantized index is outside its axis"), std::string::npos)
+      << gather_bad.status().message();
+  ASSERT_TRUE((*session)->Run(feed(-1, 0)).ok());  // the error was the run's, not the session's
+  auto nll_bad = (*session)->Run(feed(7, 700));  // a valid Gather index (< 1000), outside the 500-word vocabulary
+  ASSERT_FALSE(nll_bad.ok());
+  EXPECT_NE(nll_bad.status().message().find("outside the model's vocabulary"), std::string::npos) << nll_bad.status().message();
+
+  // GatherND's index tuples (a feed here; in the dynamo exports, values made on the device).
+  GraphBuilder nd(3);
+  const std::string tuples = nd.AddInput("tuples", DType::kInt64, {Dim{3, ""}, Dim{2, ""}});
+  // data over kHostStepBytes: the step runs on the GPU, not as a small host step.
+  nd.AddOutput(nd.Op("GatherND", {nd.AddInitializer("data", Random({4, 9, 500}, 9)), tuples}), DType::kFloat32, {});
+  auto nd_model = nd.Build({{"", 17}});
+  ASSERT_TRUE(nd_model.ok()) << nd_model.status().message();
+  auto nd_session = Session::Create(*nd_model, options);
+  ASSERT_TRUE(nd_session.ok()) << nd_session.status().message();
+  auto nd_bad = (*nd_session)->Run({{"tuples", Tensor::FromVector<int64_t>({0, 1, 3, -9, 2, 9}, {3, 2})}});  // 9: axis 1 has 9
+  ASSERT_FALSE(nd_bad.ok());
+  EXPECT_NE(nd_bad.status().message().find("GatherND or GatherBlockQuantized index is outside its axis"), std::string::npos)
+      << nd_bad.status().message();
+  EXPECT_TRUE((*nd_session)->Run({{"tuples", Tensor::FromVector<int64_t>({0, 1, 3, -9, 2, 8}, {3, 2})}}).ok());
+}
+
 TEST(CudaOps, GatherBlockQuantized) {
   SKIP_WITHOUT_DEVICE();
   // 4-bit codes of a [2400, 64] table in blocks of 32, with packed zero points.
@@ -477,6 +526,21 @@ StatusOr<W8A8Layer> BuildW8A8Layer() {
 
 // The W8A8 layer of docs/FORMAT.md end to end: per-token quantization, integer product, scales;
 // every step on the GPU, the result the CPU's.
+// The fused per-token quantization (runtime/graph_fusion.h) of every channel and of rest channels,
+// bit for bit the CPU's (codes and scales); one token of zeros.
+TEST(CudaOps, QuantizeTokensUint8) {
+  SKIP_WITHOUT_DEVICE();
+  Tensor x = Random({37, 1000}, 300, -6.0f, 6.0f);
+  for (int64_t k = 0; k < 1000; ++k) x.mutable_data<float>()[5 * 1000 + k] = 0.0f;
+  std::vector<int64_t> rest;
+  for (int64_t k = 0; k < 1000; ++k)
+    if (k % 11 != 4) rest.push_back(k);
+  const Attributes eps = {{"epsilon", AttrFloat(1e-30f)}};
+  ExpectMatchesReference({"QuantizeTokensUint8", {{x}}, eps, "qconvert.fused", 2, 0.0f});
+  ExpectMatchesReference({"QuantizeTokensUint8", {{x}, {Tensor::FromVector<int64_t>(rest, {static_cast<int64_t>(rest.size())}), true}}, eps,
+                          "qconvert.fused", 2, 0.0f});
+}
+
 TEST(CudaOps, W8A8Subgraph) {
   SKIP_WITHOUT_DEVICE();
   StatusOr<W8A8Layer> layer = BuildW8A8Layer();
@@ -708,16 +772,11 @@ TEST(CudaExecutor, SharedModelsMatchCpu) {
 // -0.005% / -0.024% as 16-bit models (docs/BENCHMARKS.md); the bounds leave 10x of that.
 TEST(CudaExecutor, SharedLlamaPerplexityPerFloatType) {
   SKIP_WITHOUT_DEVICE();
-  const char* env_shared = std::getenv("QC_SHARED_DIR");
-  const std::string dir = std::string(env_shared ? env_shared : QC_SHARED_DIR) + "/models/docs-llama-12m";
-  if (!std::filesystem::exists(dir + "/model.onnx") || !std::filesystem::exists(dir + "/docs-val.ids.npy"))
-    GTEST_SKIP() << "../shared models not found";
-  auto model = ReadOnnxModel(dir + "/model.onnx");
-  ASSERT_TRUE(model.ok()) << model.status().message();
-  auto ids_tensor = ReadNpy(dir + "/docs-val.ids.npy");
-  ASSERT_TRUE(ids_tensor.ok()) << ids_tensor.status().message();
-  std::vector<int32_t> ids;
-  for (int64_t v : ids_tensor->ToInt64s()) ids.push_back(static_cast<int32_t>(v));
+  StatusOr<SharedModelAndIds> shared = LoadSharedModelAndIds("docs-llama-12m");
+  if (shared.status().code() == StatusCode::kNotFound) GTEST_SKIP() << shared.status().message();
+  ASSERT_TRUE(shared.ok()) << shared.status().message();
+  const Model* model = &shared->model;
+  const std::vector<int32_t>& ids = shared->ids;
   PerplexityOptions po;
   po.seqlen = 512;
   po.max_windows = 48;

@@ -865,6 +865,34 @@ TEST(CudaAllocator, PoisonFillsReusedAndNewBlocks) {
   for (uint8_t v : bytes_of(*again, 4096)) ASSERT_EQ(v, 0);
 }
 
+// A reservation keeps the blocks handed out while it recorded: freed, they go back to it (and to
+// its next recording), not to others; dissolved, they are the cache's again.
+TEST(CudaAllocator, ReservationKeepsItsBlocksUntilDestroyed) {
+  SKIP_WITHOUT_DEVICE();
+  CachingAllocator alloc;
+  auto reservation = alloc.BeginReserving();
+  ASSERT_TRUE(reservation.ok()) << reservation.status().message();
+  EXPECT_FALSE(alloc.BeginReserving().ok());  // one records at a time
+  void* kept = nullptr;
+  {
+    auto a = alloc.Allocate(4096);
+    ASSERT_TRUE(a.ok());
+    kept = a->data();
+    auto b = alloc.Allocate(4096);  // a second block of the class while `a` is live
+    ASSERT_TRUE(b.ok());
+  }
+  alloc.EndReserving();
+  EXPECT_EQ((*reservation)->bytes(), 2 * CachingAllocator::RoundSize(4096));
+  auto other = alloc.Allocate(4096);  // not recording: the reserved free blocks are not handed out
+  ASSERT_TRUE(other.ok());
+  EXPECT_NE(other->data(), kept);
+  other->Reset();  // not recorded: back to the cache
+  reservation->reset();  // dissolved: its two free blocks join the cache
+  EXPECT_EQ(alloc.stats().bytes_cached, 3 * CachingAllocator::RoundSize(4096));
+  EXPECT_EQ(alloc.stats().bytes_in_use, 0u);
+  ASSERT_OK(alloc.EmptyCache());
+}
+
 TEST(CudaAllocator, Negative_OutOfMemoryIsAStatus) {
   SKIP_WITHOUT_DEVICE();
   CachingAllocator alloc;

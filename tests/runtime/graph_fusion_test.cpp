@@ -314,5 +314,119 @@ TEST(GraphFusionTest, Negative_HalfSoftmaxThatMustStay) {
   EXPECT_EQ(FuseForExecution(no_widen), 0);
 }
 
+// The W8A8 per-token activation quantization as passes/int8_linear.cpp writes it (opset 18:
+// ReduceMax's axes as an input), of x or (gather) of its rest channels; q and s are then read as a
+// layer reads them. `round_readers` extra readers of Round's output keep the chain apart.
+constexpr int64_t kUInt8 = static_cast<int64_t>(DType::kUInt8);
+Model TokenQuantization(bool gather, float max_code = 127.0f, int64_t cast_to = kUInt8, int round_readers = 0) {
+  GraphBuilder b(11);
+  const std::string x = b.AddInput("x", DType::kFloat32, {{-1, "t"}, {96, ""}});
+  std::string src = x;
+  if (gather) {
+    std::vector<int64_t> rest;
+    for (int64_t k = 0; k < 96; ++k)
+      if (k % 7 != 3) rest.push_back(k);  // every channel but the "outliers" 3, 10, 17, ...
+    src = b.Op("Gather", {x, b.AddInitializer("rest", Tensor::FromVector<int64_t>(rest, {static_cast<int64_t>(rest.size())}))},
+               {{"axis", AttrInt(-1)}});
+  }
+  const std::string absmax = b.Op("ReduceMax", {b.Op("Abs", {src}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}});
+  const std::string s = b.Op("Div", {b.Op("Max", {absmax, b.AddScalar(1e-30f)}), b.AddScalar(max_code)});
+  const std::string rounded = b.Op("Round", {b.Op("Div", {src, s})});
+  const std::string q = b.Op("Cast", {b.Op("Add", {rounded, b.AddScalar(128.0f)})}, {{"to", AttrInt(cast_to)}});
+  b.AddOutput(q, static_cast<DType>(cast_to), {});
+  b.AddOutput(b.Op("Mul", {s, b.AddScalar(2.0f)}), DType::kFloat32, {});
+  for (int i = 0; i < round_readers; ++i) b.AddOutput(b.Op("Neg", {rounded}), DType::kFloat32, {});
+  auto model = b.Build({{"", 18}});
+  QC_CHECK(model.ok());
+  return std::move(model).value();
+}
+
+TEST(GraphFusionTest, TokenQuantizationBecomesOneNodeWithTheSameBits) {
+  for (bool gather : {false, true}) {
+    SCOPED_TRACE(gather ? "rest channels" : "every channel");
+    const Model model = TokenQuantization(gather);
+    Graph fused = model.graph;
+    EXPECT_EQ(FuseForExecution(fused), 1);
+    ASSERT_EQ(fused.nodes.size(), 2u);  // the fused node and the reader of s
+    EXPECT_EQ(fused.nodes[0].op_type, "QuantizeTokensUint8");
+    EXPECT_EQ(fused.nodes[0].inputs.size(), gather ? 2u : 1u);
+    // Random tokens, a token of zeros, and ties: a token whose max is 127 (s = 1) holding k + 0.5.
+    Tensor x = RandomInput({5, 96}, 12);
+    float* xp = x.mutable_data<float>();
+    for (int64_t k = 0; k < 96; ++k) {
+      xp[96 + k] = 0.0f;
+      xp[2 * 96 + k] = k == 0 ? 127.0f : static_cast<float>(k % 9) - 4.5f;
+    }
+    SessionOptions unfused_options;
+    unfused_options.fuse_ops = false;
+    auto fast = Session::Create(model);
+    auto unfused = Session::Create(model, unfused_options);
+    ASSERT_TRUE(fast.ok() && unfused.ok());
+    auto a = (*fast)->Run({{"x", x}});
+    auto u = (*unfused)->Run({{"x", x}});
+    ASSERT_TRUE(a.ok() && u.ok()) << (a.ok() ? u.status().message() : a.status().message());
+    ASSERT_EQ(a->size(), 2u);
+    EXPECT_TRUE((*a)[0].BitEqual((*u)[0]));  // the codes
+    EXPECT_TRUE((*a)[1].BitEqual((*u)[1]));  // the scales (times 2)
+    const int64_t width = (*a)[0].dim(-1);  // 82 rest channels, or 96
+    EXPECT_EQ(width, gather ? 82 : 96);
+    EXPECT_EQ((*a)[0].data<uint8_t>()[width], 128);          // zeros: code 0, no NaN
+    EXPECT_EQ((*a)[0].data<uint8_t>()[2 * width + 1], 124);  // -3.5 rounds to -4 (even); channel 1 is a rest channel
+  }
+}
+
+// In float16 and bfloat16 (a 16-bit export, or --dtype rewriting a float32 one after fusing) the
+// fused op rounds each step to the type as the chain's ops do: same codes and scales, bit for bit.
+// Tokens: random, zeros and a tiny one (float16: eps and max/127 underflow, s = 0, x/s is NaN or
+// infinite; the codes convert as Cast does), and ties.
+TEST(GraphFusionTest, TokenQuantizationInHalfTypesKeepsTheChainsBits) {
+  Tensor x = RandomInput({6, 96}, 13);
+  float* xp = x.mutable_data<float>();
+  for (int64_t k = 0; k < 96; ++k) {
+    xp[96 + k] = 0.0f;
+    xp[2 * 96 + k] = k == 0 ? 127.0f : static_cast<float>(k % 9) - 4.5f;
+    xp[3 * 96 + k] = (k % 5 - 2) * 1e-6f;
+  }
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    for (bool gather : {false, true}) {
+      SCOPED_TRACE(DTypeName(dtype) + (gather ? ", rest channels" : ", every channel"));
+      Model native = TokenQuantization(gather);
+      ASSERT_TRUE(ConvertFloatPrecision(native.graph, DType::kFloat32, dtype).ok());
+      Graph fused = native.graph;
+      EXPECT_EQ(FuseForExecution(fused), 1);
+      // --dtype's order: the float32 graph fused, then rewritten to 16 bits.
+      Model widened_model = TokenQuantization(gather);
+      EXPECT_EQ(FuseForExecution(widened_model.graph), 1);
+      ASSERT_TRUE(ConvertFloatPrecision(widened_model.graph, DType::kFloat32, dtype).ok());
+      SessionOptions unfused_options;
+      unfused_options.fuse_ops = false;
+      auto fast = Session::Create(native);
+      auto unfused = Session::Create(native, unfused_options);
+      auto widened = Session::Create(widened_model, unfused_options);
+      ASSERT_TRUE(fast.ok() && unfused.ok() && widened.ok())
+          << (!fast.ok() ? fast.status().message() : !unfused.ok() ? unfused.status().message() : widened.status().message());
+      auto a = (*fast)->Run({{"x", x}});
+      auto u = (*unfused)->Run({{"x", x}});
+      auto w = (*widened)->Run({{"x", x}});
+      ASSERT_TRUE(a.ok() && u.ok() && w.ok()) << (!a.ok() ? a.status().message() : !u.ok() ? u.status().message() : w.status().message());
+      for (size_t i = 0; i < 2; ++i) {
+        EXPECT_TRUE((*a)[i].BitEqual((*u)[i])) << "output " << i;
+        EXPECT_TRUE((*w)[i].BitEqual((*u)[i])) << "output " << i;
+      }
+      const int64_t width = (*a)[0].dim(-1);
+      EXPECT_EQ((*a)[0].data<uint8_t>()[2 * width + 1], 124);  // -3.5 rounds to -4 (even)
+    }
+  }
+}
+
+TEST(GraphFusionTest, Negative_TokenQuantizationThatMustStay) {
+  Graph other_code = TokenQuantization(false, 126.0f).graph;  // not the int8 code range
+  EXPECT_EQ(FuseForExecution(other_code), 0);
+  Graph signed_codes = TokenQuantization(false, 127.0f, static_cast<int64_t>(DType::kInt8)).graph;
+  EXPECT_EQ(FuseForExecution(signed_codes), 0);
+  Graph shared_round = TokenQuantization(true, 127.0f, kUInt8, 1).graph;  // Round's output read elsewhere
+  EXPECT_EQ(FuseForExecution(shared_round), 0);
+}
+
 }  // namespace
 }  // namespace qc

@@ -180,6 +180,17 @@ __device__ __forceinline__ T BlockSum(T v, T* scratch) {
   return v;
 }
 
+/// Index idx[j] of an axis of `len` (negative ones count from the end), or -1 when outside [-len,
+/// len), recorded as kIndexOutOfRange in `errors` (the kernels then write zeros; the run fails after it).
+template <typename I>
+__device__ __forceinline__ int64_t AxisIndex(const I* idx, int64_t j, int64_t len, unsigned* errors) {
+  int64_t k = static_cast<int64_t>(idx[j]);
+  if (k < 0) k += len;
+  if (k >= 0 && k < len) return k;
+  atomicOr(errors, kIndexOutOfRange);
+  return -1;
+}
+
 /// Maximum of `v` over the block, as BlockSum.
 __device__ __forceinline__ float BlockMax(float v, float* scratch) {
 #pragma unroll

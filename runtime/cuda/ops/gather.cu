@@ -1,34 +1,25 @@
-// Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU. Indices are
-// read on the host, where they are range-checked as the CPU kernels do (runtime/cpu/gather_ops.cpp,
-// gather_block_quantized.cpp: the numeric spec), then uploaded normalised to [0, rows).
+// Gather, GatherND and com.microsoft.GatherBlockQuantized (tied-embedding lookups) on the GPU
+// (runtime/cpu/gather_ops.cpp, gather_block_quantized.cpp: the numeric spec). All three read their
+// indices on the device: token ids need no copy to the host per call, GatherND's index tuples
+// (which the dynamo exports build on the device from Range/Expand/Concat) need no wait for the
+// GPU mid-run, and a CUDA graph can replay the lookup with new indices. An index outside
+// [-n, n) sets kIndexOutOfRange, which fails the run (Context::TakeDeviceErrors).
 #include "runtime/cuda/ops/common.cuh"
 
 namespace qc::cuda {
 namespace {
 
-// Normalises host indices into [0, rows); an error names the offending index.
-StatusOr<std::vector<int64_t>> CheckedIndices(const OpContext& ctx, const Tensor& indices, int64_t rows) {
-  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
-    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
-  std::vector<int64_t> v = indices.ToInt64s();
-  for (int64_t& i : v) {
-    if (i < -rows || i >= rows)
-      return ctx.Error("index " + std::to_string(i) + " is out of range for " + std::to_string(rows) + " rows (expected [" +
-                       std::to_string(-rows) + ", " + std::to_string(rows - 1) + "])");
-    if (i < 0) i += rows;
-  }
-  return v;
-}
-
 // out[o, j, i] = data[o, idx[j], i] over [outer, n_idx, inner] elements of `T` (bytes moved as is).
-template <typename T>
-__global__ void GatherKernel(const T* data, const int64_t* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len) {
+template <typename T, typename I>
+__global__ void GatherKernel(const T* data, const I* idx, T* out, int64_t outer, int64_t n_idx, int64_t inner, int64_t axis_len,
+                             unsigned* errors) {
   const int64_t n = outer * n_idx * inner;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t i = e % inner;
     const int64_t j = (e / inner) % n_idx;
     const int64_t o = e / (inner * n_idx);
-    out[e] = data[(o * axis_len + idx[j]) * inner + i];
+    const int64_t k = AxisIndex(idx, j, axis_len, errors);
+    out[e] = k < 0 ? T{} : data[(o * axis_len + k) * inner + i];
   }
 }
 
@@ -39,28 +30,52 @@ __device__ __forceinline__ int ReadCode(const uint8_t* p, int64_t i, int bits) {
 
 // One thread per output value: (code - zero point) * scale of its block, in float32, stored in
 // the scales' type T.
-template <typename T>
-__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales, const uint8_t* zero_points, const int64_t* idx,
-                                           T* out, int64_t n_idx, int64_t lines, int64_t packed, int64_t cols, int64_t n_blocks,
-                                           int64_t zp_line_bytes, int bits, int64_t block_size) {
+template <typename T, typename I>
+__global__ void GatherBlockQuantizedKernel(const uint8_t* data, const T* scales, const uint8_t* zero_points, const I* idx,
+                                           T* out, int64_t n_idx, int64_t rows, int64_t lines, int64_t packed, int64_t cols,
+                                           int64_t n_blocks, int64_t zp_line_bytes, int bits, int64_t block_size, unsigned* errors) {
   const int64_t n = n_idx * lines * cols;
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t c = e % cols;
     const int64_t i = (e / cols) % lines;
     const int64_t j = e / (cols * lines);
-    const int64_t line = idx[j] * lines + i;
+    const int64_t k = AxisIndex(idx, j, rows, errors);
+    if (k < 0) {
+      out[e] = StoreValue<T>(0.0f);
+      continue;
+    }
+    const int64_t line = k * lines + i;
     const int64_t blk = c / block_size;
     const int zp = zero_points ? ReadCode(zero_points + line * zp_line_bytes, blk, bits) : 1 << (bits - 1);
     out[e] = StoreValue<T>(static_cast<float>(ReadCode(data + line * packed, c, bits) - zp) * LoadValue(scales[line * n_blocks + blk]));
   }
 }
 
-// out[row * slice + i] = data[start[row] + i]: GatherND's slices at offsets computed on the host.
-template <typename T>
-__global__ void GatherSlicesKernel(const T* data, const int64_t* start, T* out, int64_t rows, int64_t slice) {
-  const int64_t n = rows * slice;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x)
-    out[e] = data[start[e / slice] + e % slice];
+// GatherND's geometry: index tuples of `k` coordinates address axes b..b+k-1 of data.
+constexpr int kMaxGatherNDRank = 8;
+struct GatherNDShape {
+  int64_t tuples = 1, slice = 1, batch_stride = 0;  // tuples per batch, elements per slice
+  int k = 0, b = 0;
+  int64_t dims[kMaxGatherNDRank] = {}, strides[kMaxGatherNDRank] = {};  // data's
+};
+
+// out[row * slice + i] = data[offset(row) + i], row = batch * tuples + tuple; a tuple with a
+// coordinate out of range gives zeros (and kIndexOutOfRange).
+template <typename T, typename I>
+__global__ void GatherNDKernel(const T* data, const I* idx, T* out, int64_t rows, GatherNDShape g, unsigned* errors) {
+  const int64_t n = rows * g.slice;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < n; e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / g.slice;
+    int64_t off = (row / g.tuples) * g.batch_stride;
+    bool valid = true;
+    for (int j = 0; j < g.k; ++j) {
+      const int axis = g.b + j;
+      const int64_t v = AxisIndex(idx, row * g.k + j, g.dims[axis], errors);
+      valid &= v >= 0;
+      off += v * g.strides[axis];
+    }
+    out[e] = valid ? data[off + e % g.slice] : T{};
+  }
 }
 
 }  // namespace
@@ -74,29 +89,31 @@ Status GatherCuda(OpContext& ctx) {
   if (!NormalizeAxis(ctx.node.GetInt("axis", 0), data.rank(), &axis)) return ctx.Error("axis out of range");
   const int size = ElementSize(data.dtype());
   if (size != 1 && size != 2 && size != 4 && size != 8) return ctx.Decline("dtype " + DTypeName(data.dtype()));
-  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, indices, data.dim(axis)));
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
   Shape out_shape(data.shape().begin(), data.shape().begin() + axis);
   out_shape.insert(out_shape.end(), indices.shape().begin(), indices.shape().end());
   out_shape.insert(out_shape.end(), data.shape().begin() + axis + 1, data.shape().end());
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), out_shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
   int64_t outer = 1, inner = 1;
   for (int64_t d = 0; d < axis; ++d) outer *= data.dim(d);
   for (int64_t d = axis + 1; d < data.rank(); ++d) inner *= data.dim(d);
-  const int64_t n = y->numel(), n_idx = static_cast<int64_t>(idx.size()), len = data.dim(axis);
-  const int64_t* ip = dev_idx.device_data<int64_t>();
+  const int64_t n = y->numel(), n_idx = indices.numel(), len = data.dim(axis);
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    GatherKernel<T><<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
-                                                                      outer, n_idx, inner, len);
+    auto run = [&](const auto* ip) {
+      GatherKernel<<<BlocksFor(n), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip, static_cast<T*>(y->mutable_raw()),
+                                                                     outer, n_idx, inner, len, ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   };
   DispatchBytes(size, launch);  // size checked above
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherKernel");
   return Status::Ok();
 }
 
-// Indices (input 1) are read on the host: each index tuple becomes one slice offset there.
 Status GatherNDCuda(OpContext& ctx) {
   if (ctx.num_inputs() != 2 || !ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   const Tensor& data = ctx.input(0);
@@ -115,43 +132,36 @@ Status GatherNDCuda(OpContext& ctx) {
                        ShapeToString(indices.shape()));
   const int64_t k = indices.dim(q - 1);
   if (k < 1 || k > r - b) return ctx.Error("indices.shape[-1] = " + std::to_string(k) + " must be in [1, " + std::to_string(r - b) + "]");
+  if (r > kMaxGatherNDRank) return ctx.Decline("data of rank " + std::to_string(r));
   Shape shape(indices.shape().begin(), indices.shape().end() - 1);
   shape.insert(shape.end(), data.shape().begin() + b + k, data.shape().end());
-  int64_t batches = 1, tuples = 1, slice = 1;
+  GatherNDShape g;
+  g.k = static_cast<int>(k);
+  g.b = static_cast<int>(b);
+  int64_t batches = 1;
   for (int d = 0; d < b; ++d) batches *= data.dim(d);
-  for (int d = static_cast<int>(b); d < q - 1; ++d) tuples *= indices.dim(d);
-  for (int d = static_cast<int>(b + k); d < r; ++d) slice *= data.dim(d);
-  std::vector<int64_t> strides(r, 1);
-  for (int d = r - 1; d > 0; --d) strides[d - 1] = strides[d] * data.dim(d);
-  const int64_t batch_stride = b > 0 ? strides[b - 1] : 0;
-  const std::vector<int64_t> idx = indices.ToInt64s();
-  std::vector<int64_t> start(batches * tuples);
-  for (int64_t bi = 0; bi < batches; ++bi)
-    for (int64_t t = 0; t < tuples; ++t) {
-      const int64_t row = bi * tuples + t;
-      int64_t off = bi * batch_stride;
-      for (int64_t j = 0; j < k; ++j) {
-        const int axis = static_cast<int>(b + j);
-        int64_t v = idx[row * k + j];
-        const int64_t dim = data.dim(axis);
-        if (v < -dim || v >= dim)
-          return ctx.Error("index " + std::to_string(v) + " is out of range for axis " + std::to_string(axis) + " of size " + std::to_string(dim));
-        if (v < 0) v += dim;
-        off += v * strides[axis];
-      }
-      start[row] = off;
-    }
+  for (int d = static_cast<int>(b); d < q - 1; ++d) g.tuples *= indices.dim(d);
+  for (int d = static_cast<int>(b + k); d < r; ++d) g.slice *= data.dim(d);
+  for (int d = r - 1; d >= 0; --d) {
+    g.dims[d] = data.dim(d);
+    g.strides[d] = d == r - 1 ? 1 : g.strides[d + 1] * data.dim(d + 1);
+  }
+  g.batch_stride = b > 0 ? g.strides[b - 1] : 0;
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, data.dtype(), shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_start, ctx.cuda.Upload(Tensor::FromVector<int64_t>(start, {static_cast<int64_t>(start.size())})));
-  const int64_t rows = static_cast<int64_t>(start.size());
+  const int64_t rows = batches * g.tuples;
   auto launch = [&](auto tag) {
     using T = decltype(tag);
-    GatherSlicesKernel<T><<<BlocksFor(rows * slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), dev_start.device_data<int64_t>(),
-                                                                                      static_cast<T*>(y->mutable_raw()), rows, slice);
+    auto run = [&](const auto* ip) {
+      GatherNDKernel<<<BlocksFor(rows * g.slice), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(data.raw()), ip,
+                                                                                   static_cast<T*>(y->mutable_raw()), rows, g,
+                                                                                   ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   };
   DispatchBytes(size, launch);  // size checked above
-  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherSlicesKernel");
+  QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherNDKernel");
   return Status::Ok();
 }
 
@@ -183,18 +193,23 @@ Status GatherBlockQuantizedCuda(OpContext& ctx) {
     if (ctx.input(3).dtype() != DType::kUInt8 || ctx.input(3).shape() != want) return ctx.Decline("zero_points dtype/shape");
     zp = ctx.input(3).device_data<uint8_t>();
   }
-  QC_ASSIGN_OR_RETURN(std::vector<int64_t> idx, CheckedIndices(ctx, ctx.input(1), rows));
-  Shape out_shape = ctx.input(1).shape();
+  const Tensor& indices = ctx.input(1);
+  if (indices.dtype() != DType::kInt64 && indices.dtype() != DType::kInt32)
+    return ctx.Error("indices must be int64 or int32, got " + DTypeName(indices.dtype()));
+  Shape out_shape = indices.shape();
   out_shape.insert(out_shape.end(), data.shape().begin() + 1, data.shape().end() - 1);
   out_shape.push_back(cols);
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, scales.dtype(), out_shape));
   if (y->numel() == 0) return Status::Ok();
-  QC_ASSIGN_OR_RETURN(Tensor dev_idx, ctx.cuda.Upload(Tensor::FromVector<int64_t>(idx, {static_cast<int64_t>(idx.size())})));
   DispatchFloat(scales.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    GatherBlockQuantizedKernel<T><<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
-        data.device_data<uint8_t>(), scales.device_data<T>(), zp, dev_idx.device_data<int64_t>(), y->mutable_device_data<T>(),
-        static_cast<int64_t>(idx.size()), lines, packed, cols, n_blocks, zp_line_bytes, bits, block_size);
+    auto run = [&](const auto* ip) {
+      GatherBlockQuantizedKernel<<<BlocksFor(y->numel()), kThreads, 0, ctx.cuda.stream()>>>(
+          data.device_data<uint8_t>(), scales.device_data<T>(), zp, ip, y->mutable_device_data<T>(), indices.numel(), rows, lines,
+          packed, cols, n_blocks, zp_line_bytes, bits, block_size, ctx.cuda.device_errors());
+    };
+    if (indices.dtype() == DType::kInt64) run(indices.device_data<int64_t>());
+    else run(indices.device_data<int32_t>());
   });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("GatherBlockQuantizedKernel");
   return Status::Ok();

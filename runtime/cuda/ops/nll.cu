@@ -10,9 +10,10 @@ namespace {
 constexpr int kNllThreads = 256;
 
 // Block r scores position t = r % (seq - 1) of batch row b = r / (seq - 1) against target
-// targets[b, t + 1] (range-checked on the host).
-template <typename T>
-__global__ void NextTokenNllKernel(const T* logits, const int32_t* targets, double* out, int64_t seq, int64_t vocab) {
+// targets[b, t + 1], read on the device; one outside [0, vocab) sets kTokenOutOfVocabulary (the run
+// fails) and scores NaN.
+template <typename T, typename I>
+__global__ void NextTokenNllKernel(const T* logits, const I* targets, double* out, int64_t seq, int64_t vocab, unsigned* errors) {
   __shared__ float scratch_f[32];
   __shared__ double scratch_d[32];
   const int64_t r = blockIdx.x, scored = seq - 1;
@@ -24,7 +25,14 @@ __global__ void NextTokenNllKernel(const T* logits, const int32_t* targets, doub
   float partial = 0.0f;
   for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) partial += expf(LoadValue(row[v]) - mx);
   const double sum = BlockSum(static_cast<double>(partial), scratch_d);
-  if (threadIdx.x == 0) out[r] = log(sum) + static_cast<double>(mx) - static_cast<double>(LoadValue(row[targets[b * seq + t + 1]]));
+  if (threadIdx.x != 0) return;
+  const int64_t target = static_cast<int64_t>(targets[b * seq + t + 1]);
+  if (target < 0 || target >= vocab) {
+    atomicOr(errors, kTokenOutOfVocabulary);
+    out[r] = NAN;
+    return;
+  }
+  out[r] = log(sum) + static_cast<double>(mx) - static_cast<double>(LoadValue(row[target]));
 }
 
 }  // namespace
@@ -32,7 +40,7 @@ __global__ void NextTokenNllKernel(const T* logits, const int32_t* targets, doub
 Status NextTokenNllCuda(OpContext& ctx) {
   if (!ctx.has_input(0) || !ctx.has_input(1)) return ctx.Error("expected 2 inputs");
   const Tensor& logits = ctx.input(0);
-  const Tensor& targets = ctx.input(1);  // on the host
+  const Tensor& targets = ctx.input(1);
   const DType t = logits.dtype();
   if (!IsKernelFloat(t)) return ctx.Decline("dtype " + DTypeName(t));
   if (targets.dtype() != DType::kInt32 && targets.dtype() != DType::kInt64)
@@ -42,26 +50,19 @@ Status NextTokenNllCuda(OpContext& ctx) {
                      ShapeToString(targets.shape()));
   const int64_t batch = logits.dim(0), seq = logits.dim(1), vocab = logits.dim(2);
   const int64_t scored = seq > 0 ? seq - 1 : 0;
-  std::vector<int64_t> ids = targets.ToInt64s();
-  std::vector<int32_t> ids32(ids.size());
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t i = 0; i < seq; ++i) {
-      const int64_t id = ids[b * seq + i];
-      if (i > 0 && (id < 0 || id >= vocab))
-        return InvalidArgument("token id " + std::to_string(id) + " is outside the model's vocabulary of " + std::to_string(vocab));
-      ids32[b * seq + i] = static_cast<int32_t>(id);
-    }
   QC_ASSIGN_OR_RETURN(Tensor * y, ctx.Output(0, DType::kFloat64, {batch, scored}));
   const int64_t rows = batch * scored;
   if (rows == 0 || vocab == 0) return Status::Ok();
   if (rows > 0x7fffffff) return ctx.Decline("more than 2^31 positions");
-  QC_ASSIGN_OR_RETURN(Tensor dev_ids, ctx.cuda.Upload(Tensor::FromVector<int32_t>(ids32, {batch, seq})));
-  const int32_t* ip = dev_ids.device_data<int32_t>();
   double* out = y->mutable_device_data<double>();
   DispatchFloat(t, [&](auto tag) {
     using T = decltype(tag);
-    NextTokenNllKernel<<<static_cast<unsigned>(rows), kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(logits.raw()), ip, out, seq,
-                                                                                          vocab);
+    auto run = [&](const auto* ip) {
+      NextTokenNllKernel<<<static_cast<unsigned>(rows), kNllThreads, 0, ctx.cuda.stream()>>>(static_cast<const T*>(logits.raw()), ip, out, seq,
+                                                                                            vocab, ctx.cuda.device_errors());
+    };
+    if (targets.dtype() == DType::kInt64) run(targets.device_data<int64_t>());
+    else run(targets.device_data<int32_t>());
   });
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NextTokenNllKernel");
   return Status::Ok();

@@ -497,26 +497,67 @@ TEST(CudaOps, MatMulIntegerBitExact) {
   // Per-row and per-column zero points.
   ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {17, 300}, 168)}, {RandomBytes(DType::kUInt8, {300, 257}, 169), true},
                                             {RandomBytes(DType::kUInt8, {17}, 170), true}, {RandomBytes(DType::kUInt8, {257}, 171), true}}});
+  // cuBLAS's int8 GEMM (midpoint zero points, K a multiple of 16, N of 4): uint8 with 128, int8
+  // with none; a constant B (transposed once and kept with the step) and a fed one.
+  for (int64_t m : {1, 3, 17, 118}) {
+    SCOPED_TRACE("cuBLAS int8, m " + std::to_string(m));
+    ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {m, 512}, 172)}, {RandomBytes(DType::kUInt8, {512, 260}, 173), true}, {zp128, true}, {zp128, true}}});
+  }
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kInt8, {2, 17, 320}, 174)}, {RandomBytes(DType::kInt8, {320, 256}, 175), true}}});
+  ExpectMatchesReference({"MatMulInteger", {{RandomBytes(DType::kUInt8, {33, 256}, 176)}, {RandomBytes(DType::kUInt8, {256, 512}, 177)}, {zp128, true}, {zp128, true}}});
 }
 
-// The W8A8 layer of docs/FORMAT.md on x [2, 59, 200] -> [2, 59, 333]: per-token quantization
-// (s_x), the integer product (acc) and the two scales; weights and s_w seeded.
+// cuBLAS's int8 path keeps a constant B transposed with its step: later runs (new A each time)
+// reuse it and stay bit-exact.
+TEST(CudaOps, MatMulIntegerReusesItsInt8WeightsAcrossRuns) {
+  SKIP_WITHOUT_DEVICE();
+  GraphBuilder b(3);
+  const std::string a = b.AddInput("a", DType::kUInt8, {Dim{-1, "m"}, Dim{512, ""}});
+  const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
+  b.AddOutput(b.Op("MatMulInteger", {a, b.AddInitializer("w", RandomBytes(DType::kUInt8, {512, 260}, 178)), zp, zp}), DType::kInt32, {});
+  auto model = b.Build({{"", 17}});
+  ASSERT_TRUE(model.ok()) << model.status().message();
+  auto cpu = Session::Create(*model);
+  SessionOptions options;
+  options.device = Device::kCuda;
+  auto gpu = Session::Create(*model, options);
+  ASSERT_TRUE(cpu.ok() && gpu.ok());
+  for (uint32_t run = 0; run < 3; ++run) {
+    SCOPED_TRACE("run " + std::to_string(run + 1));
+    const NamedTensors feeds = {{"a", RandomBytes(DType::kUInt8, {64 + 5 * run, 512}, 190 + run)}};
+    auto want = (*cpu)->Run(feeds);
+    auto got = (*gpu)->Run(feeds);
+    ASSERT_TRUE(want.ok() && got.ok()) << (got.ok() ? want.status().message() : got.status().message());
+    EXPECT_TRUE((*want)[0].BitEqual((*got)[0]));
+  }
+}
+
+// The W8A8 layer of docs/FORMAT.md on x [2, 59, K] -> [2, 59, N]: per-token quantization (s_x),
+// the integer product (acc) and the two scales; weights and s_w seeded. K 200, N 333 run our WMMA
+// kernel; K 256, N 336 (rows 16-byte aligned) cuBLAS's int8 GEMM.
 struct W8A8Layer {
   Model model;
   std::string acc, s_x;
   Tensor s_w;
+  int64_t k = 0, n = 0;
 };
-StatusOr<W8A8Layer> BuildW8A8Layer() {
+struct W8A8Shape {
+  int64_t k, n;
+};
+constexpr W8A8Shape kW8A8Shapes[] = {{200, 333}, {256, 336}};
+StatusOr<W8A8Layer> BuildW8A8Layer(W8A8Shape shape) {
   GraphBuilder b(4);
   W8A8Layer layer;
-  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{200, ""}});
+  layer.k = shape.k;
+  layer.n = shape.n;
+  const std::string x = b.AddInput("x", DType::kFloat32, {Dim{2, ""}, Dim{59, ""}, Dim{shape.k, ""}});
   const std::string zp = b.AddInitializer("zp", Tensor::Scalar<uint8_t>(128));
   const std::string m = b.Op("Max", {b.Op("ReduceMax", {b.Op("Abs", {x}), b.AddInt64s({-1})}, {{"keepdims", AttrInt(1)}}), b.AddScalar(1e-30f)});
   layer.s_x = b.Op("Div", {m, b.AddScalar(127.0f)});
   const std::string codes = b.Op("Add", {b.Op("Round", {b.Op("Div", {x, layer.s_x})}), b.AddScalar(128.0f)});
   const std::string x_q = b.Op("Cast", {codes}, {{"to", AttrInt(static_cast<int64_t>(DType::kUInt8))}});
-  layer.acc = b.Op("MatMulInteger", {x_q, b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {200, 333}, 180)), zp, zp});
-  layer.s_w = Random({333}, 181, 0.001f, 0.01f);
+  layer.acc = b.Op("MatMulInteger", {x_q, b.AddInitializer("w_q", RandomBytes(DType::kUInt8, {shape.k, shape.n}, 180)), zp, zp});
+  layer.s_w = Random({shape.n}, 181, 0.001f, 0.01f);
   const std::string s_w = b.AddInitializer("s_w", layer.s_w);
   const std::string y = b.Op("Mul", {b.Op("Mul", {b.Op("Cast", {layer.acc}, {{"to", AttrInt(1)}}), s_w}), layer.s_x});
   b.AddOutput(y, DType::kFloat32, {});
@@ -543,20 +584,23 @@ TEST(CudaOps, QuantizeTokensUint8) {
 
 TEST(CudaOps, W8A8Subgraph) {
   SKIP_WITHOUT_DEVICE();
-  StatusOr<W8A8Layer> layer = BuildW8A8Layer();
-  ASSERT_TRUE(layer.ok()) << layer.status().message();
-  const Model* model = &layer->model;
-  Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
-  for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token
-  StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}});
-  ASSERT_TRUE(ran.ok()) << ran.status().message();
-  const std::vector<float> w = ran->cpu[0].ToFloats(), g = ran->gpu[0].ToFloats();
-  ASSERT_EQ(w.size(), g.size());
-  for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], g[i], 1e-5f * std::max(1.0f, std::fabs(w[i]))) << i;
-  const std::vector<std::string>& summary = ran->summary;
-  for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
-  // Cast, Mul(s_w) and Mul(s_x) ran inside the integer GEMM's epilogue.
-  EXPECT_NE(summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << summary[0];
+  for (const W8A8Shape& shape : kW8A8Shapes) {
+    SCOPED_TRACE("K " + std::to_string(shape.k) + " N " + std::to_string(shape.n));
+    StatusOr<W8A8Layer> layer = BuildW8A8Layer(shape);
+    ASSERT_TRUE(layer.ok()) << layer.status().message();
+    const Model* model = &layer->model;
+    Tensor xv = Random({2, 59, shape.k}, 182, -3.0f, 3.0f);
+    for (int64_t i = 0; i < shape.k; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token
+    StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}});
+    ASSERT_TRUE(ran.ok()) << ran.status().message();
+    const std::vector<float> w = ran->cpu[0].ToFloats(), g = ran->gpu[0].ToFloats();
+    ASSERT_EQ(w.size(), g.size());
+    for (size_t i = 0; i < w.size(); ++i) ASSERT_NEAR(w[i], g[i], 1e-5f * std::max(1.0f, std::fabs(w[i]))) << i;
+    const std::vector<std::string>& summary = ran->summary;
+    for (const std::string& line : summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+    // Cast, Mul(s_w) and Mul(s_x) ran inside the integer GEMM's epilogue.
+    EXPECT_NE(summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << summary[0];
+  }
 }
 
 // The W8A8 subgraph computing in float16 and bfloat16. The per-token quantization runs in the
@@ -566,47 +610,51 @@ TEST(CudaOps, W8A8Subgraph) {
 // type must then equal the GPU's exactly (an unfused float16 Cast of the sums would overflow).
 TEST(CudaOps, W8A8SubgraphInHalfTypes) {
   SKIP_WITHOUT_DEVICE();
-  StatusOr<W8A8Layer> layer = BuildW8A8Layer();
-  ASSERT_TRUE(layer.ok()) << layer.status().message();
-  const Model* model = &layer->model;
-  const std::string& acc = layer->acc;
-  const std::string& s_x = layer->s_x;
-  const Tensor& s_w_value = layer->s_w;
-  Tensor xv = Random({2, 59, 200}, 182, -3.0f, 3.0f);
-  for (int64_t i = 0; i < 200; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token: s_x = 0 in float16, output 0
-  for (const HalfType& h : kHalfTypes) {
-    SCOPED_TRACE(DTypeName(h.dtype));
-    StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}}, false, h.dtype);
-    ASSERT_TRUE(ran.ok()) << ran.status().message();
-    ASSERT_EQ(ran->gpu[0].dtype(), DType::kFloat32);  // the declared output type
-    for (const std::string& line : ran->summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
-    EXPECT_NE(ran->summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << ran->summary[0];
-    // The CPU's codes: the rewritten graph with acc and s_x as outputs too.
-    Model emulated = *model;
-    emulated.graph.outputs.push_back(ValueInfo{acc, DType::kInt32});
-    emulated.graph.outputs.push_back(ValueInfo{s_x});
-    ASSERT_TRUE(ConvertFloatPrecision(emulated.graph, DType::kFloat32, h.dtype).ok());
-    auto cpu = Session::Create(emulated);
-    ASSERT_TRUE(cpu.ok()) << cpu.status().message();
-    auto outs = (*cpu)->Run({{"x", xv}}, {acc, s_x});
-    ASSERT_TRUE(outs.ok()) << outs.status().message();
-    const int32_t* sums = (*outs)[0].data<int32_t>();
-    const std::vector<float> row = (*outs)[1].ToFloats(), col = RoundedTo(s_w_value, h.dtype).ToFloats();
-    const std::vector<float> want32 = ran->cpu[0].ToFloats(), got = ran->gpu[0].ToFloats();
-    ASSERT_EQ(got.size(), row.size() * 333);
-    float max_abs = 0, max_dev = 0;
-    for (float v : want32) max_abs = std::max(max_abs, std::fabs(v));
-    for (size_t i = 0; i < got.size(); ++i) {
-      const float v = (static_cast<float>(sums[i]) * col[i % 333]) * row[i / 333];
-      const float want = RoundedTo(Tensor::Scalar<float>(v), h.dtype).data<float>()[0];
-      ASSERT_EQ(got[i], want) << i;
-      max_dev = std::max(max_dev, std::fabs(got[i] - want32[i]));
+  for (const W8A8Shape& shape : kW8A8Shapes) {
+    SCOPED_TRACE("K " + std::to_string(shape.k) + " N " + std::to_string(shape.n));
+    StatusOr<W8A8Layer> layer = BuildW8A8Layer(shape);
+    ASSERT_TRUE(layer.ok()) << layer.status().message();
+    const Model* model = &layer->model;
+    const std::string& acc = layer->acc;
+    const std::string& s_x = layer->s_x;
+    const Tensor& s_w_value = layer->s_w;
+    const int64_t n = shape.n;
+    Tensor xv = Random({2, 59, shape.k}, 182, -3.0f, 3.0f);
+    for (int64_t i = 0; i < shape.k; ++i) xv.mutable_data<float>()[i] = 0.0f;  // an all-zero token: s_x = 0 in float16, output 0
+    for (const HalfType& h : kHalfTypes) {
+      SCOPED_TRACE(DTypeName(h.dtype));
+      StatusOr<CpuAndGpu> ran = RunCpuAndGpu(*model, {{"x", xv}}, false, h.dtype);
+      ASSERT_TRUE(ran.ok()) << ran.status().message();
+      ASSERT_EQ(ran->gpu[0].dtype(), DType::kFloat32);  // the declared output type
+      for (const std::string& line : ran->summary) EXPECT_EQ(line.find("fallback "), std::string::npos) << line;
+      EXPECT_NE(ran->summary[0].find("3 steps fused into MatMulInteger"), std::string::npos) << ran->summary[0];
+      // The CPU's codes: the rewritten graph with acc and s_x as outputs too.
+      Model emulated = *model;
+      emulated.graph.outputs.push_back(ValueInfo{acc, DType::kInt32});
+      emulated.graph.outputs.push_back(ValueInfo{s_x});
+      ASSERT_TRUE(ConvertFloatPrecision(emulated.graph, DType::kFloat32, h.dtype).ok());
+      auto cpu = Session::Create(emulated);
+      ASSERT_TRUE(cpu.ok()) << cpu.status().message();
+      auto outs = (*cpu)->Run({{"x", xv}}, {acc, s_x});
+      ASSERT_TRUE(outs.ok()) << outs.status().message();
+      const int32_t* sums = (*outs)[0].data<int32_t>();
+      const std::vector<float> row = (*outs)[1].ToFloats(), col = RoundedTo(s_w_value, h.dtype).ToFloats();
+      const std::vector<float> want32 = ran->cpu[0].ToFloats(), got = ran->gpu[0].ToFloats();
+      ASSERT_EQ(got.size(), row.size() * n);
+      float max_abs = 0, max_dev = 0;
+      for (float v : want32) max_abs = std::max(max_abs, std::fabs(v));
+      for (size_t i = 0; i < got.size(); ++i) {
+        const float v = (static_cast<float>(sums[i]) * col[i % n]) * row[i / n];
+        const float want = RoundedTo(Tensor::Scalar<float>(v), h.dtype).data<float>()[0];
+        ASSERT_EQ(got[i], want) << i;
+        max_dev = std::max(max_dev, std::fabs(got[i] - want32[i]));
+      }
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(got[i], 0.0f) << i;
+      // Against float32's codes: a few flipped codes per token, each s_x * s_w * |q_w| <= 0.03
+      // (on the H200: 0.186 in float16, 0.481 in bfloat16, of 73.9).
+      std::printf("W8A8 in %s: max |float32 - %s| %.3g (max |y| %.3g)\n", DTypeName(h.dtype).c_str(), DTypeName(h.dtype).c_str(), max_dev, max_abs);
+      EXPECT_LE(max_dev, (h.dtype == DType::kFloat16 ? 1e-2f : 4e-2f) * max_abs);
     }
-    for (size_t i = 0; i < 333; ++i) ASSERT_EQ(got[i], 0.0f) << i;
-    // Against float32's codes: a few flipped codes per token, each s_x * s_w * |q_w| <= 0.03
-    // (on the H200: 0.186 in float16, 0.481 in bfloat16, of 73.9).
-    std::printf("W8A8 in %s: max |float32 - %s| %.3g (max |y| %.3g)\n", DTypeName(h.dtype).c_str(), DTypeName(h.dtype).c_str(), max_dev, max_abs);
-    EXPECT_LE(max_dev, (h.dtype == DType::kFloat16 ? 1e-2f : 4e-2f) * max_abs);
   }
 }
 

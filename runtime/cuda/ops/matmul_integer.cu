@@ -1,8 +1,14 @@
-// MatMulInteger on the GPU: int8/uint8 tensor-core products (WMMA, int32 accumulation) with the
-// zero points applied afterwards, exactly the integer result of runtime/cpu/matmul_quantize.cpp's
-// MatMulIntegerRef (the numeric spec):
-//   sum_k (a - a_zp)(b - b_zp) = sum_k a b - b_zp sum_k a - a_zp sum_k b + K a_zp b_zp,
-// every term in wrapping 32-bit arithmetic, which is what the CPU's int64 sum cast to int32 keeps.
+// MatMulInteger on the GPU, exactly the integer result of runtime/cpu/matmul_quantize.cpp's
+// MatMulIntegerRef (the numeric spec), in one of two ways:
+// - cuBLAS's int8 tensor-core GEMM (IMMA) when every zero point is the operand's midpoint (uint8
+//   with 128, int8 with 0 or none: the W8A8 layers of docs/FORMAT.md). Then a - a_zp is the int8
+//   a ^ 0x80 (uint8) or a itself, so the product is a plain int8 GEMM. cuBLAS wants B as [N, K]
+//   (its "TN" layout): a constant B is transposed (and flipped) once and kept with the step.
+// - Our WMMA kernel otherwise (any zero points, scalars or vectors), with the zero points applied
+//   afterwards:
+//     sum_k (a - a_zp)(b - b_zp) = sum_k a b - b_zp sum_k a - a_zp sum_k b + K a_zp b_zp,
+//   every term in wrapping 32-bit arithmetic, which is what the CPU's int64 sum cast to int32 keeps.
+// The W8A8 scales are applied in the epilogue of either (ScaleEpilogue).
 #include <mma.h>
 
 #include "runtime/cpu/matmul_shape.h"
@@ -164,6 +170,110 @@ Status LaunchIntegerGemm(OpContext& ctx, const T* a, const T* b, int32_t* c, int
   return Status::Ok();
 }
 
+// ---- The cuBLAS int8 path ----
+
+// bt[n][k] = b[k][n] ^ flip: B [K, N] into cuBLAS's [N, K] int8 layout (32 x 32 tiles through
+// shared memory, so reads and writes are both coalesced).
+__global__ void TransposeToInt8Kernel(const uint8_t* b, int8_t* bt, int64_t k, int64_t n, uint8_t flip) {
+  __shared__ uint8_t tile[32][33];
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * 32, n0 = static_cast<int64_t>(blockIdx.x) * 32;
+  for (int r = threadIdx.y; r < 32; r += blockDim.y) {
+    const int64_t kk = k0 + r, nn = n0 + threadIdx.x;
+    if (kk < k && nn < n) tile[r][threadIdx.x] = b[kk * n + nn];
+  }
+  __syncthreads();
+  for (int r = threadIdx.y; r < 32; r += blockDim.y) {
+    const int64_t nn = n0 + r, kk = k0 + threadIdx.x;
+    if (nn < n && kk < k) bt[nn * k + kk] = static_cast<int8_t>(tile[threadIdx.x][r] ^ flip);
+  }
+}
+
+// out = in ^ 0x80808080 over `words` 32-bit words: uint8 codes minus 128 as int8.
+__global__ void FlipToInt8Kernel(const uint32_t* in, uint32_t* out, int64_t words) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < words; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = in[i] ^ 0x80808080u;
+}
+
+// The W8A8 scales applied to cuBLAS's int32 products, one thread per output value.
+__global__ void ScaleProductsKernel(const int32_t* c, int64_t m, int64_t n, ScaleEpilogue scale) {
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < m * n; e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    scale.Write(e / n, e % n, n, c[e]);
+}
+
+// B as cuBLAS's int8 [N, K], made once for a constant B.
+struct Int8Weights : OpState {
+  const void* source = nullptr;
+  Tensor bt;
+};
+
+// Whether a zero point (absent, or a scalar) is the midpoint of its operand's codes.
+bool IsMidpoint(OpContext& ctx, int index, DType of) {
+  const int32_t mid = of == DType::kUInt8 ? 128 : 0;
+  if (!ctx.has_input(index)) return mid == 0;
+  const Tensor& z = ctx.input(index);
+  return z.numel() == 1 && z.rank() <= 1 && z.dtype() == of && z.ToInt64s()[0] == mid;
+}
+
+// The product through cuBLAS's int8 GEMM, into `c` (int32 [m, n]) or through `scale`; *done is
+// false (nothing queued) when cuBLAS's int8 GEMM cannot take the shapes, and the caller then runs
+// the WMMA kernel.
+Status CublasInt8Gemm(OpContext& ctx, const Tensor& a, const Tensor& b, int64_t m, int64_t n, int64_t k, int32_t* c,
+                      const ScaleEpilogue& scale, bool* done) {
+  *done = false;
+  // IMMA: leading dimensions (K for both operands, N for C) multiples of 4, 16-byte aligned rows.
+  if (k % 16 != 0 || n % 4 != 0 || m > 0x7fffffff || n > 0x7fffffff || k > 0x7fffffff) return Status::Ok();
+  if (reinterpret_cast<uintptr_t>(a.raw()) % 16 != 0 || reinterpret_cast<uintptr_t>(b.raw()) % 16 != 0) return Status::Ok();
+  const uint8_t flip = a.dtype() == DType::kUInt8 ? 0x80 : 0;
+  // B [N, K] int8: kept with the step for a constant B, else made for this call.
+  Tensor bt;
+  auto* kept = dynamic_cast<Int8Weights*>(ctx.state.get());
+  if (kept != nullptr && kept->source == b.raw() && ctx.constant[1]) {
+    bt = kept->bt;
+  } else {
+    QC_ASSIGN_OR_RETURN(bt, ctx.cuda.Empty(DType::kInt8, {n, k}));
+    const dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>((k + 31) / 32));
+    TransposeToInt8Kernel<<<grid, dim3(32, 8), 0, ctx.cuda.stream()>>>(static_cast<const uint8_t*>(b.raw()), bt.mutable_device_data<int8_t>(), k, n,
+                                                                        flip);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("TransposeToInt8Kernel");
+    if (ctx.constant[1]) {
+      auto state = std::make_unique<Int8Weights>();
+      state->source = b.raw();
+      state->bt = bt;
+      ctx.state = std::move(state);
+    }
+  }
+  const int8_t* ap = static_cast<const int8_t*>(a.raw());
+  Tensor flipped;
+  if (flip != 0) {
+    QC_ASSIGN_OR_RETURN(flipped, ctx.cuda.Empty(DType::kInt8, {m, k}));
+    const int64_t words = m * k / 4;
+    FlipToInt8Kernel<<<BlocksFor(words), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const uint32_t*>(a.raw()),
+                                                                         static_cast<uint32_t*>(flipped.mutable_raw()), words);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("FlipToInt8Kernel");
+    ap = flipped.device_data<int8_t>();
+  }
+  Tensor products;
+  if (c == nullptr) {
+    QC_ASSIGN_OR_RETURN(products, ctx.cuda.Empty(DType::kInt32, {m, n}));
+    c = products.mutable_device_data<int32_t>();
+  }
+  // Row-major C [m, n] = A [m, k] B [k, n] is column-major C^T = (Bt)^T A^T: Bt [n, k] row-major is
+  // column-major k x n, transposed ("T"); A row-major is column-major k x m ("N").
+  const int32_t alpha = 1, beta = 0;
+  const cublasStatus_t status = ctx.cuda.blas().gemm_strided_batched_ex(
+      ctx.cuda.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, bt.raw(), CUDA_R_8I,
+      static_cast<int>(k), 0, ap, CUDA_R_8I, static_cast<int>(k), 0, &beta, c, CUDA_R_32I, static_cast<int>(n), 0, 1, CUBLAS_COMPUTE_32I,
+      CUBLAS_GEMM_DEFAULT);
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return Status::Ok();  // the conversions queued above are harmless
+  QC_CUBLAS_RETURN_IF_ERROR(status);
+  if (scale.col != nullptr) {
+    ScaleProductsKernel<<<BlocksFor(m * n), kThreads, 0, ctx.cuda.stream()>>>(c, m, n, scale);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("ScaleProductsKernel");
+  }
+  *done = true;
+  return Status::Ok();
+}
+
 // MatMulInteger into ctx.outputs[0]: int32, or with `col` and `row` the W8A8 output of `dtype`
 // (`col` of N and `row` of one value per output row, both of `dtype`; declined otherwise).
 Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DType dtype) {
@@ -195,6 +305,11 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DT
   // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
   const int64_t products = p.b_shared ? 1 : p.batch();
   const int64_t rows = p.b_shared ? p.batch() * p.m : p.m;
+  if (products == 1 && p.a_offsets[0] == 0 && p.b_offsets[0] == 0 && IsMidpoint(ctx, 2, a.dtype()) && IsMidpoint(ctx, 3, b.dtype())) {
+    bool done = false;
+    QC_RETURN_IF_ERROR(CublasInt8Gemm(ctx, a, b, rows, p.n, p.k, yp, scale, &done));
+    if (done) return Status::Ok();
+  }
   for (int64_t t = 0; t < products; ++t) {
     int32_t* out = yp ? yp + t * rows * p.n : nullptr;
     if (a.dtype() == DType::kUInt8) {

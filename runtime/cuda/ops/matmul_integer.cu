@@ -200,10 +200,14 @@ __global__ void ScaleProductsKernel(const int32_t* c, int64_t m, int64_t n, Scal
     scale.Write(e / n, e % n, n, c[e]);
 }
 
-// B as cuBLAS's int8 [N, K], made once for a constant B.
-struct Int8Weights : OpState {
-  const void* source = nullptr;
-  Tensor bt;
+// B on the device, made by the op from the host B (the executor leaves B on the host: bit 1 of
+// the kernel's host mask), once for a constant B: cuBLAS's int8 [N, K] for the cuBLAS path, else
+// B as it is. A constant B so never has two device copies.
+struct IntegerWeights : OpState {
+  const void* source = nullptr;  // the host B it was made from
+  bool transposed = false;
+  bool cublas_declined = false;  // cuBLAS refused these shapes once: the WMMA kernel from then on
+  Tensor b;
 };
 
 // Whether a zero point (absent, or a scalar) is the midpoint of its operand's codes.
@@ -214,37 +218,53 @@ bool IsMidpoint(OpContext& ctx, int index, DType of) {
   return z.numel() == 1 && z.rank() <= 1 && z.dtype() == of && z.ToInt64s()[0] == mid;
 }
 
-// The product through cuBLAS's int8 GEMM, into `c` (int32 [m, n]) or through `scale`; *done is
-// false (nothing queued) when cuBLAS's int8 GEMM cannot take the shapes, and the caller then runs
-// the WMMA kernel.
-Status CublasInt8Gemm(OpContext& ctx, const Tensor& a, const Tensor& b, int64_t m, int64_t n, int64_t k, int32_t* c,
+// The device B for this call: kept in ctx.state for a constant B, else made for the call.
+// `transposed`: cuBLAS's int8 [N, K] (flipped from uint8), else B's own bytes.
+StatusOr<Tensor> DeviceWeights(OpContext& ctx, const Tensor& host_b, bool transposed, int64_t k, int64_t n) {
+  const bool constant = ctx.constant[1];
+  auto* kept = dynamic_cast<IntegerWeights*>(ctx.state.get());
+  if (constant && kept != nullptr && kept->source == host_b.raw() && kept->transposed == transposed) return kept->b;
+  QC_ASSIGN_OR_RETURN(Tensor b, ctx.cuda.Upload(host_b));
+  if (transposed) {
+    QC_ASSIGN_OR_RETURN(Tensor bt, ctx.cuda.Empty(DType::kInt8, {n, k}));
+    const dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>((k + 31) / 32));
+    TransposeToInt8Kernel<<<grid, dim3(32, 8), 0, ctx.cuda.stream()>>>(static_cast<const uint8_t*>(b.raw()), bt.mutable_device_data<int8_t>(), k,
+                                                                        n, host_b.dtype() == DType::kUInt8 ? 0x80 : 0);
+    QC_CUDA_RETURN_IF_LAUNCH_ERROR("TransposeToInt8Kernel");
+    b = std::move(bt);  // the upload is freed in stream order
+  }
+  if (constant) {
+    const bool declined = kept != nullptr && kept->cublas_declined;
+    auto state = std::make_unique<IntegerWeights>();
+    state->source = host_b.raw();
+    state->transposed = transposed;
+    state->cublas_declined = declined;
+    state->b = b;
+    ctx.state = std::move(state);
+  }
+  return b;
+}
+
+// Whether cuBLAS's int8 GEMM may take this product: midpoint zero points, one [m, k] x [k, n]
+// product, IMMA's alignment (leading dimensions K and N multiples of 16 and 4, A's rows 16-byte
+// aligned), and cuBLAS did not refuse this step before.
+bool CublasInt8Eligible(OpContext& ctx, const Tensor& a, const Tensor& b, const MatMulPlan& p, int64_t rows) {
+  auto* kept = dynamic_cast<IntegerWeights*>(ctx.state.get());
+  if (kept != nullptr && kept->cublas_declined) return false;
+  const bool single = p.b_shared || p.batch() == 1;
+  return single && p.a_offsets[0] == 0 && p.b_offsets[0] == 0 && IsMidpoint(ctx, 2, a.dtype()) && IsMidpoint(ctx, 3, b.dtype()) &&
+         p.k % 16 == 0 && p.n % 4 == 0 && rows <= 0x7fffffff && p.n <= 0x7fffffff && p.k <= 0x7fffffff &&
+         reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0;
+}
+
+// The product through cuBLAS's int8 GEMM with `bt` (int8 [n, k]), into `c` (int32 [m, n]) or
+// through `scale`; *done is false (nothing but A's conversion queued) when cuBLAS refuses it.
+Status CublasInt8Gemm(OpContext& ctx, const Tensor& a, const Tensor& bt, int64_t m, int64_t n, int64_t k, int32_t* c,
                       const ScaleEpilogue& scale, bool* done) {
   *done = false;
-  // IMMA: leading dimensions (K for both operands, N for C) multiples of 4, 16-byte aligned rows.
-  if (k % 16 != 0 || n % 4 != 0 || m > 0x7fffffff || n > 0x7fffffff || k > 0x7fffffff) return Status::Ok();
-  if (reinterpret_cast<uintptr_t>(a.raw()) % 16 != 0 || reinterpret_cast<uintptr_t>(b.raw()) % 16 != 0) return Status::Ok();
-  const uint8_t flip = a.dtype() == DType::kUInt8 ? 0x80 : 0;
-  // B [N, K] int8: kept with the step for a constant B, else made for this call.
-  Tensor bt;
-  auto* kept = dynamic_cast<Int8Weights*>(ctx.state.get());
-  if (kept != nullptr && kept->source == b.raw() && ctx.constant[1]) {
-    bt = kept->bt;
-  } else {
-    QC_ASSIGN_OR_RETURN(bt, ctx.cuda.Empty(DType::kInt8, {n, k}));
-    const dim3 grid(static_cast<unsigned>((n + 31) / 32), static_cast<unsigned>((k + 31) / 32));
-    TransposeToInt8Kernel<<<grid, dim3(32, 8), 0, ctx.cuda.stream()>>>(static_cast<const uint8_t*>(b.raw()), bt.mutable_device_data<int8_t>(), k, n,
-                                                                        flip);
-    QC_CUDA_RETURN_IF_LAUNCH_ERROR("TransposeToInt8Kernel");
-    if (ctx.constant[1]) {
-      auto state = std::make_unique<Int8Weights>();
-      state->source = b.raw();
-      state->bt = bt;
-      ctx.state = std::move(state);
-    }
-  }
   const int8_t* ap = static_cast<const int8_t*>(a.raw());
   Tensor flipped;
-  if (flip != 0) {
+  if (a.dtype() == DType::kUInt8) {
     QC_ASSIGN_OR_RETURN(flipped, ctx.cuda.Empty(DType::kInt8, {m, k}));
     const int64_t words = m * k / 4;
     FlipToInt8Kernel<<<BlocksFor(words), kThreads, 0, ctx.cuda.stream()>>>(static_cast<const uint32_t*>(a.raw()),
@@ -264,7 +284,7 @@ Status CublasInt8Gemm(OpContext& ctx, const Tensor& a, const Tensor& b, int64_t 
       ctx.cuda.cublas(), CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha, bt.raw(), CUDA_R_8I,
       static_cast<int>(k), 0, ap, CUDA_R_8I, static_cast<int>(k), 0, &beta, c, CUDA_R_32I, static_cast<int>(n), 0, 1, CUBLAS_COMPUTE_32I,
       CUBLAS_GEMM_DEFAULT);
-  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return Status::Ok();  // the conversions queued above are harmless
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED) return Status::Ok();
   QC_CUBLAS_RETURN_IF_ERROR(status);
   if (scale.col != nullptr) {
     ScaleProductsKernel<<<BlocksFor(m * n), kThreads, 0, ctx.cuda.stream()>>>(c, m, n, scale);
@@ -305,18 +325,21 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DT
   // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
   const int64_t products = p.b_shared ? 1 : p.batch();
   const int64_t rows = p.b_shared ? p.batch() * p.m : p.m;
-  if (products == 1 && p.a_offsets[0] == 0 && p.b_offsets[0] == 0 && IsMidpoint(ctx, 2, a.dtype()) && IsMidpoint(ctx, 3, b.dtype())) {
+  if (CublasInt8Eligible(ctx, a, b, p, rows)) {
+    QC_ASSIGN_OR_RETURN(Tensor bt, DeviceWeights(ctx, b, /*transposed=*/true, p.k, p.n));
     bool done = false;
-    QC_RETURN_IF_ERROR(CublasInt8Gemm(ctx, a, b, rows, p.n, p.k, yp, scale, &done));
+    QC_RETURN_IF_ERROR(CublasInt8Gemm(ctx, a, bt, rows, p.n, p.k, yp, scale, &done));
     if (done) return Status::Ok();
+    if (auto* kept = dynamic_cast<IntegerWeights*>(ctx.state.get())) kept->cublas_declined = true;
   }
+  QC_ASSIGN_OR_RETURN(const Tensor b_device, DeviceWeights(ctx, b, /*transposed=*/false, p.k, p.n));
   for (int64_t t = 0; t < products; ++t) {
     int32_t* out = yp ? yp + t * rows * p.n : nullptr;
     if (a.dtype() == DType::kUInt8) {
-      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<uint8_t>() + p.a_offsets[t], b.device_data<uint8_t>() + p.b_offsets[t], out, rows,
+      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<uint8_t>() + p.a_offsets[t], b_device.device_data<uint8_t>() + p.b_offsets[t], out, rows,
                                            p.n, p.k, a_zp, b_zp, scale));
     } else {
-      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<int8_t>() + p.a_offsets[t], b.device_data<int8_t>() + p.b_offsets[t], out, rows,
+      QC_RETURN_IF_ERROR(LaunchIntegerGemm(ctx, a.device_data<int8_t>() + p.a_offsets[t], b_device.device_data<int8_t>() + p.b_offsets[t], out, rows,
                                            p.n, p.k, a_zp, b_zp, scale));
     }
     if (!ctx.declined.empty()) return Status::Ok();
@@ -326,7 +349,7 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DT
 
 }  // namespace
 
-// Zero points (inputs 2, 3) are read on the host.
+// B and the zero points (inputs 1-3) are read on the host: B is uploaded by the op (DeviceWeights).
 Status MatMulIntegerCuda(OpContext& ctx) { return RunMatMulInteger(ctx, nullptr, nullptr, DType::kInt32); }
 
 Status MatMulIntegerScaledCuda(OpContext& ctx, const Tensor& col, const Tensor& row, DType dtype) { return RunMatMulInteger(ctx, &col, &row, dtype); }

@@ -138,6 +138,7 @@ struct CudaExecutor::Impl {
   mutable std::map<std::string, OpProfile> profile;
 
   // SessionOptions::cuda_graphs. A run's signature: each feed's dtype and shape, and the outputs wanted.
+  // (Runs with a feed already on the device run as steps: a graph would keep its address.)
   struct Signature {
     std::vector<std::pair<DType, Shape>> feeds;
     std::vector<int> wanted;
@@ -223,7 +224,7 @@ struct CudaExecutor::Impl {
       size_t offset = 0;
       const int f = FeedHolding(capturing->feeds, r.frame[s], &offset);
       if (f >= 0 && std::none_of(capturing->host_read.begin(), capturing->host_read.end(), [&](const auto& h) { return h.first == f; }))
-        capturing->host_read.emplace_back(f, capturing->feeds[f]);
+        capturing->host_read.emplace_back(f, capturing->feeds[f].Clone());  // a copy: a caller may refill the buffer
     }
     if (!r.frame[s].on_device()) return &r.frame[s];
     if (!r.mirror[s].defined()) {
@@ -279,6 +280,13 @@ struct CudaExecutor::Impl {
     cuda->nbits_workspace().set_keep_outgrown(false);
     graphs_off = true;
     graphs_off_reason = std::move(reason);
+  }
+  // After a capture that made no graph, or one thrown away unlaunched: what the kernels set up
+  // inside it (a new state's uploads, a grown workspace's zeroed counters) was only recorded, never
+  // run. Their states and the MatMulNBits workspace are dropped; the steps make them again.
+  void ForgetCapturedSetUp() const {
+    for (StepInfo& info : steps) info.state.reset();
+    cuda->nbits_workspace().Release();
   }
 
   // `widen`: host inputs of float16/bfloat16 may be widened for a kernel without a 16-bit path
@@ -518,7 +526,13 @@ StatusOr<Tensor> CudaExecutor::Impl::StagedUpload(const std::vector<Tensor>& fra
     std::memcpy(staged.pinned.get(), host.raw(), bytes);
     QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(t.mutable_raw(), staged.pinned.get(), bytes, cudaMemcpyHostToDevice, cuda->stream()));
   }
-  staged.feed = FeedHolding(capturing->feeds, host, &staged.offset);
+  // A feed's own slot is its own source (two feeds may share one buffer now, and not later).
+  if (std::find(feed_slots.begin(), feed_slots.end(), s) != feed_slots.end()) {
+    staged.feed = s;
+    staged.offset = 0;
+  } else {
+    staged.feed = FeedHolding(capturing->feeds, host, &staged.offset);
+  }
   capturing->staged.push_back(std::move(staged));
   return t;
 }
@@ -526,6 +540,8 @@ StatusOr<Tensor> CudaExecutor::Impl::StagedUpload(const std::vector<Tensor>& fra
 Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<Tensor>& frame, CudaRunState& run,
                                       const std::vector<int>& wanted, bool* ran) const {
   *ran = false;
+  for (int f : feed_slots)
+    if (frame[f].defined() && frame[f].on_device()) return Status::Ok();  // see Signature
   Signature signature{{}, wanted};
   for (int f : feed_slots)
     signature.feeds.emplace_back(frame[f].defined() ? frame[f].dtype() : DType::kUndefined,
@@ -552,7 +568,8 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
   // The second run in a row with this signature: capture it. Everything it allocates stays reserved
   // for the graph, which replays into the same blocks.
   graph_run.reset();
-  cuda->nbits_workspace().set_keep_outgrown(false);
+  cuda->nbits_workspace().set_keep_outgrown(false);  // the old graph's buffers go
+  cuda->nbits_workspace().set_keep_outgrown(true);   // the new one's stay, outgrown mid-capture too
   auto captured = std::make_unique<GraphRun>();
   captured->signature = signature;
   QC_ASSIGN_OR_RETURN(captured->blocks, cuda->allocator().BeginReserving());
@@ -573,6 +590,7 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
   cuda->allocator().EndReserving();
   if (!status.ok()) {  // not capturable (a step synchronised, or failed): steps from now on
     DropGraphs("the run could not be captured: " + status.message());
+    ForgetCapturedSetUp();
     frame = feeds;
     return Status::Ok();
   }
@@ -582,6 +600,7 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
     if (!frame[s].defined()) continue;
     if (FeedHolding(feeds, frame[s], &offset) >= 0) {  // a host view of a feed: a replay would return the old one
       DropGraphs("an output is a view of a feed");
+      ForgetCapturedSetUp();
       frame = feeds;
       return Status::Ok();
     }
@@ -589,7 +608,6 @@ Status CudaExecutor::Impl::RunAsGraph(const CudaExecutor& executor, std::vector<
   }
   captured->feeds.clear();  // a replay reads the run's own frame
   QC_RETURN_IF_ERROR(captured->graph->Launch(cuda->stream()));
-  cuda->nbits_workspace().set_keep_outgrown(true);
   graph_run = std::move(captured);
   *ran = true;
   return Status::Ok();
@@ -599,6 +617,9 @@ Status CudaExecutor::Run(std::vector<Tensor>& frame, const std::vector<int>& wan
   Impl& m = *impl_;
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<CudaRunState> run = Begin(frame.size());
+  // Clean device error bits, unless another run is live (stepwise executions interleaved with this
+  // one: a bit one of them set must reach it): one that failed earlier may have left some.
+  if (m.live.size() == 1) QC_RETURN_IF_ERROR(m.cuda->ClearDeviceErrors());
   bool ran = false;
   if (m.GraphsOn()) {
     QC_RETURN_IF_ERROR(m.RunAsGraph(*this, frame, *run, wanted, &ran));

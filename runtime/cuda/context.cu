@@ -88,6 +88,11 @@ Status Context::Synchronize() {
   return Status::Ok();
 }
 
+Status Context::ClearDeviceErrors() {
+  QC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(device_errors_.data(), 0, sizeof(unsigned), stream_));
+  return Status::Ok();
+}
+
 StatusOr<unsigned> Context::TakeDeviceErrors() {
   unsigned* host = static_cast<unsigned*>(device_errors_host_.get());
   QC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(host, device_errors_.data(), sizeof(unsigned), cudaMemcpyDeviceToHost, stream_));

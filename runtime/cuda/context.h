@@ -55,6 +55,8 @@ class Context {
   /// zeros or NaN); TakeDeviceErrors waits for the stream, returns the bits and clears them.
   unsigned* device_errors() const { return device_errors_.as<unsigned>(); }
   StatusOr<unsigned> TakeDeviceErrors();
+  /// Queues the bits' reset: a run starts clean even when the one before failed before taking them.
+  Status ClearDeviceErrors();
 
  private:
   explicit Context(CachingAllocator& allocator) : allocator_(&allocator), nbits_workspace_(allocator) {}

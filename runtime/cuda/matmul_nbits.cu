@@ -1240,6 +1240,12 @@ Status NBitsWorkspace::Reserve(int64_t partial_floats, int64_t counters, int64_t
   return Status::Ok();
 }
 
+void NBitsWorkspace::Release() {
+  outgrown_.clear();
+  for (DeviceBuffer* buf : {&partials_, &counters_, &activations_, &activation_scales_}) buf->Reset();
+  partial_capacity_ = counter_capacity_ = activation_capacity_ = activation_scale_capacity_ = 0;
+}
+
 Status MatMulNBits(const NBitsWeightsView& w, const float* x, float* y, int64_t m, NBitsWorkspace& workspace,
                    cudaStream_t stream, const NBitsOptions& options) {
   return Dispatch<float>(w, x, y, m, workspace, stream, options);

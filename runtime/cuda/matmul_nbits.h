@@ -105,6 +105,10 @@ class NBitsWorkspace {
   unsigned* counters() const { return counters_.as<unsigned>(); }
   __half* activations() const { return activations_.as<__half>(); }
   float* activation_scales() const { return activation_scales_.as<float>(); }
+  /// Frees every buffer (outgrown ones included); the next Reserve allocates and zeroes anew. For
+  /// a CUDA graph capture that failed: a Reserve inside it queued its counters' zeroing into the
+  /// graph only, so those buffers must not be used.
+  void Release();
   /// While set, buffers outgrown by Reserve are kept instead of freed: a captured CUDA graph's
   /// kernels still address them. Clearing it frees them.
   void set_keep_outgrown(bool keep) {

@@ -568,11 +568,12 @@ StatusOr<W8A8Layer> BuildW8A8Layer(W8A8Shape shape) {
 // The W8A8 layer of docs/FORMAT.md end to end: per-token quantization, integer product, scales;
 // every step on the GPU, the result the CPU's.
 // The fused per-token quantization (runtime/graph_fusion.h) of every channel and of rest channels,
-// bit for bit the CPU's (codes and scales); one token of zeros.
+// bit for bit the CPU's (codes and scales); one token of zeros, one with a NaN.
 TEST(CudaOps, QuantizeTokensUint8) {
   SKIP_WITHOUT_DEVICE();
   Tensor x = Random({37, 1000}, 300, -6.0f, 6.0f);
   for (int64_t k = 0; k < 1000; ++k) x.mutable_data<float>()[5 * 1000 + k] = 0.0f;
+  x.mutable_data<float>()[7 * 1000 + 333] = std::nanf("");  // a NaN token: s NaN, every code 0 (as Cast)
   std::vector<int64_t> rest;
   for (int64_t k = 0; k < 1000; ++k)
     if (k % 11 != 4) rest.push_back(k);

@@ -201,13 +201,13 @@ __global__ void ScaleProductsKernel(const int32_t* c, int64_t m, int64_t n, Scal
 }
 
 // B on the device, made by the op from the host B (the executor leaves B on the host: bit 1 of
-// the kernel's host mask), once for a constant B: cuBLAS's int8 [N, K] for the cuBLAS path, else
-// B as it is. A constant B so never has two device copies.
+// the kernel's host mask), once for a constant B: cuBLAS's int8 [N, K] for the cuBLAS path, B as it
+// is for the WMMA kernel (each made when first needed, then kept: a captured CUDA graph may address
+// either). A constant B so has one device copy per path it takes, normally one.
 struct IntegerWeights : OpState {
   const void* source = nullptr;  // the host B it was made from
-  bool transposed = false;
+  Tensor transposed, plain;
   bool cublas_declined = false;  // cuBLAS refused these shapes once: the WMMA kernel from then on
-  Tensor b;
 };
 
 // Whether a zero point (absent, or a scalar) is the midpoint of its operand's codes.
@@ -223,7 +223,16 @@ bool IsMidpoint(OpContext& ctx, int index, DType of) {
 StatusOr<Tensor> DeviceWeights(OpContext& ctx, const Tensor& host_b, bool transposed, int64_t k, int64_t n) {
   const bool constant = ctx.constant[1];
   auto* kept = dynamic_cast<IntegerWeights*>(ctx.state.get());
-  if (constant && kept != nullptr && kept->source == host_b.raw() && kept->transposed == transposed) return kept->b;
+  if (constant && (kept == nullptr || kept->source != host_b.raw())) {
+    auto state = std::make_unique<IntegerWeights>();
+    state->source = host_b.raw();
+    kept = state.get();
+    ctx.state = std::move(state);
+  }
+  if (constant) {
+    const Tensor& have = transposed ? kept->transposed : kept->plain;
+    if (have.defined()) return have;
+  }
   QC_ASSIGN_OR_RETURN(Tensor b, ctx.cuda.Upload(host_b));
   if (transposed) {
     QC_ASSIGN_OR_RETURN(Tensor bt, ctx.cuda.Empty(DType::kInt8, {n, k}));
@@ -233,15 +242,7 @@ StatusOr<Tensor> DeviceWeights(OpContext& ctx, const Tensor& host_b, bool transp
     QC_CUDA_RETURN_IF_LAUNCH_ERROR("TransposeToInt8Kernel");
     b = std::move(bt);  // the upload is freed in stream order
   }
-  if (constant) {
-    const bool declined = kept != nullptr && kept->cublas_declined;
-    auto state = std::make_unique<IntegerWeights>();
-    state->source = host_b.raw();
-    state->transposed = transposed;
-    state->cublas_declined = declined;
-    state->b = b;
-    ctx.state = std::move(state);
-  }
+  if (constant) (transposed ? kept->transposed : kept->plain) = b;
   return b;
 }
 

@@ -27,7 +27,9 @@ __global__ void __launch_bounds__(kTokenThreads) QuantizeTokensKernel(const T* x
     const int64_t k = column(j);
     if (k >= 0) mx = max_nan(mx, fabsf(static_cast<float>(LoadValue(xr[k]))));
   }
-  mx = BlockMax(mx, scratch);
+  // BlockMax (fmaxf) drops a NaN: the block asks whether any thread saw one.
+  const bool any_nan = __syncthreads_or(isnan(mx));
+  mx = any_nan ? NAN : BlockMax(mx, scratch);
   const float scale = rounded(max_nan(mx, epsilon) / 127.0f);
   if (threadIdx.x == 0) s[r] = StoreValue<T>(scale);
   for (int64_t j = threadIdx.x; j < width; j += blockDim.x) {

@@ -76,12 +76,13 @@ failed='{"ppl": "failed", "tokens_per_second": 0}'
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().strip().splitlines()[-1])[sys.argv[1]])' "$1"; }
 ort_cuda="$(python3 -c 'import onnxruntime as o; print(int("CUDAExecutionProvider" in o.get_available_providers()))')"
 rows=()
-# "float32@float16": the float32 file computed in float16 by qconvert (--dtype float16); the
-# other runtimes have no such switch, so only the float16 export compares with them.
-for model in float32 float16 float32@float16 w4 w4-float16 w8a8; do
+# "X@float16": file X computed in float16 by qconvert (--dtype float16; for W8A8 the float32 parts
+# around the integer products); the other runtimes have no such switch, so only the float16 export
+# compares with them.
+for model in float32 float16 float32@float16 w4 w4-float16 w8a8 w8a8@float16; do
   file="$work/${model%@*}/model.onnx"
   dtype_args=()
-  [ "$model" = float32@float16 ] && dtype_args=(--dtype float16)
+  [ "${model#*@}" = float16 ] && [ "$model" != float16 ] && dtype_args=(--dtype float16)
   log "eval $model: qconvert"
   ours="$("$qc" eval "$file" --device cuda "${dtype_args[@]}" --data "$work/ids.npy" --seqlen "$seqlen" --max-windows "$windows" --json --no-progress)" ||
     ours="$failed"
@@ -91,7 +92,7 @@ for model in float32 float16 float32@float16 w4 w4-float16 w8a8; do
     steps="$failed"
   echo "$model qconvert --no-cuda-graphs: $steps" >&2
   theirs="$failed"
-  if [ "$ort_cuda" = 1 ] && [ "$model" != float32@float16 ]; then
+  if [ "$ort_cuda" = 1 ] && [ "${#dtype_args[@]}" = 0 ]; then
     log "eval $model: onnxruntime"
     theirs="$(python3 "$root/tools/ort_eval.py" "$file" "$work/ids.npy" "$seqlen" "$windows" --provider cuda)" || theirs="$failed"
     echo "$model onnxruntime: $theirs" >&2

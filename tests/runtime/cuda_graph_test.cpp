@@ -67,7 +67,7 @@ TEST(CudaGraphs, ReplaysTrackEveryRunsFeeds) {
 }
 
 // A run with a CPU fallback (a device value copied to the host mid-run) cannot be captured: the
-// session says so and runs the steps, with the right results.
+// session says so, naming the value, and runs the steps, with the right results.
 TEST(CudaGraphs, AnUncapturableRunFallsBackToTheSteps) {
   SKIP_WITHOUT_DEVICE();
   GraphBuilder b(2);
@@ -92,6 +92,10 @@ TEST(CudaGraphs, AnUncapturableRunFallsBackToTheSteps) {
   const std::string summary = Joined((*gpu)->DeviceSummary());
   EXPECT_NE(summary.find("CUDA graphs off: the run could not be captured"), std::string::npos) << summary;
   EXPECT_EQ(summary.find("replayed"), std::string::npos) << summary;
+  // Both name the value, its maker and its reader.
+  EXPECT_NE(summary.find("(Floor) is needed on the host mid-run"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("cuda: read on the host mid-run: '"), std::string::npos) << summary;
+  EXPECT_NE(summary.find("(made by Mul) for node '"), std::string::npos) << summary;
 }
 
 // docs-llama-12m scored in the graph (as `qconvert eval` does), 8 windows: replayed windows give

@@ -210,6 +210,33 @@ double ReadBandwidth(cudaStream_t stream, int sm_count) {
   return gbs[gbs.size() / 2];
 }
 
+// --floor: the least time one launch per call can take to read `bytes` (a W4 g128 layer's packed
+// weights and fp32 scales, nothing else, no arithmetic), copies rotated over > 256 MiB as the GEMV
+// timings are: the best of a few grids of ReadKernel. Launch, ramp-up and tail included, which at
+// batch-1 sizes (9-36 MB) are a large part of the call: the physical floor of any GEMV kernel there.
+double ReadFloorUs(size_t bytes, cudaStream_t stream, int sm_count) {
+  bytes = (bytes + 15) / 16 * 16;
+  const int copies = static_cast<int>(std::max<size_t>(2, (kRotateBytes + bytes - 1) / bytes));
+  std::vector<void*> bufs(copies);
+  for (void*& b : bufs) {
+    CHECK_CUDA(cudaMalloc(&b, bytes));
+    CHECK_CUDA(cudaMemsetAsync(b, 1, bytes, stream));
+  }
+  uint32_t* out;
+  CHECK_CUDA(cudaMalloc(&out, sizeof(uint32_t)));
+  double best = 1e30;
+  for (int per_sm : {1, 2, 4, 8})
+    for (int threads : {256, 512}) {
+      const double us = TimeGraph(stream, [&](int i) {
+        ReadKernel<<<sm_count * per_sm, threads, 0, stream>>>(static_cast<const uint4*>(bufs[i % copies]), bytes / 16, out);
+      });
+      best = std::min(best, us);
+    }
+  for (void* b : bufs) CHECK_CUDA(cudaFree(b));
+  CHECK_CUDA(cudaFree(out));
+  return best;
+}
+
 struct Result {
   double us = 0, gbs = 0, max_err = 0;
   bool ok = true;
@@ -491,13 +518,14 @@ std::vector<qc::cuda::NBitsOptions> TableVariants() {
 int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
   // split-K factors, to tune the defaults; --sweep-i8: the int8 GEMV kernel over blocks per SM and
-  // ring stages. --rows M: batch M instead of 1.
-  bool sweep = false, sweep_i8 = false, prefill = false;
+  // ring stages; --floor: the read floor of each shape (ReadFloorUs). --rows M: batch M instead of 1.
+  bool sweep = false, sweep_i8 = false, prefill = false, floor = false;
   int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     sweep_i8 = sweep_i8 || std::strcmp(argv[i], "--sweep-i8") == 0;
     prefill = prefill || std::strcmp(argv[i], "--prefill") == 0;
+    floor = floor || std::strcmp(argv[i], "--floor") == 0;
     g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
     g_pattern = g_pattern || std::strcmp(argv[i], "--pattern") == 0;
     if (std::strcmp(argv[i], "--rows") == 0 && i + 1 < argc) rows = std::atoll(argv[++i]);
@@ -626,6 +654,21 @@ int main(int argc, char** argv) {
           o.ring_stages = stages;
           return o;
         });
+    }
+  }
+  if (floor) {
+    // What issue 5's GEMV target (75% of the copy bandwidth, W4 g128 at batch 1) asks against what
+    // reading those bytes alone takes, one launch per call.
+    std::printf("\nRead floor, W4 g128 weights + fp32 scales at batch 1, one launch per call, no arithmetic "
+                "(ReadKernel, best grid): us per call and %% of the copy bandwidth; the 75%% target as us\n\n");
+    std::printf("| N x K | bytes | read floor us | floor %% of copy | 75%% of copy us |\n| --- | --- | --- | --- | --- |\n");
+    for (const Shape& sh : shapes) {
+      const qc::cuda::NBitsLayout layout{sh.k, sh.n, 4, 128};
+      const double bytes = double(sh.n * layout.row_bytes()) + double(sh.n * layout.k_blocks()) * sizeof(float);
+      const double us = ReadFloorUs(static_cast<size_t>(bytes), stream, info->sm_count);
+      std::printf("| %lld x %lld | %.1f MB | %.2f | %.1f%% | %.2f |\n", static_cast<long long>(sh.n), static_cast<long long>(sh.k),
+                  bytes / 1e6, us, 100.0 * bytes / (us * 1e-6) / 1e9 / copy, bytes / (0.75 * copy * 1e9) * 1e6);
+      std::fflush(stdout);
     }
   }
   if (prefill) {

@@ -3,11 +3,13 @@
 # achieved bandwidth against a device-to-device copy measured in the same run and as time against
 # cuBLAS fp16 GEMV; every kernel's output is checked first. Prints a markdown table.
 # Needs an NVIDIA GPU (sm_90 code plus PTX) and cuBLAS 13.
-# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-i8] [--prefill] [--rows M] [--pattern] [--profile-one]
+# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-i8] [--prefill] [--floor] [--rows M] [--pattern] [--profile-one]
 #   --sweep: also time the GEMV kernel (kGemv) over tiles per block x K slices, every weight and
 #   activation type; --sweep-i8: the int8 GEMV kernel (kGemvInt8) over blocks per SM x ring
 #   stages; --prefill: W4 fp16 products of 16-2048 rows, kMma vs the executor's dequantise + cuBLAS
-#   path vs dense fp16 cuBLAS; --rows M: batch M instead of 1; --pattern: also time the weight loads alone;
+#   path vs dense fp16 cuBLAS; --floor: per shape, the least time one launch takes to read a W4
+#   layer's bytes (no arithmetic), against the 75%-of-copy target; --rows M: batch M instead of 1;
+#   --pattern: also time the weight loads alone;
 #   --profile-one: only 5 plain launches of the default 8192 x 8192 W4 call (run under
 #   ncu -k regex:NBitsGemv).
 #   QC_CUDA_GEMV_BENCH=PATH   run a prebuilt cuda_gemv_bench (e.g. one carried to the GPU machine);

@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(256) PrepareActivationsKernel(const TA* __rest
   float mx = 0.0f;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) {
-    v[j] = row < m && k0 + j < k ? ToFloat(x[static_cast<int64_t>(row) * k + k0 + j]) : 0.0f;
+    v[j] = row < m && k0 + j < k ? LoadValue(x[static_cast<int64_t>(row) * k + k0 + j]) : 0.0f;
     mx = fmaxf(mx, fabsf(v[j]));
   }
   float scale = 1.0f;
@@ -420,7 +420,7 @@ __global__ void __launch_bounds__(kThreads) NBitsMmaKernel(NBitsParams p, const 
           partials[(static_cast<int64_t>(blockIdx.y) * m + row) * p.n + col] = acc[rg][j];
         } else {
           const float bias = p.bias != nullptr ? p.bias[col] : 0.0f;
-          y[row * p.n + col] = FromFloat<TA>(acc[rg][j] + bias);
+          y[row * p.n + col] = StoreValue<TA>(acc[rg][j] + bias);
         }
       }
   }
@@ -441,7 +441,7 @@ __global__ void __launch_bounds__(kThreads) NBitsMmaKernel(NBitsParams p, const 
     for (int sl_i = 0; sl_i < static_cast<int>(gridDim.y); ++sl_i)
       sum += __ldcg(partials + (static_cast<int64_t>(sl_i) * m + row) * p.n + col);
     if (p.bias != nullptr) sum += p.bias[col];
-    y[row * p.n + col] = FromFloat<TA>(sum);
+    y[row * p.n + col] = StoreValue<TA>(sum);
   }
   if (threadIdx.x == 0) counters[tile] = 0;  // ready for the next launch on this stream
 }
@@ -464,7 +464,7 @@ __global__ void __launch_bounds__(kThreads) NBitsGenericKernel(NBitsParams p, co
     const float w = p.Weight(col, kk);
 #pragma unroll
     for (int r = 0; r < kGenericRows; ++r)
-      if (r < rows) acc[r] = fmaf(ToFloat(x[static_cast<int64_t>(row0 + r) * p.k + kk]), w, acc[r]);
+      if (r < rows) acc[r] = fmaf(LoadValue(x[static_cast<int64_t>(row0 + r) * p.k + kk]), w, acc[r]);
   }
 #pragma unroll
   for (int r = 0; r < kGenericRows; ++r) {
@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(kThreads) NBitsGenericKernel(NBitsParams p, co
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     if (lane == 0 && r < rows) {
       if (p.bias != nullptr) v += p.bias[col];
-      y[static_cast<int64_t>(row0 + r) * p.n + col] = FromFloat<TA>(v);
+      y[static_cast<int64_t>(row0 + r) * p.n + col] = StoreValue<TA>(v);
     }
   }
 }
@@ -671,7 +671,7 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
       }
     } else {
 #pragma unroll
-      for (int j = 0; j < 8; ++j) v[j] = kk0 + j < p.k ? ToFloat(xr[j]) : 0.0f;
+      for (int j = 0; j < 8; ++j) v[j] = kk0 + j < p.k ? LoadValue(xr[j]) : 0.0f;
     }
     float scale = 1.0f;
     if constexpr (kParts == 2) {
@@ -858,7 +858,7 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
           partials[(static_cast<int64_t>(blockIdx.y) * m + r) * p.n + col] = v;
         } else {
           const float bias = p.bias != nullptr ? p.bias[col] : 0.0f;
-          y[static_cast<int64_t>(r) * p.n + col] = FromFloat<TA>(v + bias);
+          y[static_cast<int64_t>(r) * p.n + col] = StoreValue<TA>(v + bias);
         }
       }
   }
@@ -877,7 +877,7 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
     for (int s = 0; s < static_cast<int>(gridDim.y); ++s)
       sum += __ldcg(partials + (static_cast<int64_t>(s) * m + r) * p.n + col);
     if (p.bias != nullptr) sum += p.bias[col];
-    y[static_cast<int64_t>(r) * p.n + col] = FromFloat<TA>(sum);
+    y[static_cast<int64_t>(r) * p.n + col] = StoreValue<TA>(sum);
   }
   if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch on this stream
 #endif

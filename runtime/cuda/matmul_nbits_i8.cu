@@ -32,6 +32,7 @@
 #include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/float_values.cuh"
 
 namespace qc::cuda {
 namespace {
@@ -73,16 +74,6 @@ struct I8Plan {
       red_off = 0, smem = 0;
 };
 
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return __half2float(v);
-}
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v) {
-  if constexpr (std::is_same_v<T, float>) return v;
-  else return __float2half_rn(v);
-}
 
 __device__ __forceinline__ void Imma16832(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -408,7 +399,7 @@ __global__ void __launch_bounds__(kI8Threads, 2)
     const int T = t_first + l;
     if (whole(T)) {
       const int col = T * kTileCols + c;
-      if (col < p.n) y[int64_t{r} * p.n + col] = FromFloat<TA>(s + (p.bias != nullptr ? p.bias[col] : 0.0f));
+      if (col < p.n) y[int64_t{r} * p.n + col] = StoreValue<TA>(s + (p.bias != nullptr ? p.bias[col] : 0.0f));
     } else {
       partials[((int64_t{blockIdx.x} * 2 + (l == 0 ? 0 : 1)) * m + r) * kTileCols + c] = s;
     }
@@ -441,7 +432,7 @@ __global__ void __launch_bounds__(kI8Threads, 2)
       float s = 0.0f;
       for (int cb = c_first; cb <= c_last; ++cb)  // block order: deterministic
         s += __ldcg(partials + ((int64_t{cb} * 2 + (first_tile(cb) == T ? 0 : 1)) * m + r) * kTileCols + c);
-      if (col < p.n) y[int64_t{r} * p.n + col] = FromFloat<TA>(s + (p.bias != nullptr ? p.bias[col] : 0.0f));
+      if (col < p.n) y[int64_t{r} * p.n + col] = StoreValue<TA>(s + (p.bias != nullptr ? p.bias[col] : 0.0f));
     }
     if (tid == 0) counters[T] = 0;  // ready for the next launch on this stream
   }

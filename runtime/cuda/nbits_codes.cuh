@@ -8,6 +8,7 @@
 
 #include <cstdint>
 
+#include "runtime/cuda/float_values.cuh"
 #include "runtime/cuda/matmul_nbits.h"
 
 namespace qc::cuda {
@@ -70,22 +71,5 @@ inline NBitsParams MakeParams(const NBitsWeightsView& w) {
   p.bias = w.bias;
   return p;
 }
-
-template <typename T>
-__device__ __forceinline__ float ToFloat(T v);
-template <>
-__device__ __forceinline__ float ToFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ float ToFloat<__half>(__half v) { return __half2float(v); }
-
-// Round to nearest even, as the CPU's conversions do.
-template <typename T>
-__device__ __forceinline__ T FromFloat(float v);
-template <>
-__device__ __forceinline__ float FromFloat<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half FromFloat<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 }  // namespace qc::cuda

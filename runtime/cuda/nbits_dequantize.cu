@@ -19,7 +19,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) DequantizeKernel(NBitsParams p, int64_t col0, T* __restrict__ out) {
   const int kk = static_cast<int>(blockIdx.x) * kThreads + static_cast<int>(threadIdx.x);
   if (kk >= p.k) return;
-  out[static_cast<int64_t>(blockIdx.y) * p.k + kk] = FromFloat<T>(p.Weight(col0 + blockIdx.y, kk));
+  out[static_cast<int64_t>(blockIdx.y) * p.k + kk] = StoreValue<T>(p.Weight(col0 + blockIdx.y, kk));
 }
 
 // Eight codes per thread, for K a multiple of 8 without g_idx (qconvert's artifacts): the eight lie
@@ -45,7 +45,7 @@ __global__ void __launch_bounds__(kThreads) Dequantize8Kernel(NBitsParams p, int
     uint4 u[sizeof(T) * 8 / 16];
   } r;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) r.v[j] = FromFloat<T>((static_cast<float>((codes >> (j * p.bits)) & mask) - zp) * scale);
+  for (int j = 0; j < 8; ++j) r.v[j] = StoreValue<T>((static_cast<float>((codes >> (j * p.bits)) & mask) - zp) * scale);
   uint4* dst = reinterpret_cast<uint4*>(out + static_cast<int64_t>(blockIdx.y) * p.k + kk);
 #pragma unroll
   for (int j = 0; j < static_cast<int>(sizeof(r.u) / sizeof(uint4)); ++j) dst[j] = r.u[j];

@@ -13,6 +13,7 @@
 
 #include "formats/tensor.h"
 #include "runtime/cuda/cuda_check.h"
+#include "runtime/cuda/float_values.cuh"
 #include "runtime/cuda/ops/op_kernel.h"
 
 namespace qc {
@@ -114,22 +115,6 @@ inline bool NormalizeAxis(int64_t axis, int64_t rank, int64_t* out) {
 
 /// Reads a small host integer tensor (int32/int64) as int64 values.
 inline std::vector<int64_t> HostInts(const Tensor& t) { return t.ToInt64s(); }
-
-/// The float kernels compute in float32 whatever they store: float32 (float), float16 (__half)
-/// and bfloat16 (__nv_bfloat16) are loaded to float, and stored from it rounded to nearest even.
-/// Other types (integers, bool) pass through as they are.
-template <typename T>
-__device__ __forceinline__ auto LoadValue(T v) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return v;
-}
-template <typename T, typename V>
-__device__ __forceinline__ T StoreValue(V v) {
-  if constexpr (std::is_same_v<T, __half>) return __float2half_rn(v);
-  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return static_cast<T>(v);
-}
 
 /// Calls fn(T{}) with the device type of a float dtype (float, __half, __nv_bfloat16); false for
 /// other dtypes (fn is not called).

@@ -210,13 +210,9 @@ struct IntegerWeights : OpState {
   Tensor b;
 };
 
-// Whether a zero point (absent, or a scalar) is the midpoint of its operand's codes.
-bool IsMidpoint(OpContext& ctx, int index, DType of) {
-  const int32_t mid = of == DType::kUInt8 ? 128 : 0;
-  if (!ctx.has_input(index)) return mid == 0;
-  const Tensor& z = ctx.input(index);
-  return z.numel() == 1 && z.rank() <= 1 && z.dtype() == of && z.ToInt64s()[0] == mid;
-}
+// Whether a zero point as ReadZeroPoint read it (absent: 0) is one value, the midpoint of the
+// codes of its operand's type `of`.
+bool IsMidpoint(const ZeroPoint& zp, DType of) { return zp.per == nullptr && zp.value == (of == DType::kUInt8 ? 128 : 0); }
 
 // The device B for this call: kept in ctx.state for a constant B, else made for the call.
 // `transposed`: cuBLAS's int8 [N, K] (flipped from uint8), else B's own bytes.
@@ -248,11 +244,12 @@ StatusOr<Tensor> DeviceWeights(OpContext& ctx, const Tensor& host_b, bool transp
 // Whether cuBLAS's int8 GEMM may take this product: midpoint zero points, one [m, k] x [k, n]
 // product, IMMA's alignment (leading dimensions K and N multiples of 16 and 4, A's rows 16-byte
 // aligned), and cuBLAS did not refuse this step before.
-bool CublasInt8Eligible(OpContext& ctx, const Tensor& a, const Tensor& b, const MatMulPlan& p, int64_t rows) {
+bool CublasInt8Eligible(OpContext& ctx, const Tensor& a, const Tensor& b, const MatMulPlan& p, int64_t rows, const ZeroPoint& a_zp,
+                        const ZeroPoint& b_zp) {
   auto* kept = dynamic_cast<IntegerWeights*>(ctx.state.get());
   if (kept != nullptr && kept->cublas_declined) return false;
   const bool single = p.b_shared || p.batch() == 1;
-  return single && p.a_offsets[0] == 0 && p.b_offsets[0] == 0 && IsMidpoint(ctx, 2, a.dtype()) && IsMidpoint(ctx, 3, b.dtype()) &&
+  return single && p.a_offsets[0] == 0 && p.b_offsets[0] == 0 && IsMidpoint(a_zp, a.dtype()) && IsMidpoint(b_zp, b.dtype()) &&
          p.k % 16 == 0 && p.n % 4 == 0 && rows <= 0x7fffffff && p.n <= 0x7fffffff && p.k <= 0x7fffffff &&
          reinterpret_cast<uintptr_t>(a.raw()) % 16 == 0;
 }
@@ -325,7 +322,7 @@ Status RunMatMulInteger(OpContext& ctx, const Tensor* col, const Tensor* row, DT
   // A's matrices are consecutive when B is shared: one [batch * m, k] x [k, n] product.
   const int64_t products = p.b_shared ? 1 : p.batch();
   const int64_t rows = p.b_shared ? p.batch() * p.m : p.m;
-  if (CublasInt8Eligible(ctx, a, b, p, rows)) {
+  if (CublasInt8Eligible(ctx, a, b, p, rows, a_zp, b_zp)) {
     QC_ASSIGN_OR_RETURN(Tensor bt, DeviceWeights(ctx, b, /*transposed=*/true, p.k, p.n));
     bool done = false;
     QC_RETURN_IF_ERROR(CublasInt8Gemm(ctx, a, bt, rows, p.n, p.k, yp, scale, &done));

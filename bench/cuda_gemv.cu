@@ -458,6 +458,49 @@ PrefillTimes RunPrefill(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cu
   return t;
 }
 
+// The same with float32 activations (--prefill, second table): kMma (fp32 activations as two fp16
+// halves), the executor's float32 prefill path (DequantizeNBits into a dense float32 [n, k] matrix,
+// then SGEMM: no TF32) and SGEMM on dense float32 weights.
+PrefillTimes RunPrefillFloat32(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cublasHandle_t handle,
+                               qc::cuda::NBitsWorkspace& ws) {
+  qc::cuda::NBitsLayout layout{k, n, 4, 128};
+  uint8_t* b;
+  float *s, *x, *y, *dense, *w32;
+  CHECK_CUDA(cudaMalloc(&b, n * layout.row_bytes()));
+  CHECK_CUDA(cudaMalloc(&s, n * layout.k_blocks() * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&dense, n * k * sizeof(float)));
+  CHECK_CUDA(cudaMalloc(&w32, n * k * sizeof(float)));
+  FillBytes<<<1024, 256, 0, stream>>>(b, n * layout.row_bytes(), 410);
+  FillFloats<<<1024, 256, 0, stream>>>(s, n * layout.k_blocks(), 411, -0.02f, 0.02f);
+  FillFloats<<<1024, 256, 0, stream>>>(x, m * k, 412, -1.0f, 1.0f);
+  FillFloats<<<1024, 256, 0, stream>>>(w32, n * k, 413, -0.1f, 0.1f);
+  CHECK_CUDA(cudaGetLastError());
+  NBitsWeightsView w;
+  w.layout = layout;
+  w.b = b;
+  w.scales = s;
+  const float alpha = 1.0f, beta = 0.0f;
+  auto gemm = [&](const float* weights) {  // row-major y[m, n] = x[m, k] . weights[n, k]^T
+    CHECK_CUBLAS(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
+                             weights, static_cast<int>(k), x, static_cast<int>(k), &beta, y, static_cast<int>(n)));
+  };
+  PrefillTimes t;
+  t.mma = TimeGraph(stream, [&](int) {
+    CHECK_OK(qc::cuda::MatMulNBits(w, x, y, m, ws, stream, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}));
+  });
+  t.dequant_gemm = TimeGraph(stream, [&](int) {
+    CHECK_OK(qc::cuda::DequantizeNBits(w, 0, n, dense, stream));
+    gemm(dense);
+  });
+  t.dense = TimeGraph(stream, [&](int) { gemm(w32); });
+  for (void* p : {static_cast<void*>(b), static_cast<void*>(s), static_cast<void*>(x), static_cast<void*>(y),
+                  static_cast<void*>(dense), static_cast<void*>(w32)})
+    CHECK_CUDA(cudaFree(p));
+  return t;
+}
+
 // The variants a row of the table runs: the default call (kAuto), the int8 GEMV kernel with its
 // default geometry, the same without programmatic dependent launch (one call timed in isolation),
 // the fp16 GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
@@ -638,6 +681,18 @@ int main(int argc, char** argv) {
     for (const auto& [n, k] : layers)
       for (int64_t m : {16, 32, 64, 128, 256, 1024, 2048}) {
         const PrefillTimes t = RunPrefill(n, k, m, stream, handle, ws);
+        std::printf("| %lld x %lld | %lld | %.1f | %.1f | %.1f |\n", static_cast<long long>(n), static_cast<long long>(k),
+                    static_cast<long long>(m), t.mma, t.dequant_gemm, t.dense);
+        std::fflush(stdout);
+      }
+    // Where the float32 path (kDequantGemmMinRowsFloat32) should start.
+    std::printf("\nPrefill, W4 g128 with float32 activations, us per call: kMma (two fp16 halves); dequantise + SGEMM (the "
+                "executor's path from %lld rows); SGEMM on dense float32 weights\n\n",
+                static_cast<long long>(qc::cuda::kDequantGemmMinRowsFloat32));
+    std::printf("| N x K | m | kMma us | dequant + SGEMM us | dense fp32 us |\n| --- | --- | --- | --- | --- |\n");
+    for (const auto& [n, k] : layers)
+      for (int64_t m : {64, 128, 256, 512, 1024, 2048}) {
+        const PrefillTimes t = RunPrefillFloat32(n, k, m, stream, handle, ws);
         std::printf("| %lld x %lld | %lld | %.1f | %.1f | %.1f |\n", static_cast<long long>(n), static_cast<long long>(k),
                     static_cast<long long>(m), t.mma, t.dequant_gemm, t.dense);
         std::fflush(stdout);

@@ -1,8 +1,9 @@
 // MatMulNBits weights expanded to a dense matrix, for prefill-sized batches: at hundreds of rows
 // the product is bound by arithmetic, not by reading the packed weights once, and cuBLAS's
 // tensor-core GEMM on the dense weights beats kMma's 32-row tiles (docs/BENCHMARKS.md). The
-// 16-bit activation types take this path from kDequantGemmMinRows rows; float32 stays on kMma,
-// whose tensor cores outrun a float32 SGEMM.
+// 16-bit activation types take this path from kDequantGemmMinRows rows, float32 (dense float32
+// weights, cuBLAS's SGEMM: no TF32, as every float32 GEMM of the backend) from
+// kDequantGemmMinRowsFloat32.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -19,6 +20,11 @@ namespace qc::cuda {
 /// Rows (the product of A's leading dims) from which MatMulNBits with float16 or bfloat16
 /// activations dequantises its weights and runs a dense GEMM.
 constexpr int64_t kDequantGemmMinRows = 64;
+/// The same for float32 activations. kMma computes them as two fp16 halves on tensor cores, twice
+/// its 16-bit work; SGEMM has no tensor cores, so it wins later: at 1024 rows the float32 1.1B
+/// evaluated faster dense (16222 tok/s) than through kMma (14165; docs/BENCHMARKS.md, CUDA end
+/// to end). 256 is an estimate between the two, to be placed by `bench/cuda_gemv.sh --prefill`.
+constexpr int64_t kDequantGemmMinRowsFloat32 = 256;
 
 /// Writes dequant(B) for output columns [col0, col0 + cols) of `w` as a row-major [cols, K]
 /// matrix on `stream`: (code - zero point) * scale in float32, rounded once to the output type.

@@ -661,16 +661,17 @@ TEST(CudaOps, W8A8SubgraphInHalfTypes) {
 
 // com.microsoft.MatMulNBits through the executor in every float type (float16: the kernels' fp16
 // activation path; bfloat16: through float32), GEMV-, GEMM- and prefill-sized (200 rows: the 16-bit
-// types dequantise and run cuBLAS, runtime/cuda/nbits_dequantize.h), 4-bit with packed zero points
-// and 8-bit without. The prefill path rounds each dequantised weight to the 16-bit type (relative
-// 2^-12 or 2^-9; the other paths keep codes and scales exact), so an output's error grows with
+// types dequantise and run cuBLAS, runtime/cuda/nbits_dequantize.h; 300 rows: float32 too, with
+// SGEMM), 4-bit with packed zero points and 8-bit without. The 16-bit prefill path rounds each
+// dequantised weight to the type (relative 2^-12 or 2^-9; the other paths keep codes and scales
+// exact, float32's dense weights included), so an output's error grows with
 // sqrt(K) x its terms, not with the output: there the bound is relative to the largest output.
 TEST(CudaOps, MatMulNBitsEveryFloatType) {
   SKIP_WITHOUT_DEVICE();
   for (int bits : {4, 8}) {
     const int64_t k = 1024, n = 160, block = 32, k_blocks = k / block, blob = block * bits / 8;
     const Attributes attrs = {{"K", AttrInt(k)}, {"N", AttrInt(n)}, {"bits", AttrInt(bits)}, {"block_size", AttrInt(block)}};
-    for (const Shape& a_shape : {Shape{3, 17, k}, Shape{1, k}, Shape{2, 100, k}}) {
+    for (const Shape& a_shape : {Shape{3, 17, k}, Shape{1, k}, Shape{2, 100, k}, Shape{2, 150, k}}) {
       std::vector<In> inputs = {{Random(a_shape, 220 + bits)},
                                 {RandomBytes(DType::kUInt8, {n, k_blocks, blob}, 200 + bits), true},
                                 {Random({n * k_blocks}, 210 + bits, 0.001f, 0.05f), true}};

@@ -152,12 +152,13 @@ __global__ void AddColumnBiasKernel(T* y, const float* bias, int64_t rows, int64
     y[i] = StoreValue<T>(LoadValue(y[i]) + bias[i % n]);
 }
 
-// Prefill-sized MatMulNBits in a 16-bit type (runtime/cuda/nbits_dequantize.h): the weights are
-// dequantised into a dense [cols, K] matrix of the activation type, a chunk of columns at a time
-// (bounded scratch), and multiplied by cuBLAS's tensor-core GEMM into that column block of Y.
+// Prefill-sized MatMulNBits (runtime/cuda/nbits_dequantize.h): the weights are dequantised into a
+// dense [cols, K] matrix of the activation type, a chunk of columns at a time (bounded scratch),
+// and multiplied by cuBLAS (tensor cores for the 16-bit types, SGEMM for float32) into that column
+// block of Y.
 template <typename T>
 Status DequantizedGemm(OpContext& ctx, const NBitsWeightsView& w, const Tensor& x, Tensor* y, int64_t m) {
-  constexpr int64_t kChunkElements = int64_t{16} << 20;  // 32 MiB of 16-bit weights at a time
+  constexpr int64_t kChunkElements = int64_t{16} << 20;  // 32 MiB of 16-bit weights (64 of float32) at a time
   const int64_t k = w.layout.k, n = w.layout.n;
   const int64_t chunk = std::clamp<int64_t>(kChunkElements / k / 16 * 16, 16, 65535 / 16 * 16);
   QC_ASSIGN_OR_RETURN(Tensor dense, ctx.cuda.Empty(x.dtype(), {std::min(chunk, n), k}));
@@ -201,6 +202,8 @@ Status MatMulNBitsCuda(OpContext& ctx) {
     QC_RETURN_IF_ERROR(DequantizedGemm<__half>(ctx, w, x, y, m));
   } else if (x.dtype() == DType::kBFloat16 && m >= kDequantGemmMinRows) {
     QC_RETURN_IF_ERROR(DequantizedGemm<__nv_bfloat16>(ctx, w, x, y, m));
+  } else if (x.dtype() == DType::kFloat32 && m >= kDequantGemmMinRowsFloat32) {
+    QC_RETURN_IF_ERROR(DequantizedGemm<float>(ctx, w, x, y, m));
   } else if (x.dtype() == DType::kFloat32) {
     QC_RETURN_IF_ERROR(MatMulNBits(w, x.device_data<float>(), y->mutable_device_data<float>(), m, ws, ctx.cuda.stream()));
   } else if (x.dtype() == DType::kFloat16) {  // the kernels' own fp16 path: fp16 products, fp32 accumulation

@@ -506,11 +506,11 @@ PrefillTimes RunPrefillFloat32(int64_t n, int64_t k, int64_t m, cudaStream_t str
 // the fp16 GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
 // session.
 std::vector<qc::cuda::NBitsOptions> TableVariants() {
-  qc::cuda::NBitsOptions i8, isolated, gemv;
-  i8.kernel = isolated.kernel = qc::cuda::NBitsKernel::kGemvInt8;
+  qc::cuda::NBitsOptions stream, isolated, gemv;
+  stream.kernel = isolated.kernel = qc::cuda::NBitsKernel::kStream;
   isolated.programmatic_launch = false;
   gemv.kernel = qc::cuda::NBitsKernel::kGemv;
-  return {qc::cuda::NBitsOptions{}, i8, isolated, gemv, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}};
+  return {qc::cuda::NBitsOptions{}, stream, isolated, gemv, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}};
 }
 
 }  // namespace
@@ -518,12 +518,13 @@ std::vector<qc::cuda::NBitsOptions> TableVariants() {
 int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
   // split-K factors, to tune the defaults; --sweep-i8: the int8 GEMV kernel over blocks per SM and
-  // ring stages; --floor: the read floor of each shape (ReadFloorUs). --rows M: batch M instead of 1.
-  bool sweep = false, sweep_i8 = false, prefill = false, floor = false;
+  // ring stages; --sweep-stream: the stream kernel over blocks per SM x steps in flight; --floor: the read floor of each shape (ReadFloorUs). --rows M: batch M instead of 1.
+  bool sweep = false, sweep_i8 = false, sweep_stream = false, prefill = false, floor = false;
   int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
     sweep_i8 = sweep_i8 || std::strcmp(argv[i], "--sweep-i8") == 0;
+    sweep_stream = sweep_stream || std::strcmp(argv[i], "--sweep-stream") == 0;
     prefill = prefill || std::strcmp(argv[i], "--prefill") == 0;
     floor = floor || std::strcmp(argv[i], "--floor") == 0;
     g_profile_one = g_profile_one || std::strcmp(argv[i], "--profile-one") == 0;
@@ -556,12 +557,12 @@ int main(int argc, char** argv) {
               ReadBandwidth(stream, info->sm_count));
   std::printf("batch m = %lld; W = MatMulNBits g128 symmetric, fp32 scales; bandwidth = (packed weights + scales + x) "
               "bytes / time; weights rotated over > 256 MiB; median of %d graph replays of %d launches; "
-              "'kernel': what kAuto runs; 'i8': the kGemvInt8 kernel forced, 'i8 isolated' the same without "
-              "programmatic dependent launch (no overlap with the call before); 'gemv', 'mma': the kGemv and "
-              "kMma kernels forced (the defaults before kGemvInt8)\n\n",
+              "'kernel': what kAuto runs; 'stream': the kStream kernel forced (W4 only), 'stream isolated' the same "
+              "without programmatic dependent launch (no overlap with the call before); 'gemv', 'mma': the kGemv "
+              "and kMma kernels forced\n\n",
               static_cast<long long>(rows), kReplays, kGraphLaunches);
   std::printf("| N (out) | K (in) | layer | weights | kernel | us | GB/s | %% of copy | cuBLAS fp16 us | speed-up | "
-              "check | i8 us | i8 %% of copy | i8 isolated us | gemv us | gemv %% of copy | mma us | mma %% of copy |\n");
+              "check | stream us | stream %% of copy | stream isolated us | gemv us | gemv %% of copy | mma us | mma %% of copy |\n");
   std::printf("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- "
               "|\n");
   struct Shape {
@@ -638,6 +639,22 @@ int main(int argc, char** argv) {
           o.gemv_tiles = tiles;
           return o;
         });
+  }
+  if (sweep_stream) {
+    // Stream kernel (W4 only), us per call by (blocks per SM, steps in flight per warp).
+    std::printf("\nStream kernel sweep, us per call: rows = blocks per SM, columns = steps in flight per warp (0: "
+                "the kernel's choice)\n");
+    for (const Variant& v : kinds) {
+      if (v.bits != 4) continue;
+      for (const Shape& s : shapes)
+        sweep_table(v, s, "blocks/SM \\ depth", {0, 1, 2, 3}, {2, 4, 8}, [&](int per_sm, int depth) {
+          qc::cuda::NBitsOptions o;
+          o.kernel = qc::cuda::NBitsKernel::kStream;
+          o.gemv_blocks = per_sm * info->sm_count;
+          o.ring_stages = depth;
+          return o;
+        });
+    }
   }
   if (sweep_i8) {
     // Int8 GEMV kernel, us per call by (persistent blocks per SM, ring stages); 0 stages: the

@@ -3,10 +3,10 @@
 # achieved bandwidth against a device-to-device copy measured in the same run and as time against
 # cuBLAS fp16 GEMV; every kernel's output is checked first. Prints a markdown table.
 # Needs an NVIDIA GPU (sm_90 code plus PTX) and cuBLAS 13.
-# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-i8] [--prefill] [--floor] [--rows M] [--pattern] [--profile-one]
+# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-i8] [--sweep-stream] [--prefill] [--floor] [--rows M] [--pattern] [--profile-one]
 #   --sweep: also time the GEMV kernel (kGemv) over tiles per block x K slices, every weight and
 #   activation type; --sweep-i8: the int8 GEMV kernel (kGemvInt8) over blocks per SM x ring
-#   stages; --prefill: W4 products of 16-2048 rows (fp16, then float32 with SGEMM), kMma vs the executor's dequantise + cuBLAS
+#   stages; --sweep-stream: the stream kernel (kStream) over blocks per SM x steps in flight; --prefill: W4 products of 16-2048 rows (fp16, then float32 with SGEMM), kMma vs the executor's dequantise + cuBLAS
 #   path vs dense fp16 cuBLAS; --floor: per shape, the least time one launch takes to read a W4
 #   layer's bytes (no arithmetic), against the 75%-of-copy target; --rows M: batch M instead of 1;
 #   --pattern: also time the weight loads alone;

@@ -34,7 +34,9 @@
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits_i8.h"
+#include "runtime/cuda/matmul_nbits_stream.h"
 #include "runtime/cuda/nbits_codes.cuh"
+#include "runtime/cuda/nbits_mma.cuh"
 
 namespace qc::cuda {
 namespace {
@@ -46,91 +48,6 @@ constexpr int kActGroup = 256;             // codes per activation scale (>= eve
 constexpr int kMinItersPerWarp = 2;        // a K slice shorter than 2 iterations per warp costs more than it hides
 constexpr int kGenericRows = 16;           // rows per warp of the CUDA-core kernel (accumulators in registers)
 
-
-// ---- device helpers ---------------------------------------------------------------------------
-
-__device__ __forceinline__ uint32_t Lop3AndOr(uint32_t a, uint32_t mask, uint32_t magic) {
-  uint32_t d;  // (a & mask) | magic in one LOP3
-  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "r"(mask), "r"(magic));
-  return d;
-}
-
-__device__ __forceinline__ uint32_t Hfma2(uint32_t a, uint32_t b, uint32_t c) {
-  uint32_t d;
-  asm("fma.rn.f16x2 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-  return d;
-}
-
-__device__ __forceinline__ void Mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Streaming weight loads: read once, so they skip L1 and ask L2 for the whole 128-byte line (the
-// next lanes' and iterations' bytes of the same column).
-template <int kBytes>
-struct WeightLoad;
-template <>
-struct WeightLoad<16> {
-  static __device__ __forceinline__ void Run(const uint8_t* p, uint32_t (&w)[4]) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                 : "l"(p));
-  }
-};
-template <>
-struct WeightLoad<8> {
-  static __device__ __forceinline__ void Run(const uint8_t* p, uint32_t (&w)[2]) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.v2.u32 {%0, %1}, [%2];" : "=r"(w[0]), "=r"(w[1]) : "l"(p));
-  }
-};
-template <>
-struct WeightLoad<4> {
-  static __device__ __forceinline__ void Run(const uint8_t* p, uint32_t (&w)[1]) {
-    asm volatile("ld.global.nc.L1::no_allocate.L2::128B.u32 %0, [%1];" : "=r"(w[0]) : "l"(p));
-  }
-};
-
-// fp16 bits of -(2^e + zp) for 0 <= zp < 2^e <= 1024: exponent e, mantissa zp in units of 2^(e-10).
-__device__ __forceinline__ uint32_t NegMagic(int e, int zp) {
-  const uint32_t h = 0x8000u | (static_cast<uint32_t>(e + 15) << 10) | (static_cast<uint32_t>(zp) << (10 - e));
-  return h | (h << 16);
-}
-
-// One 32-bit word of kBits codes -> CW/2 half2 "pairs" of (code - zp), pair j = codes (j, j + CW/2).
-// 4/2 bits: (w & mask) | 0x6400 is the fp16 1024 + code * 2^(kBits*jj); one fma by 2^-(kBits*jj)
-// minus (1024 * 2^-(kBits*jj) + zp) leaves code - zp exactly. 8 bits: a byte permute builds
-// 1024 + code. Per 8 W4 codes: 1 shift, 4 LOP3, 4 HFMA2.
-template <int kBits>
-struct Dequant {
-  static constexpr int kCodesPerWord = 32 / kBits;
-  static constexpr int kPairs = kCodesPerWord / 2;
-  static constexpr int kGroups = 8 / kBits;  // codes per byte: pairs sharing one source shift
-  uint32_t neg[kGroups];                     // per-block constants -(1024 / 2^(kBits*jj) + zp)
-
-  __device__ __forceinline__ void SetZeroPoint(int zp) {
-#pragma unroll
-    for (int jj = 0; jj < kGroups; ++jj) neg[jj] = NegMagic(10 - kBits * jj, zp);
-  }
-  __device__ __forceinline__ void Word(uint32_t w, uint32_t (&pairs)[kPairs]) const {
-    if constexpr (kBits == 8) {
-      pairs[0] = Hfma2(__byte_perm(w, 0x64u, 0x4240), 0x3C003C00u, neg[0]);  // bytes 0, 2
-      pairs[1] = Hfma2(__byte_perm(w, 0x64u, 0x4341), 0x3C003C00u, neg[0]);  // bytes 1, 3
-    } else {
-#pragma unroll
-      for (int j = 0; j < kPairs; ++j) {
-        const int jj = j % kGroups;
-        const uint32_t src = (j / kGroups) ? (w >> 8) : w;
-        const uint32_t mask = ((1u << kBits) - 1u) << (kBits * jj);
-        const uint32_t mult = static_cast<uint32_t>(15 - kBits * jj) << 10;  // fp16 2^-(kBits*jj)
-        pairs[j] = Hfma2(Lop3AndOr(src, mask | (mask << 16), 0x64006400u), mult | (mult << 16), neg[jj]);
-      }
-    }
-  }
-};
 
 // Position in the prepared (permuted) activation order of code j of a 32-bit word: step s = j' / 2
 // feeds slots (2t, 2t+1) from pair 2s and (2t+8, 2t+9) from pair 2s+1 (see the file comment).
@@ -542,11 +459,6 @@ __device__ __forceinline__ constexpr int GemvVecOrder(int codes_per_word, int i)
                              : (i / 4) * 4 + (i % 2) * 2 + (i % 4) / 2;  // per word (j, j + 2): 0 2 1 3 4 6 5 7
 }
 
-__device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
-  uint32_t d;  // {hi, lo} -> fp16x2 with lo in the low half, round to nearest
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-  return d;
-}
 
 template <int kBits, int kLoadBytes, typename TA, int kRowGroups, bool kHasZp>
 __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, const TA* __restrict__ x,
@@ -1163,6 +1075,10 @@ Status Dispatch(const NBitsWeightsView& w, const TA* x, TA* y, int64_t m, NBitsW
     return Unimplemented("MatMulNBits: the GEMV kernel needs 1.." + std::to_string(kGemvMaxRows) +
                          " rows, B aligned to 16 bytes and an sm_90 device (m = " + std::to_string(m) + ")");
   if (kernel == NBitsKernel::kGemvInt8) return MatMulNBitsGemvInt8(w, x, y, m, ws, stream, options);
+  if (kernel == NBitsKernel::kStream) {
+    QC_RETURN_IF_ERROR(StreamSupported(w, m, std::is_same_v<TA, __half>));
+    return MatMulNBitsStream(w, x, y, stream, options);
+  }
   const NBitsParams p = MakeParams(w);
   if (kernel == NBitsKernel::kGeneric) return LaunchGeneric<TA>(p, x, y, m, stream);
   const int lb = MmaLoadBytes(w.layout);
@@ -1200,6 +1116,7 @@ const char* NBitsKernelName(NBitsKernel kernel) {
     case NBitsKernel::kAuto: return "auto";
     case NBitsKernel::kGemv: return "gemv";
     case NBitsKernel::kGemvInt8: return "gemv-i8";
+    case NBitsKernel::kStream: return "stream";
     case NBitsKernel::kMma: return "mma";
     case NBitsKernel::kGeneric: return "generic";
   }
@@ -1213,9 +1130,12 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
   // kGemvInt8 is not taken here: on the H200 it measured slower than kGemv and kMma on every shape
   // (docs/BENCHMARKS.md, "The int8 GEMV kernel"); it runs only when forced.
-  // Where the GEMV kernel measured faster than kMma on the H200 (docs/BENCHMARKS.md): 4-bit
-  // weights, one fp32 row. With more rows its per-block activation conversion costs more than it
-  // saves; W8 and fp16 activations were faster with kMma on three of the four Llama shapes.
+  // One row of 4-bit weights: the stream kernel, 1.2-1.9x faster than kGemv and kMma on the four
+  // Llama shapes of the H200 benchmark, fp32 and fp16 activations (docs/BENCHMARKS.md); kGemv where
+  // it cannot run (K < 1024, blocks not a multiple of 128): it measured faster than kMma there for
+  // fp32 rows. With more rows the GEMV kernels' per-block activation conversion costs more than it
+  // saves, and W8 was faster with kMma on three of the four shapes.
+  if (m == 1 && w.layout.bits == 4 && StreamSupported(w, m, half_activations).ok()) return NBitsKernel::kStream;
   if (m == 1 && w.layout.bits == 4 && !half_activations && GemvSupported(w, m)) return NBitsKernel::kGemv;
   return NBitsKernel::kMma;
 }

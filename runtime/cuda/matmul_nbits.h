@@ -57,6 +57,13 @@ enum class NBitsKernel {
   /// the last block to finish, in block order. Taken only when forced: on the H200 it measured ~2x
   /// slower than kGemv on W4 and ~1.5x slower than kMma on W8 (docs/BENCHMARKS.md).
   kGemvInt8,
+  /// Batch 1, 4-bit weights in blocks of a multiple of 128, K >= 1024, sm_90
+  /// (runtime/cuda/matmul_nbits_stream.cu): each warp streams its steps of 16 columns x 128 codes
+  /// from DRAM through a ring of registers (the first loads issued before the previous kernel
+  /// ends), the block stages X once in shared memory in mma B-fragment order, and the codes are
+  /// dequantised into mma.sync m16n8k16 A fragments. No split-K across blocks: deterministic
+  /// without partial sums.
+  kStream,
   /// Tensor cores (mma.sync m16n8k16, fp32 accumulation): packed weights are streamed once with
   /// 4-16 byte loads and dequantised in registers straight into A fragments; activations are
   /// prepared by a prologue kernel. 2/4/8-bit storage, integer (or no) zero points, no g_idx, and
@@ -67,9 +74,10 @@ enum class NBitsKernel {
   kGeneric,
 };
 const char* NBitsKernelName(NBitsKernel kernel);
-/// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations: kGemv where it
-/// measured fastest (one fp32 row, 4-bit weights), else kMma where it can run, else kGeneric
-/// (kGemvInt8 only when forced: it measured slower).
+/// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations, where each measured
+/// fastest: kStream for one row of 4-bit weights it can run, else kGemv for one fp32 row of 4-bit
+/// weights, else kMma where it can run, else kGeneric (kGemvInt8 only when forced: it measured
+/// slower).
 NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
 /// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
@@ -86,8 +94,10 @@ struct NBitsOptions {
   /// to time one call in isolation).
   bool programmatic_launch = true;
   /// kGemvInt8: persistent blocks (0: one per SM; never more than the 16-column x 128-code units).
+  /// kStream: blocks (0: one or two per SM; never more than the 16-column tiles).
   int gemv_blocks = 0;
   /// kGemvInt8: stages of the shared-memory weight ring (0: as many as fit beside the activations).
+  /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4).
   int ring_stages = 0;
 };
 

@@ -26,6 +26,7 @@
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits.h"
 #include "runtime/cuda/matmul_nbits_i8.h"
+#include "runtime/cuda/matmul_nbits_stream.h"
 #include "runtime/cuda/nbits_dequantize.h"
 #include "runtime/cuda/nbits_weights.h"
 
@@ -267,6 +268,41 @@ NBitsOptions I8Options(int blocks = 0, int stages = 0, bool programmatic = true)
   return o;
 }
 
+// kStream with `blocks` blocks (0: its own choice), `depth` steps in flight per warp (0: 4) and
+// programmatic launch on or off.
+NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
+  NBitsOptions o;
+  o.kernel = NBitsKernel::kStream;
+  o.gemv_blocks = blocks;
+  o.ring_stages = depth;
+  o.programmatic_launch = programmatic;
+  return o;
+}
+
+// Runs the fp16 path on L's activations rounded to fp16 (which `a16` receives, as floats, for the
+// reference) and returns Y as floats.
+std::vector<float> RunF16(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options) {
+  const float* ap = L.inputs[0].data<float>();
+  std::vector<__half> xh(L.m * L.k);
+  for (int64_t i = 0; i < L.m * L.k; ++i) xh[i] = __float2half(ap[i]);
+  auto x = DeviceArray<__half>::FromHost(xh);
+  auto y = DeviceArray<__half>::Poisoned(L.m * L.n);
+  const Status s = cuda::MatMulNBits(w.view(), x.get(), y.get(), L.m, ws, nullptr, options);
+  EXPECT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  std::vector<float> got;
+  for (__half h : y.ToHost()) got.push_back(__half2float(h));
+  return got;
+}
+
+// L with its activations rounded to fp16 (the input RunF16 gives the kernels).
+Layer RoundedToHalf(Layer L) {
+  L.inputs[0] = L.inputs[0].Clone();  // tensors share storage when copied
+  float* ap = L.inputs[0].mutable_data<float>();
+  for (int64_t i = 0; i < L.m * L.k; ++i) ap[i] = __half2float(__float2half(ap[i]));
+  return L;
+}
+
 // Whether kGemvInt8 takes the layout: 4/8-bit storage, blocks of >= 128, no g_idx or float zero points.
 bool I8Layout(const cuda::NBitsWeightsView& w) {
   return (w.layout.bits == 4 || w.layout.bits == 8) && w.layout.block_size >= 128 && w.g_idx == nullptr &&
@@ -274,8 +310,12 @@ bool I8Layout(const cuda::NBitsWeightsView& w) {
 }
 
 // What kAuto should pick for a layer the tensor-core kernels can read (docs/BENCHMARKS.md): the
-// GEMV kernel for one fp32 row of 4-bit weights, else kMma (the int8 GEMV kernel only when forced).
+// stream kernel for one row of 4-bit weights in blocks of a multiple of 128 with K >= 1024, else
+// the GEMV kernel for one fp32 row of 4-bit weights, else kMma (the int8 GEMV kernel only when
+// forced).
 NBitsKernel ExpectedAuto(const cuda::NBitsWeightsView& w, int64_t m, bool half = false) {
+  if (m == 1 && w.layout.bits == 4 && w.layout.block_size % 128 == 0 && w.layout.k_blocks() * w.layout.block_size >= 1024)
+    return NBitsKernel::kStream;
   if (m == 1 && w.layout.bits == 4 && !half) return NBitsKernel::kGemv;
   return NBitsKernel::kMma;
 }
@@ -525,6 +565,13 @@ TEST(CudaMatMulNBits, Deterministic) {
     ASSERT_EQ(a.size(), b.size());
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << cuda::NBitsKernelName(kernel);
   }
+  // kStream takes one row.
+  const Layer L1 = MakeLayer(LayerSpec{1, 4096, 100, 4, 128, true, false, false, false}, rng);
+  auto up1 = NBitsWeights::Upload(L1.node, InputPtrs(L1));
+  ASSERT_TRUE(up1.ok());
+  const std::vector<float> a = RunF32(*up1, L1, ws, StreamOptions(3));
+  const std::vector<float> b = RunF32(*up1, L1, ws, StreamOptions(3));
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "stream";
 }
 
 // Blocks longer than a K slice (ONNX Runtime's per-channel form: one block of the next power of
@@ -569,7 +616,8 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
     acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
     for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
     for (int s = 0; s < kSteps; ++s) {  // queued back to back, no synchronisation in between
-      const NBitsOptions options = s % 2 ? I8Options(s % 4 == 1 ? 0 : 9) : NBitsOptions{NBitsKernel::kGemv, 2};
+      NBitsOptions options = s % 2 ? I8Options(s % 4 == 1 ? 0 : 9) : NBitsOptions{NBitsKernel::kGemv, 2};
+      if (m == 1 && s % 3 == 2) options = StreamOptions(s % 2 ? 0 : 5);
       ASSERT_OK(cuda::MatMulNBits(up->view(), acts[s].get(), acts[s + 1].get(), m, ws, nullptr, options));
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -579,7 +627,7 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
       const std::vector<float> in = acts[s].ToHost();
       std::copy(in.begin(), in.end(), a.mutable_data<float>());
       const std::vector<float> want = Reference(L, &a);
-      ExpectClose(acts[s + 1].ToHost(), want, AbsProducts(L, in.data()), kF32Tol, 0, "gemv / gemv-i8 chain");
+      ExpectClose(acts[s + 1].ToHost(), want, AbsProducts(L, in.data()), kF32Tol, 0, "gemv / gemv-i8 / stream chain");
     }
   }
 }
@@ -610,6 +658,63 @@ TEST(CudaMatMulNBits, GemvInt8AwkwardShapes) {
         ExpectClose(RunF32(*up, L, ws, I8Options(3, 0, false)), want, prod, kF32Tol, 0, "gemv-i8, 3 blocks");
         ExpectClose(RunF32(*up, L, ws, I8Options(7, 3)), want, prod, kF32Tol, 0, "gemv-i8, 7 blocks, 3 stages");
       }
+}
+
+// The stream kernel on awkward shapes: K not a multiple of 128 (zeros staged past K) nor of the 8
+// warps' steps (warps with different step counts), N not a multiple of 16 (1, 17, 100 columns),
+// many tiles per block (700 columns on 1, 3 or 7 blocks), blocks of 128 and 256, zero points on and
+// off, bias, every ring depth, with and without programmatic launch; fp32 and fp16 activations.
+TEST(CudaMatMulNBits, StreamAwkwardShapes) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(18);
+  NBitsWorkspace ws;
+  int runs = 0;
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{1024, 1}, {1100, 17}, {3000, 100}, {4096, 700}})
+    for (int block : {128, 256})
+      for (bool zp : {false, true}) {
+        LayerSpec spec{1, k, n, 4, block, zp, false, false, (n + block / 128) % 2 == 1};
+        SCOPED_TRACE(Describe(spec));
+        const Layer L = MakeLayer(spec, rng);
+        auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+        ASSERT_TRUE(up.ok()) << up.status().message();
+        ASSERT_OK(cuda::StreamSupported(up->view(), 1, false));
+        ASSERT_OK(cuda::StreamSupported(up->view(), 1, true));
+        const std::vector<float> want = Reference(L);
+        const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
+        ExpectClose(RunF32(*up, L, ws, StreamOptions()), want, prod, kF32Tol, 0, "stream");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(1, 2)), want, prod, kF32Tol, 0, "stream, 1 block, depth 2");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(3, 8, false)), want, prod, kF32Tol, 0,
+                    "stream, 3 blocks, depth 8, no programmatic launch");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 4)), want, prod, kF32Tol, 0, "stream, 7 blocks");
+        const Layer H = RoundedToHalf(L);
+        const std::vector<float> want_h = Reference(H);
+        const std::vector<double> prod_h = AbsProducts(H, H.inputs[0].data<float>());
+        ExpectClose(RunF16(*up, H, ws, StreamOptions()), want_h, prod_h, kF32Tol, 1e-3, "stream fp16");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(5, 2, false)), want_h, prod_h, kF32Tol, 1e-3,
+                    "stream fp16, 5 blocks, depth 2");
+        ++runs;
+      }
+  EXPECT_EQ(runs, 4 * 2 * 2);
+}
+
+// Steps of very different magnitude in one row: each step of 128 inputs gets its own power-of-two
+// exponent before the fp16 split, so steps of 1e-20 (which fp16 would flush to zero) and of 7e4
+// and 1e20 (which it would overflow) keep fp32 accuracy, alone and beside steps of zeros.
+TEST(CudaMatMulNBitsPrecision, StreamStepsOfExtremeMagnitude) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(19);
+  const Layer base = MakeLayer(LayerSpec{1, 2048, 40, 4, 128, true, false, false, false}, rng);
+  auto up = NBitsWeights::Upload(base.node, InputPtrs(base));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  for (float magnitude : {1e-20f, 7e4f, 1e20f}) {
+    SCOPED_TRACE("steps of " + std::to_string(magnitude));
+    Layer L = base;
+    L.inputs[0] = base.inputs[0].Clone();
+    float* ap = L.inputs[0].mutable_data<float>();
+    for (int64_t i = 0; i < L.k; ++i) ap[i] = (i / 128) % 2 == 0 ? ap[i] * magnitude : 0.0f;
+    ExpectClose(RunF32(*up, L, ws, StreamOptions()), Reference(L), AbsProducts(L, ap), kF32Tol, 0, "stream");
+  }
 }
 
 // DequantizeNBits (the prefill path's dense weights) on every layout: float32 output equals this
@@ -725,6 +830,30 @@ TEST(CudaMatMulNBits, Negative_ForcedGemvOnTooManyRows) {
   const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, {NBitsKernel::kGemv, 0});
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
   EXPECT_NE(s.message().find("rows"), std::string::npos) << s.message();
+}
+
+// The stream kernel says which limit a forced call broke: rows, bit width, block size, K.
+TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(20);
+  NBitsWorkspace ws;
+  const std::pair<LayerSpec, const char*> cases[] = {
+      {LayerSpec{3, 2048, 8, 4, 128, false, false, false, false}, "one row"},
+      {LayerSpec{1, 2048, 8, 8, 128, false, false, false, false}, "4-bit"},
+      {LayerSpec{1, 2048, 8, 4, 64, false, false, false, false}, "multiple of 128"},
+      {LayerSpec{1, 512, 8, 4, 128, false, false, false, false}, "K >= 1024"},
+  };
+  for (const auto& [spec, why] : cases) {
+    SCOPED_TRACE(Describe(spec));
+    const Layer L = MakeLayer(spec, rng);
+    auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+    ASSERT_TRUE(up.ok());
+    auto x = DeviceArray<float>::Poisoned(L.m * L.k);
+    auto y = DeviceArray<float>::Poisoned(L.m * L.n);
+    const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, StreamOptions());
+    EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+    EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
+  }
 }
 
 // The int8 GEMV kernel says which limit a forced call broke: rows, bit width, block size, and

@@ -1,9 +1,10 @@
 // MatMulNBits kernels (matmul_nbits.h): a tensor-core kernel that streams the packed weights once
 // and dequantises them in registers, for every batch size (GEMV tiles up to 16 rows, 32-row GEMM
 // tiles above); a one-launch GEMV kernel for up to 16 rows whose weights the copy engine stages in
-// shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights); and a
-// general CUDA-core kernel for the layouts the first two cannot read. The int8 GEMV kernel
-// (kGemvInt8) lives in matmul_nbits_i8.cu.
+// shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights that the
+// stream kernel cannot take); and a general CUDA-core kernel for the layouts the first two cannot
+// read. The batch-1 stream kernel (kStream, the default for one row of 4-bit weights) lives in
+// matmul_nbits_stream.cu, the int8 GEMV kernel (kGemvInt8) in matmul_nbits_i8.cu.
 //
 // Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;

@@ -42,7 +42,8 @@ struct NBitsWeightsView {
 /// The kernels behind MatMulNBits.
 enum class NBitsKernel {
   kAuto,
-  /// Batch GEMV, m <= 16 rows, sm_90 (kAuto takes it for one fp32 row of 4-bit weights): the copy
+  /// Batch GEMV, m <= 16 rows, sm_90 (kAuto takes it for one fp32 row of 4-bit weights that
+  /// kStream cannot take: K < 1024, or blocks of 32/64): the copy
   /// engine (cp.async.bulk) streams each block's packed weights into shared memory before the
   /// kernel waits for the previous one (programmatic dependent launch), so back-to-back layers'
   /// weight streams overlap; each block converts its slice of X itself (no prologue launch) and

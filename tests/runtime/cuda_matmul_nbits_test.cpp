@@ -257,30 +257,29 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
 // accumulation (tensor-core adds included); fp16-only activations would miss it by 50x.
 constexpr double kF32Tol = 4e-6;
 
-// kGemvInt8 with `blocks` persistent blocks (0: one per SM), `stages` ring stages (0: its own
-// choice) and programmatic launch on or off.
-NBitsOptions I8Options(int blocks = 0, int stages = 0, bool programmatic = true) {
+// A forced persistent-grid kernel with `blocks` blocks (0: its own choice), `stages` of its ring
+// (0: its own choice) and programmatic launch on or off.
+NBitsOptions RingOptions(NBitsKernel kernel, int blocks, int stages, bool programmatic) {
   NBitsOptions o;
-  o.kernel = NBitsKernel::kGemvInt8;
+  o.kernel = kernel;
   o.gemv_blocks = blocks;
   o.ring_stages = stages;
   o.programmatic_launch = programmatic;
   return o;
 }
 
-// kStream with `blocks` blocks (0: its own choice), `depth` steps in flight per warp (0: 4) and
-// programmatic launch on or off.
-NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
-  NBitsOptions o;
-  o.kernel = NBitsKernel::kStream;
-  o.gemv_blocks = blocks;
-  o.ring_stages = depth;
-  o.programmatic_launch = programmatic;
-  return o;
+// kGemvInt8: blocks default to one per SM, stages to as many as fit.
+NBitsOptions I8Options(int blocks = 0, int stages = 0, bool programmatic = true) {
+  return RingOptions(NBitsKernel::kGemvInt8, blocks, stages, programmatic);
 }
 
-// Runs the fp16 path on L's activations rounded to fp16 (which `a16` receives, as floats, for the
-// reference) and returns Y as floats.
+// kStream: `depth` steps in flight per warp (0: 4).
+NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
+  return RingOptions(NBitsKernel::kStream, blocks, depth, programmatic);
+}
+
+// Runs the fp16 path on L's activations rounded to fp16 and returns Y as floats (compare with the
+// reference of RoundedToHalf(L)).
 std::vector<float> RunF16(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options) {
   const float* ap = L.inputs[0].data<float>();
   std::vector<__half> xh(L.m * L.k);

@@ -90,15 +90,16 @@ struct NBitsOptions {
   int split_k = 0;
   /// kGemv: 16-column tiles per block, 1..8 (0: the kernel's own choice).
   int gemv_tiles = 0;
-  /// kGemv: launch with programmatic dependent launch, so the weight copies of this call overlap
-  /// the kernel before it. Off: the call starts after the previous one ends (benchmarks use it
+  /// kGemv, kGemvInt8, kStream: launch with programmatic dependent launch, so the weight loads of
+  /// this call overlap the kernel before it. Off: the call starts after the previous one ends (benchmarks use it
   /// to time one call in isolation).
   bool programmatic_launch = true;
   /// kGemvInt8: persistent blocks (0: one per SM; never more than the 16-column x 128-code units).
   /// kStream: blocks (0: one or two per SM; never more than the 16-column tiles).
   int gemv_blocks = 0;
   /// kGemvInt8: stages of the shared-memory weight ring (0: as many as fit beside the activations).
-  /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4).
+  /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4; another value is Unimplemented, also
+  /// when kAuto picks kStream).
   int ring_stages = 0;
 };
 
@@ -137,7 +138,7 @@ class NBitsWorkspace {
 
 /// Queues Y[m, n] = X[m, k] · dequant(B)ᵀ (+ bias) on `stream`; x and y are row-major device
 /// arrays. fp32 activations are split into two fp16 halves (hi + lo, with a power-of-two scale
-/// per row and 256 inputs) so the tensor-core path keeps float32 accuracy; fp16 activations are used
+/// per row and 256 inputs, 128 in kStream) so the tensor-core path keeps float32 accuracy; fp16 activations are used
 /// as they are (fp32 accumulation, fp16 output). m = 0 is a no-op. Deterministic: the same
 /// inputs and options give bitwise the same Y.
 Status MatMulNBits(const NBitsWeightsView& w, const float* x, float* y, int64_t m, NBitsWorkspace& workspace,

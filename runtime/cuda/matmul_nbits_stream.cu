@@ -26,8 +26,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
@@ -43,7 +46,7 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kCols = 16;           // columns per tile
 constexpr int kStepCodes = 128;     // codes of one column per step: 4 lanes x 16 bytes of 4-bit codes
 constexpr int kStepBytes = 64;
-constexpr int kMinSteps = kWarps;   // every warp gets at least one step of every tile
+constexpr int kMinSteps = kWarps;   // every warp gets at least one step of every tile: K >= 1024
 constexpr int kDefaultDepth = 4;    // steps in flight per warp
 constexpr int kDefaultBlocksPerSm = 2;     // above kSmallLayerSteps (LaunchBlocks)
 
@@ -65,7 +68,7 @@ struct StreamSmem {
 // same columns; without them (every tile's sums kept to the end) the kernel was 5-10% slower.
 __device__ __forceinline__ void TileBarrier() { asm volatile("barrier.sync 1;" ::: "memory"); }
 
-// Stages the whole row of X (k_padded = steps * 128 values, zeros past K) in the B-fragment
+// Stages the whole row of X (steps * 128 values, zeros past K) in the B-fragment
 // order: unit u = (step, word, t) holds the 8 consecutive codes 32t + 8word .. of its step, as
 // the 4 pairs (0, 4), (1, 5), (2, 6), (3, 7). A thread loads kStageBatch units before converting
 // any (X comes from L2: one round trip per batch, not per unit).
@@ -136,7 +139,8 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
           const float a = __uint_as_float(r[b][j]) * scale, c = __uint_as_float(r[b][j + 4]) * scale;
           hi[j] = PackHalves(a, c);
           const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hi[j]));
-          lo[j] = PackHalves(a - f.x, c - f.y);
+          // Where hi is infinite (an infinite x: e = 0 keeps it so), lo is 0, not Inf - Inf.
+          lo[j] = PackHalves(isinf(f.x) ? 0.0f : a - f.x, isinf(f.y) ? 0.0f : c - f.y);
         }
         if (valid) {
           *reinterpret_cast<uint4*>(dst) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
@@ -151,6 +155,11 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
     }
   }
 }
+
+// Steps of 128 codes covering K: the codes past K in the last step are padding of their block
+// (finite 0..15, times a staged zero); blocks past that step are never read (a per-channel block
+// may be much longer than K).
+__host__ __device__ constexpr int StepsOf(int64_t k) { return static_cast<int>((k + kStepCodes - 1) / kStepCodes); }
 
 // One step's loads for lanes (g, t): 16 bytes of each of columns g and g + 8, their scales and
 // (packed 4-bit) zero points.
@@ -169,8 +178,8 @@ struct StepLoader {
   const float *s_lo, *s_hi;
 
   __device__ __forceinline__ void Point() {
-    // Columns past N (the last tile, and tiles past the block's range) read column N - 1: valid
-    // memory, results never stored.
+    // Columns past N (in the last tile) read column N - 1: valid memory, results never stored.
+    // After a block's last tile this points past its range; nothing is loaded there.
     const int64_t c_lo = min(tile * kCols + g, p->n - 1), c_hi = min(tile * kCols + g + 8, p->n - 1);
     b_lo = p->b + c_lo * p->row_bytes + t * 16;
     b_hi = p->b + c_hi * p->row_bytes + t * 16;
@@ -206,7 +215,7 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
   using S = StreamSmem<TA>;
   extern __shared__ __align__(16) uint8_t smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-  const int steps = p.k_padded / kStepCodes;
+  const int steps = StepsOf(p.k);
   const int tb = static_cast<int>(static_cast<int64_t>(blockIdx.x) * n_tiles / gridDim.x);
   const int te = static_cast<int>(static_cast<int64_t>(blockIdx.x + 1) * n_tiles / gridDim.x);
   const int sb = warp * steps / kWarps, se = (warp + 1) * steps / kWarps;  // se > sb: steps >= kWarps
@@ -259,8 +268,10 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
       // Lane (g, 0) holds D rows g and g + 8 in columns 0 (hi) and 1 (lo, fp32 only).
       if constexpr (S::kParts == 2) {
         const float iv = inv[step];
-        acc_lo = fmaf((ca[0] + cb[0]) + (ca[1] + cb[1]), r.s_lo * iv, acc_lo);
-        acc_hi = fmaf((ca[2] + cb[2]) + (ca[3] + cb[3]), r.s_hi * iv, acc_hi);
+        // (sum * 2^-e) * scale: the same bits as sum * (scale * 2^-e) where that product is a
+        // normal float, and no underflow or overflow of the product where it is not.
+        acc_lo = fmaf(((ca[0] + cb[0]) + (ca[1] + cb[1])) * iv, r.s_lo, acc_lo);
+        acc_hi = fmaf(((ca[2] + cb[2]) + (ca[3] + cb[3])) * iv, r.s_hi, acc_hi);
       } else {
         acc_lo = fmaf(ca[0] + cb[0], r.s_lo, acc_lo);
         acc_hi = fmaf(ca[2] + cb[2], r.s_hi, acc_hi);
@@ -300,29 +311,55 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
 // 7B MLP and 8192 x 8192 layers (167-248) 5-25% faster on two.
 constexpr int kSmallLayerSteps = 96;
 
-int LaunchBlocks(int n_tiles, int steps, const NBitsOptions& options, const DeviceInfo& info) {
+int LaunchBlocks(int n_tiles, int steps, int fit_per_sm, const NBitsOptions& options, const DeviceInfo& info) {
   if (options.gemv_blocks > 0) return std::min(n_tiles, options.gemv_blocks);
   const int64_t per_sm = static_cast<int64_t>(n_tiles) * steps / info.sm_count;
-  return std::min(n_tiles, (per_sm <= kSmallLayerSteps ? 1 : kDefaultBlocksPerSm) * info.sm_count);
+  const int wanted = per_sm <= kSmallLayerSteps ? 1 : kDefaultBlocksPerSm;
+  return std::min(n_tiles, std::max(1, std::min(wanted, fit_per_sm)) * info.sm_count);
+}
+
+// What a launch of one instantiation needs from the device, once per (device, shared memory):
+// the dynamic shared-memory limit raised (cudaFuncSetAttribute is per device) and how many blocks
+// fit on an SM.
+struct KernelFit {
+  cudaError_t error = cudaSuccess;
+  int blocks_per_sm = 0;
+};
+
+template <typename Kernel>
+KernelFit FitKernel(Kernel kernel, size_t smem, const DeviceInfo& info, std::mutex& mu,
+                    std::map<std::pair<int, size_t>, KernelFit>& cache) {
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(info.device, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  KernelFit fit;
+  fit.error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                   static_cast<int>(info.max_shared_per_block_optin));
+  if (fit.error == cudaSuccess)
+    fit.error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit.blocks_per_sm, kernel, kThreads, smem);
+  if (fit.error != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: keep it from surfacing at the next launch check
+  } else if (fit.blocks_per_sm < 1) {
+    fit.error = cudaErrorInvalidConfiguration;
+  }
+  cache.emplace(key, fit);
+  return fit;
 }
 
 template <typename TA, bool kHasZp, int kDepth>
 Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, const NBitsOptions& options,
               const DeviceInfo& info) {
   auto kernel = NBitsStreamKernel<TA, kHasZp, kDepth>;
-  // Once per instantiation: the largest dynamic shared memory (long rows of X).
-  static const cudaError_t attr_error = [&] {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               info.max_shared_per_block_optin);
-    if (e != cudaSuccess) (void)cudaGetLastError();
-    return e;
-  }();
-  QC_CUDA_RETURN_IF_ERROR(attr_error);
-  const int steps = p.k_padded / kStepCodes;
+  const int steps = StepsOf(p.k);
   const int n_tiles = (p.n + kCols - 1) / kCols;
-  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(LaunchBlocks(n_tiles, steps, options, info)),
-                                             dim3(kThreads), static_cast<size_t>(StreamSmem<TA>::bytes(steps)),
-                                             stream, options.programmatic_launch, p, x, y, n_tiles));
+  const size_t smem = static_cast<size_t>(StreamSmem<TA>::bytes(steps));
+  static std::mutex mu;  // per instantiation
+  static std::map<std::pair<int, size_t>, KernelFit> cache;
+  const KernelFit fit = FitKernel(kernel, smem, info, mu, cache);
+  QC_CUDA_RETURN_IF_ERROR(fit.error);
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(LaunchBlocks(n_tiles, steps, fit.blocks_per_sm, options, info)),
+                                             dim3(kThreads), smem, stream, options.programmatic_launch, p, x, y,
+                                             n_tiles));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsStreamKernel");
   return Status::Ok();
 }
@@ -331,6 +368,8 @@ template <typename TA>
 Status Run(const NBitsWeightsView& w, const TA* x, TA* y, cudaStream_t stream, const NBitsOptions& options) {
   QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
   const NBitsParams p = MakeParams(w);
+  // Fewer steps than warps would leave a warp out of the tile barriers: StreamSupported refuses it.
+  if (StepsOf(p.k) < kMinSteps) return Internal("MatMulNBits: the stream kernel needs K >= 1024");
   const bool zp = p.zp != nullptr;
   static_assert(kDefaultDepth == 4, "ring_stages 0 below");
   switch (options.ring_stages) {
@@ -357,8 +396,8 @@ Status StreamSupported(const NBitsWeightsView& w, int64_t m, bool half_activatio
                          "integer or no zero points and no g_idx");
   if (reinterpret_cast<uintptr_t>(w.b) % 16 != 0)
     return Unimplemented("MatMulNBits: the stream kernel needs B aligned to 16 bytes");
-  const int64_t steps = l.k_blocks() * l.block_size / kStepCodes;
-  if (steps < kMinSteps) return Unimplemented("MatMulNBits: the stream kernel needs K >= 1024");
+  const int64_t steps = StepsOf(l.k);
+  if (l.k < int64_t{kMinSteps} * kStepCodes) return Unimplemented("MatMulNBits: the stream kernel needs K >= 1024");
   QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
   if (info.major < 9) return Unimplemented("MatMulNBits: the stream kernel needs an sm_90 device");
   const int64_t smem = half_activations ? StreamSmem<__half>::bytes(steps) : StreamSmem<float>::bytes(steps);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -226,12 +227,16 @@ struct DeviceArray {
   T* get() const { return buf.as<T>(); }
 };
 
-// Runs the fp32 path with `options` and returns Y (the stream synchronised, errors checked).
-std::vector<float> RunF32(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options) {
+// Runs the fp32 path with `options` and returns Y (the stream synchronised, errors checked). X
+// starts `x_offset` elements into its device buffer (1: not 16-byte aligned).
+std::vector<float> RunF32(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options,
+                          int x_offset = 0) {
   const float* ap = L.inputs[0].data<float>();
-  auto x = DeviceArray<float>::FromHost(std::vector<float>(ap, ap + L.m * L.k));
+  std::vector<float> xv(x_offset, 0.0f);
+  xv.insert(xv.end(), ap, ap + L.m * L.k);
+  auto x = DeviceArray<float>::FromHost(xv);
   auto y = DeviceArray<float>::Poisoned(L.m * L.n);
-  const Status s = cuda::MatMulNBits(w.view(), x.get(), y.get(), L.m, ws, nullptr, options);
+  const Status s = cuda::MatMulNBits(w.view(), x.get() + x_offset, y.get(), L.m, ws, nullptr, options);
   EXPECT_TRUE(s.ok()) << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   return y.ToHost();
@@ -279,14 +284,15 @@ NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = tr
 }
 
 // Runs the fp16 path on L's activations rounded to fp16 and returns Y as floats (compare with the
-// reference of RoundedToHalf(L)).
-std::vector<float> RunF16(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options) {
+// reference of RoundedToHalf(L)); X starts `x_offset` elements into its buffer.
+std::vector<float> RunF16(const NBitsWeights& w, const Layer& L, NBitsWorkspace& ws, const NBitsOptions& options,
+                          int x_offset = 0) {
   const float* ap = L.inputs[0].data<float>();
-  std::vector<__half> xh(L.m * L.k);
-  for (int64_t i = 0; i < L.m * L.k; ++i) xh[i] = __float2half(ap[i]);
+  std::vector<__half> xh(x_offset + L.m * L.k, __float2half(0.0f));
+  for (int64_t i = 0; i < L.m * L.k; ++i) xh[x_offset + i] = __float2half(ap[i]);
   auto x = DeviceArray<__half>::FromHost(xh);
   auto y = DeviceArray<__half>::Poisoned(L.m * L.n);
-  const Status s = cuda::MatMulNBits(w.view(), x.get(), y.get(), L.m, ws, nullptr, options);
+  const Status s = cuda::MatMulNBits(w.view(), x.get() + x_offset, y.get(), L.m, ws, nullptr, options);
   EXPECT_TRUE(s.ok()) << s.message();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> got;
@@ -313,8 +319,7 @@ bool I8Layout(const cuda::NBitsWeightsView& w) {
 // the GEMV kernel for one fp32 row of 4-bit weights, else kMma (the int8 GEMV kernel only when
 // forced).
 NBitsKernel ExpectedAuto(const cuda::NBitsWeightsView& w, int64_t m, bool half = false) {
-  if (m == 1 && w.layout.bits == 4 && w.layout.block_size % 128 == 0 && w.layout.k_blocks() * w.layout.block_size >= 1024)
-    return NBitsKernel::kStream;
+  if (m == 1 && w.layout.bits == 4 && w.layout.block_size % 128 == 0 && w.layout.k >= 1024) return NBitsKernel::kStream;
   if (m == 1 && w.layout.bits == 4 && !half) return NBitsKernel::kGemv;
   return NBitsKernel::kMma;
 }
@@ -668,7 +673,8 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
   std::mt19937 rng(18);
   NBitsWorkspace ws;
   int runs = 0;
-  for (auto [k, n] : {std::pair<int64_t, int64_t>{1024, 1}, {1100, 17}, {3000, 100}, {4096, 700}})
+  // 16384: the fp32 row takes 67 KB of shared memory (above the 48 KB default limit).
+  for (auto [k, n] : {std::pair<int64_t, int64_t>{1024, 1}, {1100, 17}, {3000, 100}, {4096, 700}, {16384, 24}})
     for (int block : {128, 256})
       for (bool zp : {false, true}) {
         LayerSpec spec{1, k, n, 4, block, zp, false, false, (n + block / 128) % 2 == 1};
@@ -685,15 +691,29 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
         ExpectClose(RunF32(*up, L, ws, StreamOptions(3, 8, false)), want, prod, kF32Tol, 0,
                     "stream, 3 blocks, depth 8, no programmatic launch");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 4)), want, prod, kF32Tol, 0, "stream, 7 blocks");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(), 1), want, prod, kF32Tol, 0, "stream, X not 16-byte aligned");
         const Layer H = RoundedToHalf(L);
         const std::vector<float> want_h = Reference(H);
         const std::vector<double> prod_h = AbsProducts(H, H.inputs[0].data<float>());
         ExpectClose(RunF16(*up, H, ws, StreamOptions()), want_h, prod_h, kF32Tol, 1e-3, "stream fp16");
         ExpectClose(RunF16(*up, H, ws, StreamOptions(5, 2, false)), want_h, prod_h, kF32Tol, 1e-3,
                     "stream fp16, 5 blocks, depth 2");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(), 3), want_h, prod_h, kF32Tol, 1e-3,
+                    "stream fp16, X not 16-byte aligned");
         ++runs;
       }
-  EXPECT_EQ(runs, 4 * 2 * 2);
+  EXPECT_EQ(runs, 5 * 2 * 2);
+  // A block much longer than K (ONNX Runtime's per-channel form): only K's steps are read.
+  for (bool zp : {false, true}) {
+    LayerSpec spec{1, 1100, 40, 4, 2048, zp, false, false, false};
+    SCOPED_TRACE(Describe(spec));
+    const Layer L = MakeLayer(spec, rng);
+    auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+    ASSERT_TRUE(up.ok()) << up.status().message();
+    EXPECT_EQ(cuda::SelectNBitsKernel(up->view(), 1), NBitsKernel::kStream);
+    ExpectClose(RunF32(*up, L, ws, StreamOptions()), Reference(L), AbsProducts(L, L.inputs[0].data<float>()), kF32Tol,
+                0, "stream, one block of 2048 over K = 1100");
+  }
 }
 
 // Steps of very different magnitude in one row: each step of 128 inputs gets its own power-of-two
@@ -714,6 +734,31 @@ TEST(CudaMatMulNBitsPrecision, StreamStepsOfExtremeMagnitude) {
     for (int64_t i = 0; i < L.k; ++i) ap[i] = (i / 128) % 2 == 0 ? ap[i] * magnitude : 0.0f;
     ExpectClose(RunF32(*up, L, ws, StreamOptions()), Reference(L), AbsProducts(L, ap), kF32Tol, 0, "stream");
   }
+}
+
+// An infinite input gives what the reference gives: +-Inf in columns whose weight there is not
+// zero, NaN where it is (Inf x 0), not NaN everywhere (Inf - Inf in the lo half).
+TEST(CudaMatMulNBitsPrecision, StreamInfiniteInput) {
+  SKIP_WITHOUT_DEVICE();
+  std::mt19937 rng(21);
+  Layer L = MakeLayer(LayerSpec{1, 1024, 48, 4, 128, false, false, false, false}, rng);
+  L.inputs[0] = L.inputs[0].Clone();
+  L.inputs[0].mutable_data<float>()[300] = std::numeric_limits<float>::infinity();
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  NBitsWorkspace ws;
+  const std::vector<float> want = Reference(L);
+  const std::vector<float> got = RunF32(*up, L, ws, StreamOptions());
+  ASSERT_EQ(got.size(), want.size());
+  int infinite = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "column " << i << ": got " << got[i] << " want " << want[i];
+    if (std::isinf(want[i])) {
+      ++infinite;
+      EXPECT_EQ(got[i], want[i]) << "column " << i;
+    }
+  }
+  EXPECT_GT(infinite, 0);
 }
 
 // DequantizeNBits (the prefill path's dense weights) on every layout: float32 output equals this

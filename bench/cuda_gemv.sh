@@ -31,7 +31,7 @@ if [ -z "$bin" ]; then
       -gencode arch=compute_90,code=compute_90 -I"$root" "$root/bench/cuda_gemv.cu" \
       "$root/runtime/cuda/device.cu" "$root/runtime/cuda/allocator.cu" "$root/runtime/cuda/matmul_nbits.cu" \
       "$root/runtime/cuda/matmul_nbits_i8.cu" "$root/runtime/cuda/matmul_nbits_stream.cu" \
-      "$root/runtime/cuda/nbits_dequantize.cu" \
+      "$root/runtime/cuda/nbits_dequantize.cu" "$root/runtime/cuda/kernel_attributes.cu" \
       -lcublas -o "$root/build-cuda-bench/cuda_gemv_bench"
     bin="$root/build-cuda-bench/cuda_gemv_bench"
   fi

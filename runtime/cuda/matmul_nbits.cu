@@ -34,6 +34,7 @@
 #include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/kernel_attributes.h"
 #include "runtime/cuda/matmul_nbits_i8.h"
 #include "runtime/cuda/matmul_nbits_stream.h"
 #include "runtime/cuda/nbits_codes.cuh"
@@ -997,26 +998,9 @@ Status LaunchGemvShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBit
                                 stream));
   auto kernel = p.zp != nullptr ? NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, true>
                                 : NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, false>;
-  // Once per instantiation: allow the largest dynamic shared memory and prefer shared memory over
-  // L1 (the kernel reads its weights and activations from shared memory).
-  static const cudaError_t attr_error = [&] {
-    for (auto kf : {NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, true>,
-                    NBitsGemvKernel<kBits, kLoadBytes, TA, kRowGroups, false>}) {
-      cudaFuncAttributes fa{};
-      cudaError_t e = cudaFuncGetAttributes(&fa, kf);  // static shared memory counts against the limit
-      if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(kf, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(info.max_shared_per_block_optin - fa.sharedSizeBytes));
-      if (e == cudaSuccess)
-        e = cudaFuncSetAttribute(kf, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-      if (e != cudaSuccess) {
-        (void)cudaGetLastError();  // not sticky: keep it from surfacing at the next launch check
-        return e;
-      }
-    }
-    return cudaSuccess;
-  }();
-  QC_CUDA_RETURN_IF_ERROR(attr_error);
+  // The largest dynamic shared memory, and shared memory over L1 (the kernel reads its weights and
+  // activations from shared memory).
+  QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/true));
   if (plan.smem > info.max_shared_per_block_optin - 1024)  // the kernel's own static shared memory
     return Unimplemented("MatMulNBits: the GEMV kernel's slice does not fit in shared memory");
 

@@ -33,6 +33,7 @@
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/float_values.cuh"
+#include "runtime/cuda/kernel_attributes.h"
 
 namespace qc::cuda {
 namespace {
@@ -493,22 +494,9 @@ template <int kBits, typename TA, int kRowGroups>
 Status LaunchShape(const I8Params& p, const I8Plan& plan, const TA* x, TA* y, NBitsWorkspace& ws,
                    cudaStream_t stream, const NBitsOptions& options) {
   auto kernel = NBitsGemvInt8Kernel<kBits, TA, kRowGroups>;
-  // Once per instantiation: the largest dynamic shared memory, and shared memory over L1.
-  static const cudaError_t attr_error = [&] {
-    cudaFuncAttributes fa{};
-    cudaError_t e = cudaFuncGetAttributes(&fa, kernel);
-    int optin = 0, device = 0;
-    if (e == cudaSuccess) e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               optin - static_cast<int>(fa.sharedSizeBytes));
-    if (e == cudaSuccess)
-      e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
-    if (e != cudaSuccess) (void)cudaGetLastError();  // not sticky: keep it from surfacing at the next check
-    return e;
-  }();
-  QC_CUDA_RETURN_IF_ERROR(attr_error);
+  // The largest dynamic shared memory, and shared memory over L1.
+  QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
+  QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/true));
   // Overlaps with the previous kernel.
   QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(static_cast<unsigned>(plan.blocks)), dim3(kI8Threads),
                                              static_cast<size_t>(plan.smem), stream, options.programmatic_launch, p, plan,

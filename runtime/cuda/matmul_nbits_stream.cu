@@ -29,12 +29,13 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <type_traits>
-#include <utility>
 
 #include "runtime/cuda/async_copy.cuh"
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
+#include "runtime/cuda/kernel_attributes.h"
 #include "runtime/cuda/nbits_codes.cuh"
 #include "runtime/cuda/nbits_mma.cuh"
 
@@ -318,32 +319,21 @@ int LaunchBlocks(int n_tiles, int steps, int fit_per_sm, const NBitsOptions& opt
   return std::min(n_tiles, std::max(1, std::min(wanted, fit_per_sm)) * info.sm_count);
 }
 
-// What a launch of one instantiation needs from the device, once per (device, shared memory):
-// the dynamic shared-memory limit raised (cudaFuncSetAttribute is per device) and how many blocks
-// fit on an SM.
-struct KernelFit {
-  cudaError_t error = cudaSuccess;
-  int blocks_per_sm = 0;
-};
-
-template <typename Kernel>
-KernelFit FitKernel(Kernel kernel, size_t smem, const DeviceInfo& info, std::mutex& mu,
-                    std::map<std::pair<int, size_t>, KernelFit>& cache) {
+// Blocks of `kernel` that fit on an SM with `smem` bytes of dynamic shared memory, once per
+// (kernel, device, smem): the occupancy query costs microseconds, a decode step makes ~150 calls.
+int BlocksPerSm(const void* kernel, size_t smem, const DeviceInfo& info) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, size_t>, int> cache;
   std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(info.device, smem);
+  const auto key = std::make_tuple(kernel, info.device, smem);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  KernelFit fit;
-  fit.error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                   static_cast<int>(info.max_shared_per_block_optin));
-  if (fit.error == cudaSuccess)
-    fit.error = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit.blocks_per_sm, kernel, kThreads, smem);
-  if (fit.error != cudaSuccess) {
-    (void)cudaGetLastError();  // not sticky: keep it from surfacing at the next launch check
-  } else if (fit.blocks_per_sm < 1) {
-    fit.error = cudaErrorInvalidConfiguration;
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    blocks = 1;  // the launch itself reports what is wrong
   }
-  cache.emplace(key, fit);
-  return fit;
+  cache.emplace(key, blocks);
+  return blocks;
 }
 
 template <typename TA, bool kHasZp, int kDepth>
@@ -353,11 +343,9 @@ Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, con
   const int steps = StepsOf(p.k);
   const int n_tiles = (p.n + kCols - 1) / kCols;
   const size_t smem = static_cast<size_t>(StreamSmem<TA>::bytes(steps));
-  static std::mutex mu;  // per instantiation
-  static std::map<std::pair<int, size_t>, KernelFit> cache;
-  const KernelFit fit = FitKernel(kernel, smem, info, mu, cache);
-  QC_CUDA_RETURN_IF_ERROR(fit.error);
-  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(LaunchBlocks(n_tiles, steps, fit.blocks_per_sm, options, info)),
+  QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/false));
+  const int fit_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kernel), smem, info);
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(LaunchBlocks(n_tiles, steps, fit_per_sm, options, info)),
                                              dim3(kThreads), smem, stream, options.programmatic_launch, p, x, y,
                                              n_tiles));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsStreamKernel");

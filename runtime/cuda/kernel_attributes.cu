@@ -1,0 +1,27 @@
+#include "runtime/cuda/kernel_attributes.h"
+
+#include <map>
+#include <mutex>
+#include <utility>
+
+namespace qc::cuda {
+
+cudaError_t AllowLargeSharedMemory(const void* kernel, const DeviceInfo& info, bool prefer_shared) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, cudaError_t> done;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(kernel, info.device);
+  if (auto it = done.find(key); it != done.end()) return it->second;
+  cudaFuncAttributes fa{};
+  cudaError_t e = cudaFuncGetAttributes(&fa, kernel);  // static shared memory counts against the limit
+  if (e == cudaSuccess)
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(info.max_shared_per_block_optin - static_cast<int64_t>(fa.sharedSizeBytes)));
+  if (e == cudaSuccess && prefer_shared)
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  done.emplace(key, e);
+  return e;
+}
+
+}  // namespace qc::cuda

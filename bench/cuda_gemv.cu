@@ -517,13 +517,13 @@ std::vector<qc::cuda::NBitsOptions> TableVariants() {
 
 int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
-  // split-K factors, to tune the defaults; --sweep-i8: the int8 GEMV kernel over blocks per SM and
-  // ring stages; --sweep-stream: the stream kernel over blocks per SM x steps in flight; --floor: the read floor of each shape (ReadFloorUs). --rows M: batch M instead of 1.
-  bool sweep = false, sweep_i8 = false, sweep_stream = false, prefill = false, floor = false;
+  // split-K factors, to tune the defaults; --sweep-stream: the stream kernel over blocks per SM x
+  // steps in flight; --floor: the read floor of each shape (ReadFloorUs). --rows M: batch M
+  // instead of 1.
+  bool sweep = false, sweep_stream = false, prefill = false, floor = false;
   int64_t rows = 1;
   for (int i = 1; i < argc; ++i) {
     sweep = sweep || std::strcmp(argv[i], "--sweep") == 0;
-    sweep_i8 = sweep_i8 || std::strcmp(argv[i], "--sweep-i8") == 0;
     sweep_stream = sweep_stream || std::strcmp(argv[i], "--sweep-stream") == 0;
     prefill = prefill || std::strcmp(argv[i], "--prefill") == 0;
     floor = floor || std::strcmp(argv[i], "--floor") == 0;
@@ -652,23 +652,6 @@ int main(int argc, char** argv) {
           o.kernel = qc::cuda::NBitsKernel::kStream;
           o.gemv_blocks = per_sm * info->sm_count;
           o.ring_stages = depth;
-          return o;
-        });
-    }
-  }
-  if (sweep_i8) {
-    // Int8 GEMV kernel, us per call by (persistent blocks per SM, ring stages); 0 stages: the
-    // default (the ring fills ~112 KB of shared memory per block).
-    std::printf("\nInt8 GEMV kernel sweep, us per call: rows = blocks per SM, columns = ring stages (0: the "
-                "kernel's choice)\n");
-    for (const Variant& v : kinds) {
-      if (v.bits == 8 && v.half) continue;
-      for (const Shape& s : shapes)
-        sweep_table(v, s, "blocks/SM \\ stages", {1, 2}, {0, 3, 6, 12}, [&](int per_sm, int stages) {
-          qc::cuda::NBitsOptions o;
-          o.kernel = qc::cuda::NBitsKernel::kGemvInt8;
-          o.gemv_blocks = per_sm * info->sm_count;
-          o.ring_stages = stages;
           return o;
         });
     }

@@ -3,11 +3,11 @@
 # achieved bandwidth against a device-to-device copy measured in the same run and as time against
 # cuBLAS fp16 GEMV; every kernel's output is checked first. Prints a markdown table.
 # Needs an NVIDIA GPU (sm_90 code plus PTX) and cuBLAS 13.
-# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-i8] [--sweep-stream] [--prefill] [--floor] [--rows M]
+# Usage: bench/cuda_gemv.sh [--sweep] [--sweep-stream] [--prefill] [--floor] [--rows M]
 #                          [--pattern] [--profile-one]
 #   --sweep: also time the GEMV kernel (kGemv) over tiles per block x K slices, every weight and
-#   activation type; --sweep-i8: the int8 GEMV kernel (kGemvInt8) over blocks per SM x ring
-#   stages; --sweep-stream: the stream kernel (kStream) over blocks per SM x steps in flight;
+#   activation type; --sweep-stream: the stream kernel (kStream) over blocks per SM x steps in
+#   flight;
 #   --prefill: W4 products of 16-2048 rows (fp16, then float32 with SGEMM), kMma vs the executor's
 #   dequantise + cuBLAS path vs dense cuBLAS; --floor: per shape, the least time one launch takes
 #   to read a W4 layer's bytes (no arithmetic), against the 75%-of-copy target; --rows M: batch M
@@ -30,7 +30,7 @@ if [ -z "$bin" ]; then
     "$nvcc" -O3 -std=c++20 -diag-suppress=2810 -gencode arch=compute_90,code=sm_90 \
       -gencode arch=compute_90,code=compute_90 -I"$root" "$root/bench/cuda_gemv.cu" \
       "$root/runtime/cuda/device.cu" "$root/runtime/cuda/allocator.cu" "$root/runtime/cuda/matmul_nbits.cu" \
-      "$root/runtime/cuda/matmul_nbits_i8.cu" "$root/runtime/cuda/matmul_nbits_stream.cu" \
+      "$root/runtime/cuda/matmul_nbits_stream.cu" \
       "$root/runtime/cuda/nbits_dequantize.cu" "$root/runtime/cuda/kernel_attributes.cu" \
       -lcublas -o "$root/build-cuda-bench/cuda_gemv_bench"
     bin="$root/build-cuda-bench/cuda_gemv_bench"

@@ -4,7 +4,7 @@
 // shared memory (NBitsGemvKernel, below: the default for one fp32 row of 4-bit weights that the
 // stream kernel cannot take); and a general CUDA-core kernel for the layouts the first two cannot
 // read. The batch-1 stream kernel (kStream, the default for one row of 4-bit weights) lives in
-// matmul_nbits_stream.cu, the int8 GEMV kernel (kGemvInt8) in matmul_nbits_i8.cu.
+// matmul_nbits_stream.cu.
 //
 // Tensor-core path (kMma), two launches:
 // 1. PrepareActivationsKernel writes X as fp16 in the order the main kernel's lanes consume it;
@@ -35,7 +35,6 @@
 #include "runtime/cuda/cuda_check.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/kernel_attributes.h"
-#include "runtime/cuda/matmul_nbits_i8.h"
 #include "runtime/cuda/matmul_nbits_stream.h"
 #include "runtime/cuda/nbits_codes.cuh"
 #include "runtime/cuda/nbits_mma.cuh"
@@ -1059,7 +1058,6 @@ Status Dispatch(const NBitsWeightsView& w, const TA* x, TA* y, int64_t m, NBitsW
   if (kernel == NBitsKernel::kGemv && !GemvSupported(w, m))
     return Unimplemented("MatMulNBits: the GEMV kernel needs 1.." + std::to_string(kGemvMaxRows) +
                          " rows, B aligned to 16 bytes and an sm_90 device (m = " + std::to_string(m) + ")");
-  if (kernel == NBitsKernel::kGemvInt8) return MatMulNBitsGemvInt8(w, x, y, m, ws, stream, options);
   if (kernel == NBitsKernel::kStream) {
     QC_RETURN_IF_ERROR(StreamSupported(w, m, std::is_same_v<TA, __half>));
     return MatMulNBitsStream(w, x, y, stream, options);
@@ -1100,7 +1098,6 @@ const char* NBitsKernelName(NBitsKernel kernel) {
   switch (kernel) {
     case NBitsKernel::kAuto: return "auto";
     case NBitsKernel::kGemv: return "gemv";
-    case NBitsKernel::kGemvInt8: return "gemv-i8";
     case NBitsKernel::kStream: return "stream";
     case NBitsKernel::kMma: return "mma";
     case NBitsKernel::kGeneric: return "generic";
@@ -1113,8 +1110,6 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
-  // kGemvInt8 is not taken here: on the H200 it measured slower than kGemv and kMma on every shape
-  // (docs/BENCHMARKS.md, "The int8 GEMV kernel"); it runs only when forced.
   // One row of 4-bit weights: the stream kernel, 1.2-1.9x faster than kGemv and kMma on the four
   // Llama shapes of the H200 benchmark, fp32 and fp16 activations (docs/BENCHMARKS.md); kGemv where
   // it cannot run (K < 1024, blocks not a multiple of 128): it measured faster than kMma there for

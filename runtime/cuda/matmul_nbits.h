@@ -49,15 +49,6 @@ enum class NBitsKernel {
   /// weight streams overlap; each block converts its slice of X itself (no prologue launch) and
   /// dequantises into mma.sync m16n8k16 A fragments. The layouts of kMma, with B 16-byte aligned.
   kGemv,
-  /// Batch GEMV on integer tensor cores, m <= 16 rows, sm_90, 4/8-bit weights in blocks of >= 128
-  /// (runtime/cuda/matmul_nbits_i8.cu): one persistent block per SM converts X once into int8
-  /// "digits" of a 30-bit fixed-point value per row and 128 inputs, streams its share of the
-  /// 16-column x 128-code units through a copy-engine ring in shared memory, and multiplies them
-  /// with mma.sync m16n8k32 s8 (codes minus the zero point, one LOP3 per 4 codes; exact int32
-  /// sums), folding the block scale in fp32 once per unit. Tiles cut between blocks are summed by
-  /// the last block to finish, in block order. Taken only when forced: on the H200 it measured ~2x
-  /// slower than kGemv on W4 and ~1.5x slower than kMma on W8 (docs/BENCHMARKS.md).
-  kGemvInt8,
   /// Batch 1, 4-bit weights in blocks of a multiple of 128, K >= 1024, sm_90
   /// (runtime/cuda/matmul_nbits_stream.cu): each warp streams its steps of 16 columns x 128 codes
   /// from DRAM through a ring of registers (the first loads issued before the previous kernel
@@ -77,8 +68,7 @@ enum class NBitsKernel {
 const char* NBitsKernelName(NBitsKernel kernel);
 /// The kernel kAuto picks for `w` at `m` rows of fp32 (or fp16) activations, where each measured
 /// fastest: kStream for one row of 4-bit weights it can run, else kGemv for one fp32 row of 4-bit
-/// weights, else kMma where it can run, else kGeneric (kGemvInt8 only when forced: it measured
-/// slower).
+/// weights, else kMma where it can run, else kGeneric.
 NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
 /// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
@@ -90,14 +80,12 @@ struct NBitsOptions {
   int split_k = 0;
   /// kGemv: 16-column tiles per block, 1..8 (0: the kernel's own choice).
   int gemv_tiles = 0;
-  /// kGemv, kGemvInt8, kStream: launch with programmatic dependent launch, so the weight loads of
-  /// this call overlap the kernel before it. Off: the call starts after the previous one ends (benchmarks use it
-  /// to time one call in isolation).
+  /// kGemv, kStream: launch with programmatic dependent launch, so the weight loads of this call
+  /// overlap the kernel before it. Off: the call starts after the previous one ends (benchmarks
+  /// use it to time one call in isolation).
   bool programmatic_launch = true;
-  /// kGemvInt8: persistent blocks (0: one per SM; never more than the 16-column x 128-code units).
   /// kStream: blocks (0: one or two per SM; never more than the 16-column tiles).
   int gemv_blocks = 0;
-  /// kGemvInt8: stages of the shared-memory weight ring (0: as many as fit beside the activations).
   /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4; another value is Unimplemented, also
   /// when kAuto picks kStream).
   int ring_stages = 0;

@@ -26,7 +26,6 @@
 #include "runtime/cuda/allocator.h"
 #include "runtime/cuda/device.h"
 #include "runtime/cuda/matmul_nbits.h"
-#include "runtime/cuda/matmul_nbits_i8.h"
 #include "runtime/cuda/matmul_nbits_stream.h"
 #include "runtime/cuda/nbits_dequantize.h"
 #include "runtime/cuda/nbits_weights.h"
@@ -262,25 +261,15 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, 
 // accumulation (tensor-core adds included); fp16-only activations would miss it by 50x.
 constexpr double kF32Tol = 4e-6;
 
-// A forced persistent-grid kernel with `blocks` blocks (0: its own choice), `stages` of its ring
-// (0: its own choice) and programmatic launch on or off.
-NBitsOptions RingOptions(NBitsKernel kernel, int blocks, int stages, bool programmatic) {
+// kStream with `blocks` blocks (0: its own choice), `depth` steps in flight per warp (0: 4) and
+// programmatic launch on or off.
+NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
   NBitsOptions o;
-  o.kernel = kernel;
+  o.kernel = NBitsKernel::kStream;
   o.gemv_blocks = blocks;
-  o.ring_stages = stages;
+  o.ring_stages = depth;
   o.programmatic_launch = programmatic;
   return o;
-}
-
-// kGemvInt8: blocks default to one per SM, stages to as many as fit.
-NBitsOptions I8Options(int blocks = 0, int stages = 0, bool programmatic = true) {
-  return RingOptions(NBitsKernel::kGemvInt8, blocks, stages, programmatic);
-}
-
-// kStream: `depth` steps in flight per warp (0: 4).
-NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
-  return RingOptions(NBitsKernel::kStream, blocks, depth, programmatic);
 }
 
 // Runs the fp16 path on L's activations rounded to fp16 and returns Y as floats (compare with the
@@ -308,16 +297,9 @@ Layer RoundedToHalf(Layer L) {
   return L;
 }
 
-// Whether kGemvInt8 takes the layout: 4/8-bit storage, blocks of >= 128, no g_idx or float zero points.
-bool I8Layout(const cuda::NBitsWeightsView& w) {
-  return (w.layout.bits == 4 || w.layout.bits == 8) && w.layout.block_size >= 128 && w.g_idx == nullptr &&
-         w.zero_points_float == nullptr;
-}
-
 // What kAuto should pick for a layer the tensor-core kernels can read (docs/BENCHMARKS.md): the
 // stream kernel for one row of 4-bit weights in blocks of a multiple of 128 with K >= 1024, else
-// the GEMV kernel for one fp32 row of 4-bit weights, else kMma (the int8 GEMV kernel only when
-// forced).
+// the GEMV kernel for one fp32 row of 4-bit weights, else kMma.
 NBitsKernel ExpectedAuto(const cuda::NBitsWeightsView& w, int64_t m, bool half = false) {
   if (m == 1 && w.layout.bits == 4 && w.layout.block_size % 128 == 0 && w.layout.k >= 1024) return NBitsKernel::kStream;
   if (m == 1 && w.layout.bits == 4 && !half) return NBitsKernel::kGemv;
@@ -338,7 +320,7 @@ TEST_P(CudaMatMulNBits, MatchesCpuReference) {
   const auto [bits, block] = GetParam();
   std::mt19937 rng(1000 * bits + block);
   NBitsWorkspace ws;
-  int mma_runs = 0, i8_runs = 0;
+  int mma_runs = 0;
   for (int64_t m : {1, 3, 17, 118})
     for (auto [k, n] : {std::pair<int64_t, int64_t>{300, 33}, {1000, 77}})
       for (bool zp : {false, true})
@@ -372,13 +354,6 @@ TEST_P(CudaMatMulNBits, MatchesCpuReference) {
               ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGemv, 0, 4}), want, prod, kF32Tol, 0, "gemv, 4 tiles");
               ExpectClose(RunF32(w, L, ws, {NBitsKernel::kGemv, 2, 2, false}), want, prod, kF32Tol, 0,
                           "gemv, 2 slices, 2 tiles, no programmatic launch");
-              if (I8Layout(w.view())) {
-                ++i8_runs;
-                ExpectClose(RunF32(w, L, ws, I8Options()), want, prod, kF32Tol, 0, "gemv-i8");
-                ExpectClose(RunF32(w, L, ws, I8Options(2)), want, prod, kF32Tol, 0, "gemv-i8, 2 blocks");
-                ExpectClose(RunF32(w, L, ws, I8Options(5, 2, false)), want, prod, kF32Tol, 0,
-                            "gemv-i8, 5 blocks, 2 stages, no programmatic launch");
-              }
             }
           }
         }
@@ -387,8 +362,6 @@ TEST_P(CudaMatMulNBits, MatchesCpuReference) {
   const int eff_block = block == 0 ? 256 : block;
   if (eff_block * storage / 8 >= 16) EXPECT_EQ(mma_runs, 4 * 2 * 2);
   else EXPECT_EQ(mma_runs, 0);
-  // The int8 GEMV kernel: 4/8-bit storage in blocks of >= 128, up to 16 rows.
-  EXPECT_EQ(i8_runs, storage != 2 && eff_block >= 128 ? 2 * 2 * 2 : 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(BitsAndBlocks, CudaMatMulNBits,
@@ -421,12 +394,9 @@ TEST(CudaMatMulNBitsLarge, RealSizeLayers) {
         ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 1}), want, prod, kF32Tol, 0, "gemv, 1 slice");
         ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 7, 8}), want, prod, kF32Tol, 0, "gemv, 7 slices, 8 tiles");
       }
-      // The int8 GEMV kernel keeps all of K's activations in shared memory: 1 row of 11008 fits.
-      if (cuda::GemvInt8Supported(up->view(), m).ok()) {
-        ExpectClose(RunF32(*up, L, ws, I8Options()), want, prod, kF32Tol, 0, "gemv-i8");
-        ExpectClose(RunF32(*up, L, ws, I8Options(100, 3)), want, prod, kF32Tol, 0, "gemv-i8, 100 blocks, 3 stages");
-      } else {
-        EXPECT_GT(m, 1);
+      if (m == 1 && bits == 4) {
+        ExpectClose(RunF32(*up, L, ws, StreamOptions()), want, prod, kF32Tol, 0, "stream");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(5, 8)), want, prod, kF32Tol, 0, "stream, 5 blocks, depth 8");
       }
     }
 }
@@ -481,7 +451,6 @@ TEST(CudaMatMulNBitsPrecision, Fp32ActivationsKeepTheirLowBits) {
   const std::vector<float> want = Reference(L);
   ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kMma, 0}), want, AbsProducts(L, ap), 1e-6, 0, "mma");
   ExpectClose(RunF32(*up, L, ws, {NBitsKernel::kGemv, 0}), want, AbsProducts(L, ap), 1e-6, 0, "gemv");
-  ExpectClose(RunF32(*up, L, ws, I8Options()), want, AbsProducts(L, ap), 1e-6, 0, "gemv-i8");
 }
 
 // Rows of very different magnitude (1e-20 .. 1e20) each get their own power-of-two scale.
@@ -499,16 +468,6 @@ TEST(CudaMatMulNBitsPrecision, RowsOfExtremeMagnitude) {
   NBitsWorkspace ws;
   const std::vector<float> want = Reference(L);
   ExpectClose(RunF32(*up, L, ws, {}), want, AbsProducts(L, ap), kF32Tol, 0, "auto");
-  // The int8 GEMV kernel's fixed point: an exponent per row and 256 inputs.
-  for (int bits : {4, 8}) {
-    Layer L2 = MakeLayer(LayerSpec{4, 700, 40, bits, 128, bits == 8, false, false, false}, rng);
-    float* a2 = L2.inputs[0].mutable_data<float>();
-    for (int64_t r = 0; r < 4; ++r)
-      for (int64_t i = 0; i < L2.k; ++i) a2[r * L2.k + i] *= row_scale[r];
-    auto up2 = NBitsWeights::Upload(L2.node, InputPtrs(L2));
-    ASSERT_TRUE(up2.ok());
-    ExpectClose(RunF32(*up2, L2, ws, I8Options()), Reference(L2), AbsProducts(L2, a2), kF32Tol, 0, "gemv-i8");
-  }
 }
 
 // fp16 activations in, fp16 out (fp32 accumulation): within output rounding of the reference run
@@ -536,13 +495,11 @@ TEST(CudaMatMulNBitsHalf, MatchesCpuReference) {
         if (cuda::SelectNBitsKernel(up->view(), L.m, true) != NBitsKernel::kGeneric)
           EXPECT_EQ(cuda::SelectNBitsKernel(up->view(), L.m, true), ExpectedAuto(up->view(), L.m, true));
         for (NBitsKernel kernel :
-             {NBitsKernel::kAuto, NBitsKernel::kGeneric, NBitsKernel::kMma, NBitsKernel::kGemvInt8}) {
+             {NBitsKernel::kAuto, NBitsKernel::kGeneric, NBitsKernel::kMma}) {
           if (kernel == NBitsKernel::kMma && cuda::SelectNBitsKernel(up->view(), L.m) == NBitsKernel::kGeneric) continue;
-          if (kernel == NBitsKernel::kGemvInt8 && !cuda::GemvInt8Supported(up->view(), L.m).ok()) continue;
           auto x = DeviceArray<__half>::FromHost(xh);
           auto y = DeviceArray<__half>::Poisoned(L.m * L.n);
-          NBitsOptions options{kernel, 0};
-          if (kernel == NBitsKernel::kGemvInt8) options = I8Options(m % 4 + 1);  // tiles cut between blocks
+          const NBitsOptions options{kernel, 0};
           ASSERT_OK(cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, options));
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           std::vector<float> got;
@@ -561,9 +518,8 @@ TEST(CudaMatMulNBits, Deterministic) {
   auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
   ASSERT_TRUE(up.ok());
   NBitsWorkspace ws;
-  for (NBitsKernel kernel : {NBitsKernel::kMma, NBitsKernel::kGemv, NBitsKernel::kGemvInt8}) {
-    NBitsOptions options{kernel, 16};
-    if (kernel == NBitsKernel::kGemvInt8) options = I8Options(7);  // every tile cut between blocks
+  for (NBitsKernel kernel : {NBitsKernel::kMma, NBitsKernel::kGemv}) {
+    const NBitsOptions options{kernel, 16};
     const std::vector<float> a = RunF32(*up, L, ws, options);
     const std::vector<float> b = RunF32(*up, L, ws, options);
     ASSERT_EQ(a.size(), b.size());
@@ -620,8 +576,9 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
     acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
     for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
     for (int s = 0; s < kSteps; ++s) {  // queued back to back, no synchronisation in between
-      NBitsOptions options = s % 2 ? I8Options(s % 4 == 1 ? 0 : 9) : NBitsOptions{NBitsKernel::kGemv, 2};
-      if (m == 1 && s % 3 == 2) options = StreamOptions(s % 2 ? 0 : 5);
+      // Odd steps: kStream (one row; default or 9 blocks) or kMma (its prologue and main kernel).
+      NBitsOptions options{NBitsKernel::kGemv, 2};
+      if (s % 2) options = m == 1 ? StreamOptions(s % 4 == 1 ? 0 : 9) : NBitsOptions{NBitsKernel::kMma, 0};
       ASSERT_OK(cuda::MatMulNBits(up->view(), acts[s].get(), acts[s + 1].get(), m, ws, nullptr, options));
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -631,37 +588,9 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
       const std::vector<float> in = acts[s].ToHost();
       std::copy(in.begin(), in.end(), a.mutable_data<float>());
       const std::vector<float> want = Reference(L, &a);
-      ExpectClose(acts[s + 1].ToHost(), want, AbsProducts(L, in.data()), kF32Tol, 0, "gemv / gemv-i8 / stream chain");
+      ExpectClose(acts[s + 1].ToHost(), want, AbsProducts(L, in.data()), kF32Tol, 0, "gemv / stream / mma chain");
     }
   }
-}
-
-// The int8 GEMV kernel on awkward shapes: K not a multiple of a unit (128) or of the 256 inputs of
-// an activation exponent, N not a multiple of 16 (1, 15, 17, 33 columns), every row count it takes
-// (1..16: 1, 2, 4 and 8 mma row groups, odd counts leave B columns empty), zero points on and off,
-// and tiles cut between 1, 3 or 7 blocks (stream-K sums) or whole on one block per SM, with 2
-// ring stages (the ring wraps many times) or the default.
-TEST(CudaMatMulNBits, GemvInt8AwkwardShapes) {
-  SKIP_WITHOUT_DEVICE();
-  std::mt19937 rng(16);
-  NBitsWorkspace ws;
-  for (int bits : {4, 8})
-    for (int64_t m : {1, 2, 3, 5, 8, 9, 16})
-      for (auto [k, n] : {std::pair<int64_t, int64_t>{128, 1}, {300, 17}, {1000, 33}, {2100, 15}}) {
-        const bool zp = (m + k + bits) % 2 == 1;
-        LayerSpec spec{m, k, n, bits, k == 2100 ? 256 : 128, zp, false, false, (m + n) % 2 == 0};
-        SCOPED_TRACE(Describe(spec));
-        const Layer L = MakeLayer(spec, rng);
-        auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
-        ASSERT_TRUE(up.ok()) << up.status().message();
-        ASSERT_OK(cuda::GemvInt8Supported(up->view(), m));
-        const std::vector<float> want = Reference(L);
-        const std::vector<double> prod = AbsProducts(L, L.inputs[0].data<float>());
-        ExpectClose(RunF32(*up, L, ws, I8Options()), want, prod, kF32Tol, 0, "gemv-i8");
-        ExpectClose(RunF32(*up, L, ws, I8Options(1, 2)), want, prod, kF32Tol, 0, "gemv-i8, 1 block, 2 stages");
-        ExpectClose(RunF32(*up, L, ws, I8Options(3, 0, false)), want, prod, kF32Tol, 0, "gemv-i8, 3 blocks");
-        ExpectClose(RunF32(*up, L, ws, I8Options(7, 3)), want, prod, kF32Tol, 0, "gemv-i8, 7 blocks, 3 stages");
-      }
 }
 
 // The stream kernel on awkward shapes: K not a multiple of 128 (zeros staged past K) nor of the 8
@@ -897,33 +826,6 @@ TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
     const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, StreamOptions());
     EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
     EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
-  }
-}
-
-// The int8 GEMV kernel says which limit a forced call broke: rows, bit width, block size, and
-// activations too long for shared memory.
-TEST(CudaMatMulNBits, Negative_ForcedGemvInt8OutsideItsLayouts) {
-  SKIP_WITHOUT_DEVICE();
-  std::mt19937 rng(17);
-  NBitsWorkspace ws;
-  struct Case {
-    LayerSpec spec;
-    const char* says;
-  };
-  const Case cases[] = {{LayerSpec{17, 256, 8, 4, 128, false, false, false, false}, "rows"},
-                        {LayerSpec{1, 256, 8, 2, 128, false, false, false, false}, "bit"},
-                        {LayerSpec{1, 256, 8, 4, 64, false, false, false, false}, "blocks of >= 128"},
-                        {LayerSpec{16, 65536, 8, 4, 128, false, false, false, false}, "shared memory"}};
-  for (const Case& c : cases) {
-    SCOPED_TRACE(Describe(c.spec));
-    const Layer L = MakeLayer(c.spec, rng);
-    auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
-    ASSERT_TRUE(up.ok());
-    auto x = DeviceArray<float>::Poisoned(L.m * L.k);
-    auto y = DeviceArray<float>::Poisoned(L.m * L.n);
-    const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), L.m, ws, nullptr, I8Options());
-    EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-    EXPECT_NE(s.message().find(c.says), std::string::npos) << s.message();
   }
 }
 

@@ -14,9 +14,9 @@ cudaError_t AllowLargeSharedMemory(const void* kernel, const DeviceInfo& info, b
   if (auto it = done.find(key); it != done.end()) return it->second;
   cudaFuncAttributes fa{};
   cudaError_t e = cudaFuncGetAttributes(&fa, kernel);  // static shared memory counts against the limit
+  const int64_t dynamic_limit = info.max_shared_per_block_optin - static_cast<int64_t>(fa.sharedSizeBytes);
   if (e == cudaSuccess)
-    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(info.max_shared_per_block_optin - static_cast<int64_t>(fa.sharedSizeBytes)));
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dynamic_limit));
   if (e == cudaSuccess && prefer_shared)
     e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared);
   if (e != cudaSuccess) (void)cudaGetLastError();

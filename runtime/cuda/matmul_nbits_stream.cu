@@ -76,7 +76,8 @@ __device__ __forceinline__ void TileBarrier() { asm volatile("barrier.sync 1;" :
 constexpr int kStageBatch = 4;
 
 template <typename TA>
-__device__ __forceinline__ void LoadUnit(const TA* __restrict__ x, int k, int k0, bool valid, bool vec, uint32_t (&r)[8]) {
+__device__ __forceinline__ void LoadUnit(const TA* __restrict__ x, int k, int k0, bool valid, bool vec,
+                                         uint32_t (&r)[8]) {
   if constexpr (std::is_same_v<TA, float>) {
     if (valid && vec && k0 + 8 <= k) {
       const uint4 a = __ldg(reinterpret_cast<const uint4*>(x + k0));
@@ -360,14 +361,17 @@ Status Run(const NBitsWeightsView& w, const TA* x, TA* y, cudaStream_t stream, c
   if (StepsOf(p.k) < kMinSteps) return Internal("MatMulNBits: the stream kernel needs K >= 1024");
   const bool zp = p.zp != nullptr;
   static_assert(kDefaultDepth == 4, "ring_stages 0 below");
+  // Each ring depth is its own instantiation, with and without zero points.
+  auto launch = [&](auto depth) {
+    constexpr int kDepth = decltype(depth)::value;
+    return zp ? Launch<TA, true, kDepth>(p, x, y, stream, options, info)
+              : Launch<TA, false, kDepth>(p, x, y, stream, options, info);
+  };
   switch (options.ring_stages) {
-    case 2:
-      return zp ? Launch<TA, true, 2>(p, x, y, stream, options, info) : Launch<TA, false, 2>(p, x, y, stream, options, info);
+    case 2: return launch(std::integral_constant<int, 2>{});
     case 0:
-    case 4:
-      return zp ? Launch<TA, true, 4>(p, x, y, stream, options, info) : Launch<TA, false, 4>(p, x, y, stream, options, info);
-    case 8:
-      return zp ? Launch<TA, true, 8>(p, x, y, stream, options, info) : Launch<TA, false, 8>(p, x, y, stream, options, info);
+    case 4: return launch(std::integral_constant<int, 4>{});
+    case 8: return launch(std::integral_constant<int, 8>{});
     default:
       return Unimplemented("MatMulNBits: the stream kernel's ring holds 2, 4 or 8 steps, not " +
                            std::to_string(options.ring_stages));

@@ -409,39 +409,51 @@ Result RunCublas(int64_t n, int64_t k, cudaStream_t stream, cublasHandle_t handl
   return res;
 }
 
-// Prefill-sized products with fp16 activations (--prefill): kMma on the packed W4 g128 weights, the
-// executor's prefill path (DequantizeNBits into a dense fp16 [n, k] matrix, then cublasGemmEx), and
-// cuBLAS on dense fp16 weights (the unquantized layer), us per call. One weight copy: at these row
-// counts the GEMM is bound by arithmetic, not by reading the weights.
+// Prefill-sized products (--prefill), activations of type T (fp16: the first table; float32: the
+// second): kMma on the packed W4 g128 weights (float32 activations as two fp16 halves), the
+// executor's prefill path (DequantizeNBits into a dense [n, k] matrix of T, then cuBLAS: GemmEx on
+// tensor cores for fp16, SGEMM without TF32 for float32) and the same cuBLAS call on dense weights
+// (the unquantized layer), us per call. One weight copy: at these row counts the GEMM is bound by
+// arithmetic, not by reading the weights.
 struct PrefillTimes {
   double mma = 0, dequant_gemm = 0, dense = 0;
 };
+template <typename T>
 PrefillTimes RunPrefill(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cublasHandle_t handle,
-                        qc::cuda::NBitsWorkspace& ws) {
+                        qc::cuda::NBitsWorkspace& ws, uint64_t seed) {
+  constexpr bool kFloat32 = std::is_same_v<T, float>;
+  auto fill = [&](T* p, int64_t count, uint64_t sd, float lo, float hi) {
+    if constexpr (kFloat32) FillFloats<<<1024, 256, 0, stream>>>(p, count, sd, lo, hi);
+    else FillHalves<<<1024, 256, 0, stream>>>(p, count, sd, lo, hi);
+  };
   qc::cuda::NBitsLayout layout{k, n, 4, 128};
   uint8_t* b;
   float* s;
-  __half *x, *y, *dense, *w16;
+  T *x, *y, *dense, *w_dense;
   CHECK_CUDA(cudaMalloc(&b, n * layout.row_bytes()));
   CHECK_CUDA(cudaMalloc(&s, n * layout.k_blocks() * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(__half)));
-  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(__half)));
-  CHECK_CUDA(cudaMalloc(&dense, n * k * sizeof(__half)));
-  CHECK_CUDA(cudaMalloc(&w16, n * k * sizeof(__half)));
-  FillBytes<<<1024, 256, 0, stream>>>(b, n * layout.row_bytes(), 400);
-  FillFloats<<<1024, 256, 0, stream>>>(s, n * layout.k_blocks(), 401, -0.02f, 0.02f);
-  FillHalves<<<1024, 256, 0, stream>>>(x, m * k, 402, -1.0f, 1.0f);
-  FillHalves<<<1024, 256, 0, stream>>>(w16, n * k, 403, -0.1f, 0.1f);
+  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&dense, n * k * sizeof(T)));
+  CHECK_CUDA(cudaMalloc(&w_dense, n * k * sizeof(T)));
+  FillBytes<<<1024, 256, 0, stream>>>(b, n * layout.row_bytes(), seed);
+  FillFloats<<<1024, 256, 0, stream>>>(s, n * layout.k_blocks(), seed + 1, -0.02f, 0.02f);
+  fill(x, m * k, seed + 2, -1.0f, 1.0f);
+  fill(w_dense, n * k, seed + 3, -0.1f, 0.1f);
   CHECK_CUDA(cudaGetLastError());
   NBitsWeightsView w;
   w.layout = layout;
   w.b = b;
   w.scales = s;
   const float alpha = 1.0f, beta = 0.0f;
-  auto gemm = [&](const __half* weights) {  // row-major y[m, n] = x[m, k] . weights[n, k]^T
-    CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-                              &alpha, weights, CUDA_R_16F, static_cast<int>(k), x, CUDA_R_16F, static_cast<int>(k), &beta, y,
-                              CUDA_R_16F, static_cast<int>(n), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  const int in = static_cast<int>(n), im = static_cast<int>(m), ik = static_cast<int>(k);
+  auto gemm = [&](const T* weights) {  // row-major y[m, n] = x[m, k] . weights[n, k]^T
+    if constexpr (kFloat32) {
+      CHECK_CUBLAS(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, in, im, ik, &alpha, weights, ik, x, ik, &beta, y, in));
+    } else {
+      CHECK_CUBLAS(cublasGemmEx(handle, CUBLAS_OP_T, CUBLAS_OP_N, in, im, ik, &alpha, weights, CUDA_R_16F, ik, x, CUDA_R_16F,
+                                ik, &beta, y, CUDA_R_16F, in, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
   };
   PrefillTimes t;
   t.mma = TimeGraph(stream, [&](int) {
@@ -451,59 +463,16 @@ PrefillTimes RunPrefill(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cu
     CHECK_OK(qc::cuda::DequantizeNBits(w, 0, n, dense, stream));
     gemm(dense);
   });
-  t.dense = TimeGraph(stream, [&](int) { gemm(w16); });
+  t.dense = TimeGraph(stream, [&](int) { gemm(w_dense); });
   for (void* p : {static_cast<void*>(b), static_cast<void*>(s), static_cast<void*>(x), static_cast<void*>(y),
-                  static_cast<void*>(dense), static_cast<void*>(w16)})
+                  static_cast<void*>(dense), static_cast<void*>(w_dense)})
     CHECK_CUDA(cudaFree(p));
   return t;
 }
 
-// The same with float32 activations (--prefill, second table): kMma (fp32 activations as two fp16
-// halves), the executor's float32 prefill path (DequantizeNBits into a dense float32 [n, k] matrix,
-// then SGEMM: no TF32) and SGEMM on dense float32 weights.
-PrefillTimes RunPrefillFloat32(int64_t n, int64_t k, int64_t m, cudaStream_t stream, cublasHandle_t handle,
-                               qc::cuda::NBitsWorkspace& ws) {
-  qc::cuda::NBitsLayout layout{k, n, 4, 128};
-  uint8_t* b;
-  float *s, *x, *y, *dense, *w32;
-  CHECK_CUDA(cudaMalloc(&b, n * layout.row_bytes()));
-  CHECK_CUDA(cudaMalloc(&s, n * layout.k_blocks() * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&x, m * k * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&y, m * n * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&dense, n * k * sizeof(float)));
-  CHECK_CUDA(cudaMalloc(&w32, n * k * sizeof(float)));
-  FillBytes<<<1024, 256, 0, stream>>>(b, n * layout.row_bytes(), 410);
-  FillFloats<<<1024, 256, 0, stream>>>(s, n * layout.k_blocks(), 411, -0.02f, 0.02f);
-  FillFloats<<<1024, 256, 0, stream>>>(x, m * k, 412, -1.0f, 1.0f);
-  FillFloats<<<1024, 256, 0, stream>>>(w32, n * k, 413, -0.1f, 0.1f);
-  CHECK_CUDA(cudaGetLastError());
-  NBitsWeightsView w;
-  w.layout = layout;
-  w.b = b;
-  w.scales = s;
-  const float alpha = 1.0f, beta = 0.0f;
-  auto gemm = [&](const float* weights) {  // row-major y[m, n] = x[m, k] . weights[n, k]^T
-    CHECK_CUBLAS(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
-                             weights, static_cast<int>(k), x, static_cast<int>(k), &beta, y, static_cast<int>(n)));
-  };
-  PrefillTimes t;
-  t.mma = TimeGraph(stream, [&](int) {
-    CHECK_OK(qc::cuda::MatMulNBits(w, x, y, m, ws, stream, qc::cuda::NBitsOptions{qc::cuda::NBitsKernel::kMma, 0}));
-  });
-  t.dequant_gemm = TimeGraph(stream, [&](int) {
-    CHECK_OK(qc::cuda::DequantizeNBits(w, 0, n, dense, stream));
-    gemm(dense);
-  });
-  t.dense = TimeGraph(stream, [&](int) { gemm(w32); });
-  for (void* p : {static_cast<void*>(b), static_cast<void*>(s), static_cast<void*>(x), static_cast<void*>(y),
-                  static_cast<void*>(dense), static_cast<void*>(w32)})
-    CHECK_CUDA(cudaFree(p));
-  return t;
-}
-
-// The variants a row of the table runs: the default call (kAuto), the int8 GEMV kernel with its
+// The variants a row of the table runs: the default call (kAuto), the stream kernel kStream with its
 // default geometry, the same without programmatic dependent launch (one call timed in isolation),
-// the fp16 GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
+// the GEMV kernel kGemv and the tensor-core kernel kMma (the defaults before), all in the same
 // session.
 std::vector<qc::cuda::NBitsOptions> TableVariants() {
   qc::cuda::NBitsOptions stream, isolated, gemv;
@@ -680,7 +649,7 @@ int main(int argc, char** argv) {
     const std::pair<int64_t, int64_t> layers[] = {{2048, 2048}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
     for (const auto& [n, k] : layers)
       for (int64_t m : {16, 32, 64, 128, 256, 1024, 2048}) {
-        const PrefillTimes t = RunPrefill(n, k, m, stream, handle, ws);
+        const PrefillTimes t = RunPrefill<__half>(n, k, m, stream, handle, ws, 400);
         std::printf("| %lld x %lld | %lld | %.1f | %.1f | %.1f |\n", static_cast<long long>(n), static_cast<long long>(k),
                     static_cast<long long>(m), t.mma, t.dequant_gemm, t.dense);
         std::fflush(stdout);
@@ -692,7 +661,7 @@ int main(int argc, char** argv) {
     std::printf("| N x K | m | kMma us | dequant + SGEMM us | dense fp32 us |\n| --- | --- | --- | --- | --- |\n");
     for (const auto& [n, k] : layers)
       for (int64_t m : {64, 128, 256, 512, 1024, 2048}) {
-        const PrefillTimes t = RunPrefillFloat32(n, k, m, stream, handle, ws);
+        const PrefillTimes t = RunPrefill<float>(n, k, m, stream, handle, ws, 410);
         std::printf("| %lld x %lld | %lld | %.1f | %.1f | %.1f |\n", static_cast<long long>(n), static_cast<long long>(k),
                     static_cast<long long>(m), t.mma, t.dequant_gemm, t.dense);
         std::fflush(stdout);

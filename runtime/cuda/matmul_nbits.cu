@@ -460,7 +460,6 @@ __device__ __forceinline__ constexpr int GemvVecOrder(int codes_per_word, int i)
                              : (i / 4) * 4 + (i % 2) * 2 + (i % 4) / 2;  // per word (j, j + 2): 0 2 1 3 4 6 5 7
 }
 
-
 template <int kBits, int kLoadBytes, typename TA, int kRowGroups, bool kHasZp>
 __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, const TA* __restrict__ x,
                                                                TA* __restrict__ y, int m, GemvPlan plan,
@@ -591,14 +590,9 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
       float mx = 0.0f;
 #pragma unroll
       for (int j = 0; j < 8; ++j) mx = fmaxf(mx, fabsf(v[j]));
-      // Non-negative floats order like their bit patterns. The prologue's rule without frexpf: a
-      // normal mx is below 2^(biased exponent - 126); subnormals clamp to e = 120 either way;
-      // zero and Inf/NaN groups keep e = 0.
-      const uint32_t mb = __reduce_max_sync(0xffffffffu, __float_as_uint(mx));
-      const int biased = static_cast<int>(mb >> 23);
-      const int e = mb != 0 && biased != 255 ? max(-120, min(120, 15 - (biased - 126))) : 0;
-      scale = __uint_as_float(static_cast<uint32_t>(127 + e) << 23);  // 2^e, a normal float
-      if (lane == 0) inv[r * plan.x_groups + grp] = __uint_as_float(static_cast<uint32_t>(127 - e) << 23);
+      const int e = ActivationExponent(__reduce_max_sync(0xffffffffu, __float_as_uint(mx)));
+      scale = Pow2(e);
+      if (lane == 0) inv[r * plan.x_groups + grp] = Pow2(-e);
     }
     __half* hi = xsm + r * kParts * x_halves;
     if constexpr (kVecX) {
@@ -1110,7 +1104,7 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m, bool half_ac
   const int lb = MmaLoadBytes(w.layout);
   // Vector loads need B aligned to their width (cudaMalloc gives 256 bytes; a view may not).
   if (lb == 0 || reinterpret_cast<uintptr_t>(w.b) % lb != 0) return NBitsKernel::kGeneric;
-  // One row of 4-bit weights: the stream kernel, 1.2-1.9x faster than kGemv and kMma on the four
+  // One row of 4-bit weights: the stream kernel, 1.1-1.9x faster than kGemv and kMma on the four
   // Llama shapes of the H200 benchmark, fp32 and fp16 activations (docs/BENCHMARKS.md); kGemv where
   // it cannot run (K < 1024, blocks not a multiple of 128): it measured faster than kMma there for
   // fp32 rows. With more rows the GEMV kernels' per-block activation conversion costs more than it

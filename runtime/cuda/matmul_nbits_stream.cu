@@ -125,16 +125,14 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
       const int st = u >> 4, wi = (u >> 2) & 3, t = u & 3;
       uint8_t* dst = smem + ((st * 4 + wi) * S::kXLanes + t) * 16;
       if constexpr (std::is_same_v<TA, float>) {
-        // The step's exponent (kMma's prologue rule): non-negative floats order like their bits; a
-        // normal max is below 2^(biased - 126); zero and Inf/NaN steps keep e = 0.
+        // The step's exponent, from the bits of its largest |x| over its 16 units (lanes).
         uint32_t mb = 0;
 #pragma unroll
         for (int j = 0; j < 8; ++j) mb = max(mb, r[b][j] & 0x7fffffffu);
 #pragma unroll
         for (int off = 1; off < 16; off <<= 1) mb = max(mb, __shfl_xor_sync(0xffffffffu, mb, off));
-        const int biased = static_cast<int>(mb >> 23);
-        const int e = mb != 0 && biased != 255 ? max(-120, min(120, 15 - (biased - 126))) : 0;
-        const float scale = __uint_as_float(static_cast<uint32_t>(127 + e) << 23);  // 2^e: exact products
+        const int e = ActivationExponent(mb);
+        const float scale = Pow2(e);  // exact products
         uint32_t hi[4], lo[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -147,7 +145,7 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
         if (valid) {
           *reinterpret_cast<uint4*>(dst) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
           *reinterpret_cast<uint4*>(dst + 4 * 16) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-          if ((u & 15) == 0) inv[st] = __uint_as_float(static_cast<uint32_t>(127 - e) << 23);
+          if ((u & 15) == 0) inv[st] = Pow2(-e);
         }
       } else if (valid) {
         const uint32_t* h = r[b];

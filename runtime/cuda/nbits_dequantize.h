@@ -21,9 +21,9 @@ namespace qc::cuda {
 /// activations dequantises its weights and runs a dense GEMM.
 constexpr int64_t kDequantGemmMinRows = 64;
 /// The same for float32 activations. kMma computes them as two fp16 halves on tensor cores, twice
-/// its 16-bit work; SGEMM has no tensor cores, so it wins later: at 1024 rows the float32 1.1B
-/// evaluated faster dense (16222 tok/s) than through kMma (14165; docs/BENCHMARKS.md, CUDA end
-/// to end). 256 is an estimate between the two, to be placed by `bench/cuda_gemv.sh --prefill`.
+/// its 16-bit work; SGEMM has no tensor cores, so it wins later. Measured on the H200
+/// (`bench/cuda_gemv.sh --prefill`, docs/BENCHMARKS.md): kMma wins on every 1.1B layer below 256
+/// rows, the two are within 2% at 256, SGEMM wins by 16-26% from 512.
 constexpr int64_t kDequantGemmMinRowsFloat32 = 256;
 
 /// Writes dequant(B) for output columns [col0, col0 + cols) of `w` as a row-major [cols, K]

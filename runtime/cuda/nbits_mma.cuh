@@ -92,6 +92,19 @@ struct Dequant {
   }
 };
 
+// The power-of-two exponent e that puts a group of fp32 activations into fp16 before the hi + lo
+// split, from the bits of the group's largest |x| (non-negative floats order like their bits): e
+// brings it below 2^15 (no fp16 overflow; lo keeps ~11 more bits), clamped to [-120, 120] so 2^e
+// and 2^-e stay normal floats (subnormal maxima clamp to 120); zero and Inf/NaN groups keep e = 0.
+// The same rule as the kMma prologue's frexpf form.
+__device__ __forceinline__ int ActivationExponent(uint32_t max_abs_bits) {
+  const int biased = static_cast<int>(max_abs_bits >> 23);
+  return max_abs_bits != 0 && biased != 255 ? max(-120, min(120, 15 - (biased - 126))) : 0;
+}
+
+// 2^e as a float, for |e| <= 126 (exact).
+__device__ __forceinline__ float Pow2(int e) { return __uint_as_float(static_cast<uint32_t>(127 + e) << 23); }
+
 __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
   uint32_t d;  // {hi, lo} -> fp16x2 with lo in the low half, round to nearest
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));

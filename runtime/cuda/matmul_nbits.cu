@@ -88,15 +88,9 @@ __global__ void __launch_bounds__(256) PrepareActivationsKernel(const TA* __rest
   float scale = 1.0f;
   if constexpr (kParts == 2) {
     // Non-negative floats order like their bit patterns. Inf/NaN groups keep e = 0 (they stay non-finite).
-    mx = __uint_as_float(__reduce_max_sync(0xffffffffu, __float_as_uint(mx)));
-    int e = 0;
-    if (mx > 0.0f && isfinite(mx)) {
-      int exp2 = 0;
-      frexpf(mx, &exp2);                   // mx < 2^exp2
-      e = max(-120, min(120, 15 - exp2));  // a normal float either way
-    }
-    scale = ldexpf(1.0f, e);
-    if (lane == 0) xs[static_cast<int64_t>(row) * groups + group] = ldexpf(1.0f, -e);
+    const int e = ActivationExponent(__reduce_max_sync(0xffffffffu, __float_as_uint(mx)));
+    scale = Pow2(e);
+    if (lane == 0) xs[static_cast<int64_t>(row) * groups + group] = Pow2(-e);
   }
   __half* hi = xq + static_cast<int64_t>(row) * kParts * kg;
 #pragma unroll
@@ -106,7 +100,7 @@ __global__ void __launch_bounds__(256) PrepareActivationsKernel(const TA* __rest
     const float s = v[j] * scale;  // times a power of two: exact
     const __half h = __float2half_rn(s);
     hi[pos] = h;
-    if constexpr (kParts == 2) hi[kg + pos] = __float2half_rn(s - __half2float(h));
+    if constexpr (kParts == 2) hi[kg + pos] = __float2half_rn(SplitRemainder(s, __half2float(h)));
   }
 }
 
@@ -603,9 +597,7 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
       uint32_t h[4], l[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        h[j] = PackHalves(sv[2 * j], sv[2 * j + 1]);
-        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&h[j]));
-        l[j] = PackHalves(sv[2 * j] - f.x, sv[2 * j + 1] - f.y);
+        SplitHalves(sv[2 * j], sv[2 * j + 1], h[j], l[j]);
       }
       const int pos = GemvXPos<kBits, kLoadBytes>(kl0);  // slot 0 holds code 0: the vector's start
       *reinterpret_cast<uint4*>(hi + pos) = make_uint4(h[0], h[1], h[2], h[3]);
@@ -617,7 +609,7 @@ __global__ void __launch_bounds__(kGemvThreads) NBitsGemvKernel(NBitsParams p, c
         const float sj = v[j] * scale;
         const __half h = __float2half_rn(sj);
         hi[pos] = h;
-        if constexpr (kParts == 2) hi[x_halves + pos] = __float2half_rn(sj - __half2float(h));
+        if constexpr (kParts == 2) hi[x_halves + pos] = __float2half_rn(SplitRemainder(sj, __half2float(h)));
       }
     }
   }

@@ -137,10 +137,7 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const float a = __uint_as_float(r[b][j]) * scale, c = __uint_as_float(r[b][j + 4]) * scale;
-          hi[j] = PackHalves(a, c);
-          const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hi[j]));
-          // Where hi is infinite (an infinite x: e = 0 keeps it so), lo is 0, not Inf - Inf.
-          lo[j] = PackHalves(isinf(f.x) ? 0.0f : a - f.x, isinf(f.y) ? 0.0f : c - f.y);
+          SplitHalves(a, c, hi[j], lo[j]);
         }
         if (valid) {
           *reinterpret_cast<uint4*>(dst) = make_uint4(hi[0], hi[1], hi[2], hi[3]);

@@ -96,7 +96,6 @@ struct Dequant {
 // split, from the bits of the group's largest |x| (non-negative floats order like their bits): e
 // brings it below 2^15 (no fp16 overflow; lo keeps ~11 more bits), clamped to [-120, 120] so 2^e
 // and 2^-e stay normal floats (subnormal maxima clamp to 120); zero and Inf/NaN groups keep e = 0.
-// The same rule as the kMma prologue's frexpf form.
 __device__ __forceinline__ int ActivationExponent(uint32_t max_abs_bits) {
   const int biased = static_cast<int>(max_abs_bits >> 23);
   return max_abs_bits != 0 && biased != 255 ? max(-120, min(120, 15 - (biased - 126))) : 0;
@@ -109,6 +108,18 @@ __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
   uint32_t d;  // {hi, lo} -> fp16x2 with lo in the low half, round to nearest
   asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
   return d;
+}
+
+// The lo half of the hi + lo split of s (x * 2^e) once hi is s in fp16: s - hi, or 0 where hi is
+// infinite. ActivationExponent leaves a group with an infinite x at e = 0, so such an x gives Inf,
+// as the reference does, not Inf - Inf = NaN.
+__device__ __forceinline__ float SplitRemainder(float s, float hi) { return isinf(hi) ? 0.0f : s - hi; }
+
+// The hi + lo split of two scaled activations (a in the low half of each word).
+__device__ __forceinline__ void SplitHalves(float a, float c, uint32_t& hi, uint32_t& lo) {
+  hi = PackHalves(a, c);
+  const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&hi));
+  lo = PackHalves(SplitRemainder(a, f.x), SplitRemainder(c, f.y));
 }
 
 }  // namespace qc::cuda

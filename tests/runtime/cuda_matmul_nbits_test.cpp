@@ -665,29 +665,40 @@ TEST(CudaMatMulNBitsPrecision, StreamStepsOfExtremeMagnitude) {
   }
 }
 
-// An infinite input gives what the reference gives: +-Inf in columns whose weight there is not
-// zero, NaN where it is (Inf x 0), not NaN everywhere (Inf - Inf in the lo half).
-TEST(CudaMatMulNBitsPrecision, StreamInfiniteInput) {
+// An infinite input gives what the reference gives on every fp32 kernel: +-Inf in columns whose
+// weight there is not zero, NaN where it is (Inf x 0), not NaN everywhere (Inf - Inf in the lo
+// half), and the other rows stay finite.
+TEST(CudaMatMulNBitsPrecision, InfiniteInputGivesInfinityOnEveryKernel) {
   SKIP_WITHOUT_DEVICE();
   std::mt19937 rng(21);
-  Layer L = MakeLayer(LayerSpec{1, 1024, 48, 4, 128, false, false, false, false}, rng);
-  L.inputs[0] = L.inputs[0].Clone();
-  L.inputs[0].mutable_data<float>()[300] = std::numeric_limits<float>::infinity();
-  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
-  ASSERT_TRUE(up.ok());
-  NBitsWorkspace ws;
-  const std::vector<float> want = Reference(L);
-  const std::vector<float> got = RunF32(*up, L, ws, StreamOptions());
-  ASSERT_EQ(got.size(), want.size());
-  int infinite = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    EXPECT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "column " << i << ": got " << got[i] << " want " << want[i];
-    if (std::isinf(want[i])) {
-      ++infinite;
-      EXPECT_EQ(got[i], want[i]) << "column " << i;
+  // kStream takes one row; kGemv and kMma also three (an infinite x in row 1 only).
+  for (int64_t m : {1, 3})
+    for (NBitsKernel kernel : {NBitsKernel::kStream, NBitsKernel::kGemv, NBitsKernel::kMma}) {
+      if (m > 1 && kernel == NBitsKernel::kStream) continue;
+      SCOPED_TRACE("m = " + std::to_string(m) + ", kernel " + std::to_string(static_cast<int>(kernel)));
+      Layer L = MakeLayer(LayerSpec{m, 1024, 48, 4, 128, false, false, false, false}, rng);
+      L.inputs[0] = L.inputs[0].Clone();
+      L.inputs[0].mutable_data<float>()[(m - 1) / 2 * L.k + 300] = std::numeric_limits<float>::infinity();
+      auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+      ASSERT_TRUE(up.ok());
+      NBitsWorkspace ws;
+      const std::vector<float> want = Reference(L);
+      NBitsOptions options = StreamOptions();
+      options.kernel = kernel;
+      const std::vector<float> got = RunF32(*up, L, ws, options);
+      ASSERT_EQ(got.size(), want.size());
+      int infinite = 0;
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "y " << i << ": got " << got[i] << " want " << want[i];
+        if (std::isinf(want[i])) {
+          ++infinite;
+          EXPECT_EQ(got[i], want[i]) << "y " << i;
+        } else if (!std::isnan(want[i])) {
+          EXPECT_TRUE(std::isfinite(got[i])) << "y " << i << ": got " << got[i];
+        }
+      }
+      EXPECT_GT(infinite, 0);
     }
-  }
-  EXPECT_GT(infinite, 0);
 }
 
 // DequantizeNBits (the prefill path's dense weights) on every layout: float32 output equals this

@@ -1,5 +1,6 @@
 // sm_90 asynchronous copies into shared memory for the MatMulNBits GEMV kernels: mbarriers, the
-// copy engine's bulk copies (cp.async.bulk) and 4-byte cp.async, plus programmatic dependent launch.
+// copy engine's bulk copies (cp.async.bulk) and 4-byte cp.async, plus programmatic dependent launch
+// and thread block clusters.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,21 +61,62 @@ __device__ __forceinline__ void AllowDependents() { asm volatile("griddepcontrol
 
 // Launches `kernel` on `stream`, with programmatic stream serialisation when `programmatic` (it may
 // then start while the stream's previous kernel runs; it must call WaitForPrologue before reading
-// that kernel's output).
+// that kernel's output), in clusters of `cluster` blocks along x when above 1 (grid.x a multiple).
 template <typename... Params, typename... Args>
-cudaError_t LaunchProgrammatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
-                               cudaStream_t stream, bool programmatic, Args&&... args) {
+cudaError_t LaunchProgrammaticClusters(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
+                                       cudaStream_t stream, bool programmatic, unsigned cluster, Args&&... args) {
   cudaLaunchConfig_t config = {};
   config.gridDim = grid;
   config.blockDim = block;
   config.dynamicSmemBytes = dynamic_smem;
   config.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (programmatic) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (cluster > 1) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = cluster;
+    attr[n].val.clusterDim.y = 1;
+    attr[n].val.clusterDim.z = 1;
+    ++n;
+  }
   config.attrs = attr;
-  config.numAttrs = programmatic ? 1 : 0;
+  config.numAttrs = n;
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+template <typename... Params, typename... Args>
+cudaError_t LaunchProgrammatic(void (*kernel)(Params...), dim3 grid, dim3 block, size_t dynamic_smem,
+                               cudaStream_t stream, bool programmatic, Args&&... args) {
+  return LaunchProgrammaticClusters(kernel, grid, block, dynamic_smem, stream, programmatic, 1u,
+                                    std::forward<Args>(args)...);
+}
+
+// Distributed shared memory (thread block clusters): this block's rank in its cluster, and a store
+// to the same offset of another block's shared memory.
+__device__ __forceinline__ int ClusterRank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return static_cast<int>(r);
+}
+__device__ __forceinline__ uint32_t PeerSmemAddr(const void* local, int rank) {
+  uint32_t a;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(SmemAddr(local)), "r"(rank));
+  return a;
+}
+__device__ __forceinline__ void StorePeer(uint32_t addr, uint4 v) {
+  asm volatile("st.shared::cluster.v4.u32 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+__device__ __forceinline__ void StorePeer(uint32_t addr, float v) {
+  asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
+}
+// Every thread of every block of the cluster; the stores before it are seen by all after it.
+__device__ __forceinline__ void ClusterSync() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
 
 }  // namespace qc::cuda

@@ -89,6 +89,10 @@ struct NBitsOptions {
   /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4; another value is Unimplemented, also
   /// when kAuto picks kStream).
   int ring_stages = 0;
+  /// kStream: blocks per cluster, 1 or 2, that share the staging of X (each converts half of it
+  /// into both blocks' shared memory); 0: 2 for fp32 rows where a block has at most 2 tiles to
+  /// spread the staging over, else 1. Another value is Unimplemented.
+  int stream_cluster = 0;
 };
 
 /// Scratch of the tensor-core kernel: the activations prepared for it (fp16, in its lane order,

@@ -15,7 +15,8 @@
 // the pair order the LOP3 tricks produce (codes j, j + 4). fp32 rows become hi + lo fp16 halves of
 // x * 2^e (e per step, so the step's largest |x| lands below 2^15) in B columns 0 and 1; fp16 rows
 // are copied into column 0. Lanes of the other B columns read the same data: their D columns are
-// never read, and no lane needs a predicate.
+// never read, and no lane needs a predicate. Where blocks have few tiles, pairs of blocks form a
+// cluster and each converts half of fp32 X into both blocks' shared memory (ClusterSize).
 //
 // Per step: 8 words per lane -> 32 fp16 pairs of (code - zero point), exact small integers; 8 mma
 // (products exact in the fp32 accumulators) on two independent chains; the step's fp32 scale (and
@@ -101,15 +102,27 @@ __device__ __forceinline__ void LoadUnit(const TA* __restrict__ x, int k, int k0
   }
 }
 
+// Stores v at `local` in this block's shared memory and, when `peer` >= 0, at the same offset in
+// the shared memory of block `peer` of the cluster.
+template <typename V>
+__device__ __forceinline__ void StoreStaged(void* local, V v, int peer) {
+  *reinterpret_cast<V*>(local) = v;
+  if (peer >= 0) StorePeer(PeerSmemAddr(local, peer), v);
+}
+
+// In a cluster of two, each block stages half of the steps into both blocks' shared memory (the
+// conversion, fp32's above all, costs as much as streaming a tile where a block has one or two).
 template <typename TA>
-__device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uint8_t* smem) {
+__device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uint8_t* smem, int cluster) {
   using S = StreamSmem<TA>;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int units = steps * 16;
+  const int rank = cluster == 2 ? ClusterRank() : 0, peer = cluster == 2 ? rank ^ 1 : -1;
+  const int units = (rank + 1) * steps / cluster * 16;  // this block's units: [first, units)
+  const int first = rank * steps / cluster * 16;
   const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   float* inv = reinterpret_cast<float*>(smem + S::inv_off(steps));
   // Whole warps run every iteration (the fp32 exponent is a 16-lane shuffle reduction).
-  for (int u0 = warp * 32; u0 < units; u0 += kThreads * kStageBatch) {
+  for (int u0 = first + warp * 32; u0 < units; u0 += kThreads * kStageBatch) {
     uint32_t r[kStageBatch][8];
 #pragma unroll
     for (int b = 0; b < kStageBatch; ++b) {
@@ -140,14 +153,16 @@ __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uin
           SplitHalves(a, c, hi[j], lo[j]);
         }
         if (valid) {
-          *reinterpret_cast<uint4*>(dst) = make_uint4(hi[0], hi[1], hi[2], hi[3]);
-          *reinterpret_cast<uint4*>(dst + 4 * 16) = make_uint4(lo[0], lo[1], lo[2], lo[3]);
-          if ((u & 15) == 0) inv[st] = Pow2(-e);
+          StoreStaged(dst, make_uint4(hi[0], hi[1], hi[2], hi[3]), peer);
+          StoreStaged(dst + 4 * 16, make_uint4(lo[0], lo[1], lo[2], lo[3]), peer);
+          if ((u & 15) == 0) StoreStaged(&inv[st], Pow2(-e), peer);
         }
       } else if (valid) {
         const uint32_t* h = r[b];
-        *reinterpret_cast<uint4*>(dst) = make_uint4(__byte_perm(h[0], h[2], 0x5410), __byte_perm(h[0], h[2], 0x7632),
-                                                    __byte_perm(h[1], h[3], 0x5410), __byte_perm(h[1], h[3], 0x7632));
+        StoreStaged(dst,
+                    make_uint4(__byte_perm(h[0], h[2], 0x5410), __byte_perm(h[0], h[2], 0x7632),
+                               __byte_perm(h[1], h[3], 0x5410), __byte_perm(h[1], h[3], 0x7632)),
+                    peer);
       }
     }
   }
@@ -207,7 +222,7 @@ struct StepLoader {
 
 template <typename TA, bool kHasZp, int kDepth>
 __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
-    NBitsStreamKernel(NBitsParams p, const TA* __restrict__ x, TA* __restrict__ y, int n_tiles) {
+    NBitsStreamKernel(NBitsParams p, const TA* __restrict__ x, TA* __restrict__ y, int n_tiles, int cluster) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using S = StreamSmem<TA>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -228,10 +243,15 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
   for (int s = 0; s < kDepth; ++s)
     if (s < total) loader.Load(ring[s]);
 
-  // 2. X, the previous kernel's output.
+  // 2. X, the previous kernel's output. A cluster's blocks write into each other's shared memory
+  // only before the cluster barrier: none exits while the other may still write to it.
   WaitForPrologue();
-  StageActivations<TA>(x, p.k, steps, smem);
-  __syncthreads();
+  StageActivations<TA>(x, p.k, steps, smem, cluster);
+  if (cluster == 2) {
+    ClusterSync();
+  } else {
+    __syncthreads();
+  }
 
   // 3. The ring.
   const uint8_t* xq = smem + (std::is_same_v<TA, float> ? (lane & 7) : (lane & 3)) * 16;
@@ -315,6 +335,18 @@ int LaunchBlocks(int n_tiles, int steps, int fit_per_sm, const NBitsOptions& opt
   return std::min(n_tiles, std::max(1, std::min(wanted, fit_per_sm)) * info.sm_count);
 }
 
+// Blocks per cluster (options.stream_cluster when given): for fp32 rows, whose staging converts
+// each value to hi + lo halves, two where the busiest block has at most 2 tiles to spread that over;
+// else one. Measured on the H200 (docs/BENCHMARKS.md): fp32 rows 2-8% faster on 4096 x 4096, 4096 x
+// 11008 and 8192 x 8192 (1-2 tiles a block), 2% slower on 11008 x 4096 (3); fp16 rows (a byte
+// shuffle to stage) no faster at one tile a block and 5-15% slower at two or three.
+template <typename TA>
+int ClusterSize(int n_tiles, int blocks, const NBitsOptions& options) {
+  if (blocks < 2) return 1;
+  if (options.stream_cluster > 0) return options.stream_cluster;
+  return std::is_same_v<TA, float> && (n_tiles + blocks - 1) / blocks <= 2 ? 2 : 1;
+}
+
 // Blocks of `kernel` that fit on an SM with `smem` bytes of dynamic shared memory, once per
 // (kernel, device, smem): the occupancy query costs microseconds, a decode step makes ~150 calls.
 int BlocksPerSm(const void* kernel, size_t smem, const DeviceInfo& info) {
@@ -341,9 +373,12 @@ Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, con
   const size_t smem = static_cast<size_t>(StreamSmem<TA>::bytes(steps));
   QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/false));
   const int fit_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kernel), smem, info);
-  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammatic(kernel, dim3(LaunchBlocks(n_tiles, steps, fit_per_sm, options, info)),
-                                             dim3(kThreads), smem, stream, options.programmatic_launch, p, x, y,
-                                             n_tiles));
+  int blocks = LaunchBlocks(n_tiles, steps, fit_per_sm, options, info);
+  const int cluster = ClusterSize<TA>(n_tiles, blocks, options);
+  blocks -= blocks % cluster;  // whole clusters
+  QC_CUDA_RETURN_IF_ERROR(LaunchProgrammaticClusters(kernel, dim3(blocks), dim3(kThreads), smem, stream,
+                                                     options.programmatic_launch, static_cast<unsigned>(cluster), p,
+                                                     x, y, n_tiles, cluster));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsStreamKernel");
   return Status::Ok();
 }
@@ -355,6 +390,9 @@ Status Run(const NBitsWeightsView& w, const TA* x, TA* y, cudaStream_t stream, c
   // Fewer steps than warps would leave a warp out of the tile barriers: StreamSupported refuses it.
   if (StepsOf(p.k) < kMinSteps) return Internal("MatMulNBits: the stream kernel needs K >= 1024");
   const bool zp = p.zp != nullptr;
+  if (options.stream_cluster < 0 || options.stream_cluster > 2)
+    return Unimplemented("MatMulNBits: the stream kernel's clusters hold 1 or 2 blocks, not " +
+                         std::to_string(options.stream_cluster));
   static_assert(kDefaultDepth == 4, "ring_stages 0 below");
   // Each ring depth is its own instantiation, with and without zero points.
   auto launch = [&](auto depth) {

@@ -263,12 +263,13 @@ constexpr double kF32Tol = 4e-6;
 
 // kStream with `blocks` blocks (0: its own choice), `depth` steps in flight per warp (0: 4) and
 // programmatic launch on or off.
-NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true) {
+NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true, int cluster = 0) {
   NBitsOptions o;
   o.kernel = NBitsKernel::kStream;
   o.gemv_blocks = blocks;
   o.ring_stages = depth;
   o.programmatic_launch = programmatic;
+  o.stream_cluster = cluster;
   return o;
 }
 
@@ -529,9 +530,13 @@ TEST(CudaMatMulNBits, Deterministic) {
   const Layer L1 = MakeLayer(LayerSpec{1, 4096, 100, 4, 128, true, false, false, false}, rng);
   auto up1 = NBitsWeights::Upload(L1.node, InputPtrs(L1));
   ASSERT_TRUE(up1.ok());
-  const std::vector<float> a = RunF32(*up1, L1, ws, StreamOptions(3));
-  const std::vector<float> b = RunF32(*up1, L1, ws, StreamOptions(3));
+  const std::vector<float> a = RunF32(*up1, L1, ws, StreamOptions(4));
+  const std::vector<float> b = RunF32(*up1, L1, ws, StreamOptions(4));
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "stream";
+  // Which block of a cluster converts a value does not change it: the same bits with and without.
+  const std::vector<float> c1 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, 1));
+  const std::vector<float> c2 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, 2));
+  EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)), 0) << "stream, clusters of 1 and 2";
 }
 
 // Blocks longer than a K slice (ONNX Runtime's per-channel form: one block of the next power of
@@ -576,9 +581,12 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
     acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
     for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
     for (int s = 0; s < kSteps; ++s) {  // queued back to back, no synchronisation in between
-      // Odd steps: kStream (one row; default or 9 blocks) or kMma (its prologue and main kernel).
+      // Odd steps: kStream (one row; the default, here clusters of 2 blocks with one tile each; or
+      // 9 blocks, alone or in clusters) or kMma (its prologue and main kernel).
       NBitsOptions options{NBitsKernel::kGemv, 2};
-      if (s % 2) options = m == 1 ? StreamOptions(s % 4 == 1 ? 0 : 9) : NBitsOptions{NBitsKernel::kMma, 0};
+      if (s % 2)
+        options = m == 1 ? (s % 4 == 1 ? StreamOptions() : StreamOptions(9, 0, true, s % 8 == 3 ? 1 : 2))
+                         : NBitsOptions{NBitsKernel::kMma, 0};
       ASSERT_OK(cuda::MatMulNBits(up->view(), acts[s].get(), acts[s + 1].get(), m, ws, nullptr, options));
     }
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
@@ -621,6 +629,11 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
                     "stream, 3 blocks, depth 8, no programmatic launch");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 4)), want, prod, kF32Tol, 0, "stream, 7 blocks");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(), 1), want, prod, kF32Tol, 0, "stream, X not 16-byte aligned");
+        // Clusters of two blocks staging half of X each (N = 1: one block, no cluster).
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, 1)), want, prod, kF32Tol, 0, "stream, no clusters");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, 2)), want, prod, kF32Tol, 0, "stream, clusters of 2");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 2, false, 2), 1), want, prod, kF32Tol, 0,
+                    "stream, 7 blocks in clusters of 2 (6 run), depth 2, X not aligned, no programmatic launch");
         const Layer H = RoundedToHalf(L);
         const std::vector<float> want_h = Reference(H);
         const std::vector<double> prod_h = AbsProducts(H, H.inputs[0].data<float>());
@@ -629,6 +642,10 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
                     "stream fp16, 5 blocks, depth 2");
         ExpectClose(RunF16(*up, H, ws, StreamOptions(), 3), want_h, prod_h, kF32Tol, 1e-3,
                     "stream fp16, X not 16-byte aligned");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(0, 0, true, 2), 3), want_h, prod_h, kF32Tol, 1e-3,
+                    "stream fp16, clusters of 2, X not 16-byte aligned");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(3, 8, true, 2)), want_h, prod_h, kF32Tol, 1e-3,
+                    "stream fp16, 3 blocks in clusters of 2, depth 8");
         ++runs;
       }
   EXPECT_EQ(runs, 5 * 2 * 2);
@@ -816,7 +833,8 @@ TEST(CudaMatMulNBits, Negative_ForcedGemvOnTooManyRows) {
   EXPECT_NE(s.message().find("rows"), std::string::npos) << s.message();
 }
 
-// The stream kernel says which limit a forced call broke: rows, bit width, block size, K.
+// The stream kernel says which limit a forced call broke: rows, bit width, block size, K, cluster
+// size.
 TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
   SKIP_WITHOUT_DEVICE();
   std::mt19937 rng(20);
@@ -838,6 +856,15 @@ TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
     EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
     EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
   }
+  // A layout it takes, with a cluster size it does not.
+  const Layer L = MakeLayer(LayerSpec{1, 2048, 64, 4, 128, false, false, false, false}, rng);
+  auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
+  ASSERT_TRUE(up.ok());
+  auto x = DeviceArray<float>::Poisoned(L.k);
+  auto y = DeviceArray<float>::Poisoned(L.n);
+  const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), 1, ws, nullptr, StreamOptions(0, 0, true, 3));
+  EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
+  EXPECT_NE(s.message().find("1 or 2 blocks"), std::string::npos) << s.message();
 }
 
 TEST(CudaMatMulNBits, Negative_ForcedMmaOnGIdx) {

@@ -487,7 +487,7 @@ std::vector<qc::cuda::NBitsOptions> TableVariants() {
 int main(int argc, char** argv) {
   // --sweep: also time the GEMV kernel (W4/W8, fp32/fp16 activations) over tiles per block and
   // split-K factors, to tune the defaults; --sweep-stream: the stream kernel over blocks per SM x
-  // steps in flight, and x blocks per cluster; --floor: the read floor of each shape
+  // steps in flight, and staging mode x blocks per SM; --floor: the read floor of each shape
   // (ReadFloorUs). --rows M: batch M instead of 1.
   bool sweep = false, sweep_stream = false, prefill = false, floor = false;
   int64_t rows = 1;
@@ -624,16 +624,17 @@ int main(int argc, char** argv) {
           return o;
         });
     }
-    std::printf("\nStream kernel clusters, us per call: rows = blocks per cluster sharing the staging of X (0: the "
-                "kernel's choice), columns = blocks per SM (0: the kernel's choice)\n");
+    std::printf("\nStream kernel staging, us per call: rows = how X is staged (0: the kernel's choice, 1: the "
+                "block, 2: each warp its own steps, 3: cluster pairs), columns = blocks per SM (0: the kernel's "
+                "choice)\n");
     for (const Variant& v : kinds) {
       if (v.bits != 4) continue;
       for (const Shape& s : shapes)
-        sweep_table(v, s, "cluster \\ blocks/SM", {0, 1, 2}, {0, 1, 2}, [&](int cluster, int per_sm) {
+        sweep_table(v, s, "staging \\ blocks/SM", {0, 1, 2, 3}, {0, 1, 2}, [&](int staging, int per_sm) {
           qc::cuda::NBitsOptions o;
           o.kernel = qc::cuda::NBitsKernel::kStream;
           o.gemv_blocks = per_sm * info->sm_count;
-          o.stream_cluster = cluster;
+          o.stream_staging = static_cast<qc::cuda::StreamStaging>(staging);
           return o;
         });
     }

@@ -7,7 +7,7 @@
 #                          [--pattern] [--profile-one]
 #   --sweep: also time the GEMV kernel (kGemv) over tiles per block x K slices, every weight and
 #   activation type; --sweep-stream: the stream kernel (kStream) over blocks per SM x steps in
-#   flight, and over blocks per cluster x blocks per SM;
+#   flight, and over staging mode x blocks per SM;
 #   --prefill: W4 products of 16-2048 rows (fp16, then float32 with SGEMM), kMma vs the executor's
 #   dequantise + cuBLAS path vs dense cuBLAS; --floor: per shape, the least time one launch takes
 #   to read a W4 layer's bytes (no arithmetic), against the 75%-of-copy target; --rows M: batch M

@@ -73,6 +73,20 @@ NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool hal
 
 /// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
 /// common paths.
+/// How kStream stages X into shared memory before its first step.
+enum class StreamStaging {
+  /// kClusterPair for fp32 rows where each block has a single tile, else kWarp (measured:
+  /// docs/BENCHMARKS.md, "Where kStream's time goes").
+  kAuto,
+  /// The block's threads stage all of X, then wait for each other.
+  kBlock,
+  /// Each warp stages the steps it reads and goes on without waiting for the others.
+  kWarp,
+  /// Two blocks of a thread block cluster each stage half of X into both blocks' shared memory
+  /// (a launch of one block stages alone, as kBlock).
+  kClusterPair,
+};
+
 struct NBitsOptions {
   NBitsKernel kernel = NBitsKernel::kAuto;
   /// Number of K slices across blocks, summed by the last block of each tile (0: the kernel's own
@@ -89,10 +103,8 @@ struct NBitsOptions {
   /// kStream: steps in flight per warp, 2, 4 or 8 (0: 4; another value is Unimplemented, also
   /// when kAuto picks kStream).
   int ring_stages = 0;
-  /// kStream: blocks per cluster, 1 or 2, that share the staging of X (each converts half of it
-  /// into both blocks' shared memory); 0: 2 for fp32 rows where a block has at most 2 tiles to
-  /// spread the staging over, else 1. Another value is Unimplemented.
-  int stream_cluster = 0;
+  /// kStream: how X is staged into shared memory (StreamStaging).
+  StreamStaging stream_staging = StreamStaging::kAuto;
 };
 
 /// Scratch of the tensor-core kernel: the activations prepared for it (fp16, in its lane order,

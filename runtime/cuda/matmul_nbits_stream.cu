@@ -15,8 +15,8 @@
 // the pair order the LOP3 tricks produce (codes j, j + 4). fp32 rows become hi + lo fp16 halves of
 // x * 2^e (e per step, so the step's largest |x| lands below 2^15) in B columns 0 and 1; fp16 rows
 // are copied into column 0. Lanes of the other B columns read the same data: their D columns are
-// never read, and no lane needs a predicate. Where blocks have few tiles, pairs of blocks form a
-// cluster and each converts half of fp32 X into both blocks' shared memory (ClusterSize).
+// never read, and no lane needs a predicate. How the staging is shared out (the block's threads,
+// each warp its own steps, or a pair of blocks of a cluster) is picked per layer (Staging).
 //
 // Per step: 8 words per lane -> 32 fp16 pairs of (code - zero point), exact small integers; 8 mma
 // (products exact in the fp32 accumulators) on two independent chains; the step's fp32 scale (and
@@ -70,8 +70,7 @@ struct StreamSmem {
 // same columns; without them (every tile's sums kept to the end) the kernel was 5-10% slower.
 __device__ __forceinline__ void TileBarrier() { asm volatile("barrier.sync 1;" ::: "memory"); }
 
-// Stages the whole row of X (steps * 128 values, zeros past K) in the B-fragment
-// order: unit u = (step, word, t) holds the 8 consecutive codes 32t + 8word .. of its step, as
+// Staging X (steps * 128 values, zeros past K) in the B-fragment order: unit u = (step, word, t) holds the 8 consecutive codes 32t + 8word .. of its step, as
 // the 4 pairs (0, 4), (1, 5), (2, 6), (3, 7). A thread loads kStageBatch units before converting
 // any (X comes from L2: one round trip per batch, not per unit).
 constexpr int kStageBatch = 4;
@@ -110,31 +109,29 @@ __device__ __forceinline__ void StoreStaged(void* local, V v, int peer) {
   if (peer >= 0) StorePeer(PeerSmemAddr(local, peer), v);
 }
 
-// In a cluster of two, each block stages half of the steps into both blocks' shared memory (the
-// conversion, fp32's above all, costs as much as streaming a tile where a block has one or two).
+// Stages units [u_begin, u_end) (whole steps), this warp's first at u_first, then every `stride`
+// units; `peer` >= 0 also stores each into that cluster block's shared memory.
 template <typename TA>
-__device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uint8_t* smem, int cluster) {
+__device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uint8_t* smem, int u_first, int u_end,
+                                 int stride, int peer) {
   using S = StreamSmem<TA>;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int rank = cluster == 2 ? ClusterRank() : 0, peer = cluster == 2 ? rank ^ 1 : -1;
-  const int units = (rank + 1) * steps / cluster * 16;  // this block's units: [first, units)
-  const int first = rank * steps / cluster * 16;
+  const int lane = threadIdx.x & 31;
   const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
   float* inv = reinterpret_cast<float*>(smem + S::inv_off(steps));
   // Whole warps run every iteration (the fp32 exponent is a 16-lane shuffle reduction).
-  for (int u0 = first + warp * 32; u0 < units; u0 += kThreads * kStageBatch) {
+  for (int u0 = u_first; u0 < u_end; u0 += stride * kStageBatch) {
     uint32_t r[kStageBatch][8];
 #pragma unroll
     for (int b = 0; b < kStageBatch; ++b) {
-      const int u = u0 + b * kThreads + lane;
+      const int u = u0 + b * stride + lane;
       const int st = u >> 4, wi = (u >> 2) & 3, t = u & 3;
-      LoadUnit<TA>(x, k, st * kStepCodes + 32 * t + 8 * wi, u < units, vec, r[b]);
+      LoadUnit<TA>(x, k, st * kStepCodes + 32 * t + 8 * wi, u < u_end, vec, r[b]);
     }
 #pragma unroll
     for (int b = 0; b < kStageBatch; ++b) {
-      const int u = u0 + b * kThreads + lane;
-      if (u0 + b * kThreads >= units) break;  // warp-uniform
-      const bool valid = u < units;
+      const int u = u0 + b * stride + lane;
+      if (u0 + b * stride >= u_end) break;  // warp-uniform
+      const bool valid = u < u_end;
       const int st = u >> 4, wi = (u >> 2) & 3, t = u & 3;
       uint8_t* dst = smem + ((st * 4 + wi) * S::kXLanes + t) * 16;
       if constexpr (std::is_same_v<TA, float>) {
@@ -222,7 +219,7 @@ struct StepLoader {
 
 template <typename TA, bool kHasZp, int kDepth>
 __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
-    NBitsStreamKernel(NBitsParams p, const TA* __restrict__ x, TA* __restrict__ y, int n_tiles, int cluster) {
+    NBitsStreamKernel(NBitsParams p, const TA* __restrict__ x, TA* __restrict__ y, int n_tiles, StreamStaging staging) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   using S = StreamSmem<TA>;
   extern __shared__ __align__(16) uint8_t smem[];
@@ -246,10 +243,16 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
   // 2. X, the previous kernel's output. A cluster's blocks write into each other's shared memory
   // only before the cluster barrier: none exits while the other may still write to it.
   WaitForPrologue();
-  StageActivations<TA>(x, p.k, steps, smem, cluster);
-  if (cluster == 2) {
+  if (staging == StreamStaging::kWarp) {
+    StageActivations<TA>(x, p.k, steps, smem, sb * 16, se * 16, 32, -1);
+    __syncwarp();
+  } else if (staging == StreamStaging::kClusterPair) {
+    const int rank = ClusterRank();
+    StageActivations<TA>(x, p.k, steps, smem, rank * steps / 2 * 16 + warp * 32, (rank + 1) * steps / 2 * 16, kThreads,
+                         rank ^ 1);
     ClusterSync();
   } else {
+    StageActivations<TA>(x, p.k, steps, smem, warp * 32, steps * 16, kThreads, -1);
     __syncthreads();
   }
 
@@ -335,16 +338,17 @@ int LaunchBlocks(int n_tiles, int steps, int fit_per_sm, const NBitsOptions& opt
   return std::min(n_tiles, std::max(1, std::min(wanted, fit_per_sm)) * info.sm_count);
 }
 
-// Blocks per cluster (options.stream_cluster when given): for fp32 rows, whose staging converts
-// each value to hi + lo halves, two where the busiest block has at most 2 tiles to spread that over;
-// else one. Measured on the H200 (docs/BENCHMARKS.md): fp32 rows 2-8% faster on 4096 x 4096, 4096 x
-// 11008 and 8192 x 8192 (1-2 tiles a block), 2% slower on 11008 x 4096 (3); fp16 rows (a byte
-// shuffle to stage) no faster at one tile a block and 5-15% slower at two or three.
+// options.stream_staging, or what kAuto measured fastest on the H200 (docs/BENCHMARKS.md, "Where
+// kStream's time goes"): each warp staging its own steps, 1-5% faster than the block-wide staging
+// on 7 of the 8 layer and row types; but for fp32 rows (each value converted to hi + lo halves)
+// where each block has a single tile, cluster pairs, 6% faster there (4096 x 11008) and 2-5%
+// slower than per-warp staging at two tiles a block or more.
 template <typename TA>
-int ClusterSize(int n_tiles, int blocks, const NBitsOptions& options) {
-  if (blocks < 2) return 1;
-  if (options.stream_cluster > 0) return options.stream_cluster;
-  return std::is_same_v<TA, float> && (n_tiles + blocks - 1) / blocks <= 2 ? 2 : 1;
+StreamStaging Staging(int n_tiles, int blocks, const NBitsOptions& options) {
+  StreamStaging s = options.stream_staging;
+  if (s == StreamStaging::kAuto)
+    s = std::is_same_v<TA, float> && n_tiles <= blocks ? StreamStaging::kClusterPair : StreamStaging::kWarp;
+  return s == StreamStaging::kClusterPair && blocks < 2 ? StreamStaging::kBlock : s;
 }
 
 // Blocks of `kernel` that fit on an SM with `smem` bytes of dynamic shared memory, once per
@@ -374,11 +378,11 @@ Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, con
   QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/false));
   const int fit_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kernel), smem, info);
   int blocks = LaunchBlocks(n_tiles, steps, fit_per_sm, options, info);
-  const int cluster = ClusterSize<TA>(n_tiles, blocks, options);
+  const StreamStaging staging = Staging<TA>(n_tiles, blocks, options);
+  const unsigned cluster = staging == StreamStaging::kClusterPair ? 2 : 1;
   blocks -= blocks % cluster;  // whole clusters
   QC_CUDA_RETURN_IF_ERROR(LaunchProgrammaticClusters(kernel, dim3(blocks), dim3(kThreads), smem, stream,
-                                                     options.programmatic_launch, static_cast<unsigned>(cluster), p,
-                                                     x, y, n_tiles, cluster));
+                                                     options.programmatic_launch, cluster, p, x, y, n_tiles, staging));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsStreamKernel");
   return Status::Ok();
 }
@@ -390,9 +394,15 @@ Status Run(const NBitsWeightsView& w, const TA* x, TA* y, cudaStream_t stream, c
   // Fewer steps than warps would leave a warp out of the tile barriers: StreamSupported refuses it.
   if (StepsOf(p.k) < kMinSteps) return Internal("MatMulNBits: the stream kernel needs K >= 1024");
   const bool zp = p.zp != nullptr;
-  if (options.stream_cluster < 0 || options.stream_cluster > 2)
-    return Unimplemented("MatMulNBits: the stream kernel's clusters hold 1 or 2 blocks, not " +
-                         std::to_string(options.stream_cluster));
+  switch (options.stream_staging) {
+    case StreamStaging::kAuto:
+    case StreamStaging::kBlock:
+    case StreamStaging::kWarp:
+    case StreamStaging::kClusterPair: break;
+    default:
+      return Unimplemented("MatMulNBits: unknown staging mode " +
+                           std::to_string(static_cast<int>(options.stream_staging)) + " for the stream kernel");
+  }
   static_assert(kDefaultDepth == 4, "ring_stages 0 below");
   // Each ring depth is its own instantiation, with and without zero points.
   auto launch = [&](auto depth) {

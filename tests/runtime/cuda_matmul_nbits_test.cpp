@@ -39,6 +39,7 @@ using cuda::NBitsKernel;
 using cuda::NBitsOptions;
 using cuda::NBitsWeights;
 using cuda::NBitsWorkspace;
+using cuda::StreamStaging;
 
 #define SKIP_WITHOUT_DEVICE() \
   if (cuda::DeviceCount() == 0) GTEST_SKIP() << "no CUDA device"
@@ -263,13 +264,14 @@ constexpr double kF32Tol = 4e-6;
 
 // kStream with `blocks` blocks (0: its own choice), `depth` steps in flight per warp (0: 4) and
 // programmatic launch on or off.
-NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true, int cluster = 0) {
+NBitsOptions StreamOptions(int blocks = 0, int depth = 0, bool programmatic = true,
+                           StreamStaging staging = StreamStaging::kAuto) {
   NBitsOptions o;
   o.kernel = NBitsKernel::kStream;
   o.gemv_blocks = blocks;
   o.ring_stages = depth;
   o.programmatic_launch = programmatic;
-  o.stream_cluster = cluster;
+  o.stream_staging = staging;
   return o;
 }
 
@@ -533,10 +535,13 @@ TEST(CudaMatMulNBits, Deterministic) {
   const std::vector<float> a = RunF32(*up1, L1, ws, StreamOptions(4));
   const std::vector<float> b = RunF32(*up1, L1, ws, StreamOptions(4));
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "stream";
-  // Which block of a cluster converts a value does not change it: the same bits with and without.
-  const std::vector<float> c1 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, 1));
-  const std::vector<float> c2 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, 2));
-  EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)), 0) << "stream, clusters of 1 and 2";
+  // Who converts a value (the block, its warp, a cluster pair) does not change it: the same bits.
+  const std::vector<float> c1 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, StreamStaging::kBlock));
+  for (StreamStaging staging : {StreamStaging::kWarp, StreamStaging::kClusterPair}) {
+    const std::vector<float> c2 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, staging));
+    EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)), 0)
+        << "stream, staging " << static_cast<int>(staging);
+  }
 }
 
 // Blocks longer than a K slice (ONNX Runtime's per-channel form: one block of the next power of
@@ -581,11 +586,13 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
     acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
     for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
     for (int s = 0; s < kSteps; ++s) {  // queued back to back, no synchronisation in between
-      // Odd steps: kStream (one row; the default, here clusters of 2 blocks with one tile each; or
-      // 9 blocks, alone or in clusters) or kMma (its prologue and main kernel).
+      // Odd steps: kStream (one row; the default, here cluster pairs of blocks with one tile each;
+      // or 9 blocks staging by warp or in pairs) or kMma (its prologue and main kernel).
       NBitsOptions options{NBitsKernel::kGemv, 2};
       if (s % 2)
-        options = m == 1 ? (s % 4 == 1 ? StreamOptions() : StreamOptions(9, 0, true, s % 8 == 3 ? 1 : 2))
+        options = m == 1 ? (s % 4 == 1 ? StreamOptions()
+                                       : StreamOptions(9, 0, true,
+                                                       s % 8 == 3 ? StreamStaging::kWarp : StreamStaging::kClusterPair))
                          : NBitsOptions{NBitsKernel::kMma, 0};
       ASSERT_OK(cuda::MatMulNBits(up->view(), acts[s].get(), acts[s + 1].get(), m, ws, nullptr, options));
     }
@@ -629,11 +636,17 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
                     "stream, 3 blocks, depth 8, no programmatic launch");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 4)), want, prod, kF32Tol, 0, "stream, 7 blocks");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(), 1), want, prod, kF32Tol, 0, "stream, X not 16-byte aligned");
-        // Clusters of two blocks staging half of X each (N = 1: one block, no cluster).
-        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, 1)), want, prod, kF32Tol, 0, "stream, no clusters");
-        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, 2)), want, prod, kF32Tol, 0, "stream, clusters of 2");
-        ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 2, false, 2), 1), want, prod, kF32Tol, 0,
-                    "stream, 7 blocks in clusters of 2 (6 run), depth 2, X not aligned, no programmatic launch");
+        // Every staging mode (N = 1: one block, so a cluster pair stages alone).
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, StreamStaging::kBlock)), want, prod, kF32Tol, 0,
+                    "stream, block staging");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, StreamStaging::kWarp)), want, prod, kF32Tol, 0,
+                    "stream, warp staging");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, StreamStaging::kClusterPair)), want, prod, kF32Tol, 0,
+                    "stream, cluster pairs");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 2, false, StreamStaging::kClusterPair), 1), want, prod,
+                    kF32Tol, 0, "stream, 7 blocks in cluster pairs (6 run), depth 2, X not aligned, no PDL");
+        ExpectClose(RunF32(*up, L, ws, StreamOptions(3, 8, true, StreamStaging::kWarp), 1), want, prod, kF32Tol, 0,
+                    "stream, 3 blocks, depth 8, warp staging, X not aligned");
         const Layer H = RoundedToHalf(L);
         const std::vector<float> want_h = Reference(H);
         const std::vector<double> prod_h = AbsProducts(H, H.inputs[0].data<float>());
@@ -642,10 +655,14 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
                     "stream fp16, 5 blocks, depth 2");
         ExpectClose(RunF16(*up, H, ws, StreamOptions(), 3), want_h, prod_h, kF32Tol, 1e-3,
                     "stream fp16, X not 16-byte aligned");
-        ExpectClose(RunF16(*up, H, ws, StreamOptions(0, 0, true, 2), 3), want_h, prod_h, kF32Tol, 1e-3,
-                    "stream fp16, clusters of 2, X not 16-byte aligned");
-        ExpectClose(RunF16(*up, H, ws, StreamOptions(3, 8, true, 2)), want_h, prod_h, kF32Tol, 1e-3,
-                    "stream fp16, 3 blocks in clusters of 2, depth 8");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(0, 0, true, StreamStaging::kClusterPair), 3), want_h, prod_h,
+                    kF32Tol, 1e-3, "stream fp16, cluster pairs, X not 16-byte aligned");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(3, 8, true, StreamStaging::kClusterPair)), want_h, prod_h,
+                    kF32Tol, 1e-3, "stream fp16, 3 blocks in cluster pairs, depth 8");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(0, 0, true, StreamStaging::kBlock)), want_h, prod_h, kF32Tol,
+                    1e-3, "stream fp16, block staging");
+        ExpectClose(RunF16(*up, H, ws, StreamOptions(5, 2, false, StreamStaging::kWarp), 3), want_h, prod_h, kF32Tol,
+                    1e-3, "stream fp16, 5 blocks, depth 2, warp staging, X not aligned, no PDL");
         ++runs;
       }
   EXPECT_EQ(runs, 5 * 2 * 2);
@@ -833,8 +850,8 @@ TEST(CudaMatMulNBits, Negative_ForcedGemvOnTooManyRows) {
   EXPECT_NE(s.message().find("rows"), std::string::npos) << s.message();
 }
 
-// The stream kernel says which limit a forced call broke: rows, bit width, block size, K, cluster
-// size.
+// The stream kernel says which limit a forced call broke: rows, bit width, block size, K, staging
+// mode.
 TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
   SKIP_WITHOUT_DEVICE();
   std::mt19937 rng(20);
@@ -856,15 +873,16 @@ TEST(CudaMatMulNBits, Negative_ForcedStreamOutsideItsLayouts) {
     EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
     EXPECT_NE(s.message().find(why), std::string::npos) << s.message();
   }
-  // A layout it takes, with a cluster size it does not.
+  // A layout it takes, with a staging mode that does not exist.
   const Layer L = MakeLayer(LayerSpec{1, 2048, 64, 4, 128, false, false, false, false}, rng);
   auto up = NBitsWeights::Upload(L.node, InputPtrs(L));
   ASSERT_TRUE(up.ok());
   auto x = DeviceArray<float>::Poisoned(L.k);
   auto y = DeviceArray<float>::Poisoned(L.n);
-  const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), 1, ws, nullptr, StreamOptions(0, 0, true, 3));
+  const Status s = cuda::MatMulNBits(up->view(), x.get(), y.get(), 1, ws, nullptr,
+                                     StreamOptions(0, 0, true, static_cast<StreamStaging>(9)));
   EXPECT_EQ(s.code(), StatusCode::kUnimplemented);
-  EXPECT_NE(s.message().find("1 or 2 blocks"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("staging mode"), std::string::npos) << s.message();
 }
 
 TEST(CudaMatMulNBits, Negative_ForcedMmaOnGIdx) {

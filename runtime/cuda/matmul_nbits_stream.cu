@@ -9,8 +9,8 @@
 // issued before the kernel waits for the previous one (programmatic dependent launch), and each
 // later load right after the step it replaces.
 //
-// Activations: after the wait the block stages all of X in shared memory once, already in the
-// order of the mma B fragments (no per-step shuffling). Which physical k an mma "k slot" holds is
+// Activations: after the wait X is staged in shared memory once (each warp's steps, at least),
+// already in the order of the mma B fragments (no per-step shuffling). Which physical k an mma "k slot" holds is
 // free as long as A and B agree: lane t's 32 codes of a step feed its own slots, word by word, in
 // the pair order the LOP3 tricks produce (codes j, j + 4). fp32 rows become hi + lo fp16 halves of
 // x * 2^e (e per step, so the step's largest |x| lands below 2^15) in B columns 0 and 1; fp16 rows

@@ -29,23 +29,13 @@
 #include "runtime/executor.h"
 #include "runtime/float_precision.h"
 #include "tests/ort_batch.h"
+#include "tests/passes/pass_test_support.h"
 #include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::map<std::string, int> OpCounts(const Model& m) {
-  std::map<std::string, int> counts;
-  for (const Node& n : m.graph.nodes) counts[(n.domain.empty() ? "" : n.domain + ".") + n.op_type]++;
-  return counts;
-}
-
-struct PassRun {
-  Status status;
-  std::vector<LayerReport> layers;
-};
 
 PassRun RunPass(const std::string& name, Model& model, const QuantOptions& options) {
   StatusOr<std::vector<std::unique_ptr<Pass>>> pipeline = CreatePipeline(name);
@@ -96,15 +86,6 @@ Model DequantizedReference(const Model& original, const std::string& pass, const
         if (n.op_type == "Gather" && n.inputs[0] == l.weight) n.inputs[0] = name;
   }
   return ref;
-}
-
-std::vector<Tensor> RunModel(const Model& model, const NamedTensors& feeds) {
-  StatusOr<std::unique_ptr<Session>> session = Session::Create(model);
-  EXPECT_TRUE(session.ok()) << session.status().message();
-  if (!session.ok()) return {};
-  StatusOr<std::vector<Tensor>> out = (*session)->Run(feeds);
-  EXPECT_TRUE(out.ok()) << out.status().message();
-  return out.ok() ? *out : std::vector<Tensor>{};
 }
 
 // max |a - b| <= 1e-4 * max(1, max |b|): summation order differs between the fused kernel and

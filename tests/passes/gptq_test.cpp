@@ -33,6 +33,7 @@
 #include "runtime/input_binding.h"
 #include "runtime/perplexity.h"
 #include "tests/gptq_inputs.h"
+#include "tests/passes/pass_test_support.h"
 
 namespace qc {
 namespace {
@@ -307,11 +308,6 @@ TEST(GptqSolver, ResultDoesNotDependOnThreadCount) {
 // ---------------------------------------------------------------------------------------------
 // The pass.
 
-struct PassRun {
-  Status status;
-  std::vector<LayerReport> layers;
-};
-
 PassRun RunGptq(Model& model, const QuantOptions& options, Calibrator* calibrator) {
   StatusOr<std::vector<std::unique_ptr<Pass>>> pipeline = CreatePipeline("gptq");
   QC_CHECK(pipeline.ok() && pipeline->size() == 1);
@@ -332,12 +328,6 @@ std::vector<Tensor> RandomWindows(int count, int64_t seqlen, int64_t vocab, uint
     windows.push_back(t);
   }
   return windows;
-}
-
-std::map<std::string, int> OpCounts(const Model& m) {
-  std::map<std::string, int> counts;
-  for (const Node& node : m.graph.nodes) counts[node.op_type]++;
-  return counts;
 }
 
 TEST(Gptq, IsRegisteredAndNeedsCalibration) {
@@ -414,7 +404,7 @@ TEST(Gptq, SyntheticDecoderEndToEnd) {
         EXPECT_GT(r.weight_rel_error, 0);
       }
       EXPECT_TRUE(FindLinearLayers(model.graph).empty());
-      EXPECT_EQ(OpCounts(model)["MatMulNBits"], static_cast<int>(linear));
+      EXPECT_EQ(OpCounts(model)["com.microsoft.MatMulNBits"], static_cast<int>(linear));
       for (const Node& node : model.graph.nodes)
         if (node.op_type == "MatMulNBits") {
           const bool has_g_idx = node.inputs.size() >= 5 && !node.inputs[4].empty();

@@ -27,27 +27,13 @@
 #include "runtime/cpu/kernel.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/passes/pass_test_support.h"
 #include "tests/temp_dir.h"
 
 namespace qc {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::map<std::string, int> OpCounts(const Model& m) {
-  std::map<std::string, int> counts;
-  for (const Node& n : m.graph.nodes) counts[(n.domain.empty() ? "" : n.domain + ".") + n.op_type]++;
-  return counts;
-}
-
-std::vector<Tensor> RunModel(const Model& model, const NamedTensors& feeds) {
-  StatusOr<std::unique_ptr<Session>> session = Session::Create(model);
-  EXPECT_TRUE(session.ok()) << session.status().message();
-  if (!session.ok()) return {};
-  StatusOr<std::vector<Tensor>> out = (*session)->Run(feeds);
-  EXPECT_TRUE(out.ok()) << out.status().message();
-  return out.ok() ? *out : std::vector<Tensor>{};
-}
 
 std::vector<float> RandomFloats(int64_t count, float stddev, std::mt19937& rng) {
   return RandomNormalTensor({count}, 0.0f, stddev, rng).ToFloats();

@@ -23,44 +23,12 @@
 #include "passes/registry.h"
 #include "runtime/executor.h"
 #include "runtime/perplexity.h"
+#include "tests/passes/pass_test_support.h"
 
 namespace qc {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::map<std::string, int> OpCounts(const Model& m) {
-  std::map<std::string, int> counts;
-  for (const Node& n : m.graph.nodes) counts[(n.domain.empty() ? "" : n.domain + ".") + n.op_type]++;
-  return counts;
-}
-
-std::vector<Tensor> RunModel(const Model& model, const NamedTensors& feeds) {
-  StatusOr<std::unique_ptr<Session>> session = Session::Create(model);
-  EXPECT_TRUE(session.ok()) << session.status().message();
-  if (!session.ok()) return {};
-  StatusOr<std::vector<Tensor>> out = (*session)->Run(feeds);
-  EXPECT_TRUE(out.ok()) << out.status().message();
-  return out.ok() ? *out : std::vector<Tensor>{};
-}
-
-// max |a - b| / max(1e-3, max |b|).
-double MaxRelDiff(const Tensor& got, const Tensor& want) {
-  const std::vector<float> a = got.ToFloats(), b = want.ToFloats();
-  EXPECT_EQ(a.size(), b.size());
-  double diff = 0, ref = 1e-3;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
-    if (!std::isfinite(a[i])) return INFINITY;
-    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-    ref = std::max(ref, std::fabs(static_cast<double>(b[i])));
-  }
-  return diff / ref;
-}
-
-struct PassRun {
-  Status status;
-  std::vector<LayerReport> layers;
-};
 
 PassRun RunSmoothQuant(Model& model, const QuantOptions& o, Calibrator* calibrator, bool quantize_weights = true) {
   StatusOr<std::vector<std::unique_ptr<Pass>>> pipeline = CreatePipeline("smoothquant");

@@ -27,6 +27,7 @@
 #include "passes/weight_quant.h"
 #include "runtime/executor.h"
 #include "tests/ort_batch.h"
+#include "tests/passes/pass_test_support.h"
 #include "tests/temp_dir.h"
 
 namespace qc {
@@ -35,12 +36,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int64_t kVocab = 40;
-
-std::map<std::string, int> OpCounts(const Model& m) {
-  std::map<std::string, int> counts;
-  for (const Node& n : m.graph.nodes) counts[(n.domain.empty() ? "" : n.domain + ".") + n.op_type]++;
-  return counts;
-}
 
 // ids -> Gather(emb) = "embeds" -> x + embeds -> head(emb) = "logits", with the head either
 // MatMul(h, Transpose(emb)) or Gemm(h, emb, transB=1, alpha); `hidden` need not be a block multiple.
@@ -93,7 +88,8 @@ Status RunPass(const std::string& name, Model& model, const QuantOptions& o, std
   return (*pipeline)[0]->Run(model, context);
 }
 
-std::vector<Tensor> RunModel(const Model& model, const NamedTensors& feeds) {
+// Fetches "logits" and "embeds" by name (the shared RunModel returns the graph outputs in order).
+std::vector<Tensor> RunLogitsAndEmbeds(const Model& model, const NamedTensors& feeds) {
   StatusOr<std::unique_ptr<Session>> session = Session::Create(model);
   EXPECT_TRUE(session.ok()) << session.status().message();
   if (!session.ok()) return {};
@@ -176,7 +172,7 @@ TEST(TiedEmbedding, GatherReadsTheHeadsCodesAndTheTableGoes) {
     if (c.pass == "zeropoint") EXPECT_EQ(producer.at(gbq->inputs[3])->inputs[0], head->inputs[3]);
 
     // The rows are exactly the head's dequantized weight.
-    const std::vector<Tensor> out = RunModel(model, Feeds(c.hidden));
+    const std::vector<Tensor> out = RunLogitsAndEmbeds(model, Feeds(c.hidden));
     ASSERT_EQ(out.size(), 2u);
     EXPECT_EQ(out[1].shape(), (Shape{2, 3, c.hidden}));
     EXPECT_EQ(out[1].ToFloats(), DequantizedRows(original, SpecFromOptions(Options(c.bits, c.group_size),
@@ -293,7 +289,7 @@ TEST(TiedEmbedding, OnnxRuntimeAgrees) {
     const std::string out_dir = OrtOutputDir(dir.string(), c.Name());
     const std::string error = OrtJobError(dir.string(), c.Name());
     ASSERT_TRUE(error.empty()) << "ONNX Runtime rejected the artifact: " << error;
-    const std::vector<Tensor> ours = RunModel(model, Feeds(c.hidden));
+    const std::vector<Tensor> ours = RunLogitsAndEmbeds(model, Feeds(c.hidden));
     ASSERT_EQ(ours.size(), 2u);
     StatusOr<Tensor> embeds = ReadNpy(out_dir + "/embeds.npy");
     ASSERT_TRUE(embeds.ok()) << embeds.status().message();

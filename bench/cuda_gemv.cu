@@ -631,10 +631,13 @@ int main(int argc, char** argv) {
       if (v.bits != 4) continue;
       for (const Shape& s : shapes)
         sweep_table(v, s, "staging \\ blocks/SM", {0, 1, 2, 3}, {0, 1, 2}, [&](int staging, int per_sm) {
+          using qc::cuda::StreamStaging;
+          constexpr StreamStaging kModes[] = {StreamStaging::kAuto, StreamStaging::kBlock, StreamStaging::kWarp,
+                                              StreamStaging::kClusterPair};  // the rows' numbers
           qc::cuda::NBitsOptions o;
           o.kernel = qc::cuda::NBitsKernel::kStream;
           o.gemv_blocks = per_sm * info->sm_count;
-          o.stream_staging = static_cast<qc::cuda::StreamStaging>(staging);
+          o.stream_staging = kModes[staging];
           return o;
         });
     }

@@ -114,6 +114,13 @@ __device__ __forceinline__ void StorePeer(uint32_t addr, uint4 v) {
 __device__ __forceinline__ void StorePeer(uint32_t addr, float v) {
   asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(addr), "f"(v) : "memory");
 }
+// The split form of a cluster barrier with no memory ordering: every thread of every block
+// arrives, and after the wait every block of the cluster is known to have started (the condition
+// for touching another block's shared memory).
+__device__ __forceinline__ void ClusterArrive() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void ClusterWait() { asm volatile("barrier.cluster.wait.aligned;" ::: "memory"); }
 // Every thread of every block of the cluster; the stores before it are seen by all after it.
 __device__ __forceinline__ void ClusterSync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");

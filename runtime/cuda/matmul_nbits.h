@@ -71,11 +71,9 @@ const char* NBitsKernelName(NBitsKernel kernel);
 /// weights, else kMma where it can run, else kGeneric.
 NBitsKernel SelectNBitsKernel(const NBitsWeightsView& w, int64_t m = 1, bool half_activations = false);
 
-/// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
-/// common paths.
 /// How kStream stages X into shared memory before its first step.
 enum class StreamStaging {
-  /// kClusterPair for fp32 rows where each block has a single tile, else kWarp (measured:
+  /// kClusterPair for fp32 rows where each block has at most one tile, else kWarp (measured:
   /// docs/BENCHMARKS.md, "Where kStream's time goes").
   kAuto,
   /// The block's threads stage all of X, then wait for each other.
@@ -83,10 +81,12 @@ enum class StreamStaging {
   /// Each warp stages the steps it reads and goes on without waiting for the others.
   kWarp,
   /// Two blocks of a thread block cluster each stage half of X into both blocks' shared memory
-  /// (a launch of one block stages alone, as kBlock).
+  /// (an odd block count is rounded up; a layer of one tile stages alone, as kBlock).
   kClusterPair,
 };
 
+/// Launch knobs; the defaults are what the executor uses. Tests and benchmarks force the less
+/// common paths.
 struct NBitsOptions {
   NBitsKernel kernel = NBitsKernel::kAuto;
   /// Number of K slices across blocks, summed by the last block of each tile (0: the kernel's own

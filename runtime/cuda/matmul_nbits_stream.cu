@@ -10,13 +10,14 @@
 // later load right after the step it replaces.
 //
 // Activations: after the wait X is staged in shared memory once (each warp's steps, at least),
-// already in the order of the mma B fragments (no per-step shuffling). Which physical k an mma "k slot" holds is
-// free as long as A and B agree: lane t's 32 codes of a step feed its own slots, word by word, in
-// the pair order the LOP3 tricks produce (codes j, j + 4). fp32 rows become hi + lo fp16 halves of
-// x * 2^e (e per step, so the step's largest |x| lands below 2^15) in B columns 0 and 1; fp16 rows
-// are copied into column 0. Lanes of the other B columns read the same data: their D columns are
-// never read, and no lane needs a predicate. How the staging is shared out (the block's threads,
-// each warp its own steps, or a pair of blocks of a cluster) is picked per layer (Staging).
+// already in the order of the mma B fragments (no per-step shuffling). Which physical k an mma "k
+// slot" holds is free as long as A and B agree: lane t's 32 codes of a step feed its own slots,
+// word by word, in the pair order the LOP3 tricks produce (codes j, j + 4). fp32 rows become hi +
+// lo fp16 halves of x * 2^e (e per step, so the step's largest |x| lands below 2^15) in B columns 0
+// and 1; fp16 rows are copied into column 0. Lanes of the other B columns read the same data: their
+// D columns are never read, and no lane needs a predicate. How the staging is shared out (the
+// block's threads, each warp its own steps, or a pair of blocks of a cluster) is picked per layer
+// (Staging).
 //
 // Per step: 8 words per lane -> 32 fp16 pairs of (code - zero point), exact small integers; 8 mma
 // (products exact in the fp32 accumulators) on two independent chains; the step's fp32 scale (and
@@ -70,9 +71,10 @@ struct StreamSmem {
 // same columns; without them (every tile's sums kept to the end) the kernel was 5-10% slower.
 __device__ __forceinline__ void TileBarrier() { asm volatile("barrier.sync 1;" ::: "memory"); }
 
-// Staging X (steps * 128 values, zeros past K) in the B-fragment order: unit u = (step, word, t) holds the 8 consecutive codes 32t + 8word .. of its step, as
-// the 4 pairs (0, 4), (1, 5), (2, 6), (3, 7). A thread loads kStageBatch units before converting
-// any (X comes from L2: one round trip per batch, not per unit).
+// Staging X (steps * 128 values, zeros past K) in the B-fragment order: unit u = (step, word, t)
+// holds the 8 consecutive codes 32t + 8word .. of its step, as the 4 pairs (0, 4), (1, 5), (2, 6),
+// (3, 7). A thread loads kStageBatch units before converting any (X comes from L2: one round trip
+// per batch, not per unit).
 constexpr int kStageBatch = 4;
 
 template <typename TA>
@@ -109,7 +111,7 @@ __device__ __forceinline__ void StoreStaged(void* local, V v, int peer) {
   if (peer >= 0) StorePeer(PeerSmemAddr(local, peer), v);
 }
 
-// Stages units [u_begin, u_end) (whole steps), this warp's first at u_first, then every `stride`
+// Stages units up to u_end (whole steps of 16), this warp's first at u_first, then every `stride`
 // units; `peer` >= 0 also stores each into that cluster block's shared memory.
 template <typename TA>
 __device__ void StageActivations(const TA* __restrict__ x, int k, int steps, uint8_t* smem, int u_first, int u_end,
@@ -231,6 +233,9 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
   const int total = (te - tb) * (se - sb);
 
   AllowDependents();  // the next kernel may launch once every block of this one has started
+  // A cluster pair writes into each other's shared memory: only once both blocks are known to run
+  // (the wait, before the staging, is after the ring's first loads and the programmatic wait).
+  if (staging == StreamStaging::kClusterPair) ClusterArrive();
 
   // 1. The first kDepth steps: the weights do not depend on the previous kernel.
   StepLoader<kHasZp> loader{&p, g, t, sb, se, tb, sb};
@@ -241,12 +246,13 @@ __global__ void __launch_bounds__(kThreads, kDepth <= 4 ? 2 : 1)
     if (s < total) loader.Load(ring[s]);
 
   // 2. X, the previous kernel's output. A cluster's blocks write into each other's shared memory
-  // only before the cluster barrier: none exits while the other may still write to it.
+  // only between the two cluster barriers: none exits while the other may still write to it.
   WaitForPrologue();
   if (staging == StreamStaging::kWarp) {
     StageActivations<TA>(x, p.k, steps, smem, sb * 16, se * 16, 32, -1);
     __syncwarp();
   } else if (staging == StreamStaging::kClusterPair) {
+    ClusterWait();
     const int rank = ClusterRank();
     StageActivations<TA>(x, p.k, steps, smem, rank * steps / 2 * 16 + warp * 32, (rank + 1) * steps / 2 * 16, kThreads,
                          rank ^ 1);
@@ -340,9 +346,9 @@ int LaunchBlocks(int n_tiles, int steps, int fit_per_sm, const NBitsOptions& opt
 
 // options.stream_staging, or what kAuto measured fastest on the H200 (docs/BENCHMARKS.md, "Where
 // kStream's time goes"): each warp staging its own steps, 1-5% faster than the block-wide staging
-// on 7 of the 8 layer and row types; but for fp32 rows (each value converted to hi + lo halves)
-// where each block has a single tile, cluster pairs, 6% faster there (4096 x 11008) and 2-5%
-// slower than per-warp staging at two tiles a block or more.
+// on 7 of the 8 layer and row types. But for fp32 rows (each value converted to hi + lo halves)
+// where no block has more than one tile, cluster pairs: 6% faster on 4096 x 11008 (the one such
+// shape of the four; at two tiles a block or more they are 2-5% slower than per-warp staging).
 template <typename TA>
 StreamStaging Staging(int n_tiles, int blocks, const NBitsOptions& options) {
   StreamStaging s = options.stream_staging;
@@ -380,7 +386,9 @@ Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, con
   int blocks = LaunchBlocks(n_tiles, steps, fit_per_sm, options, info);
   const StreamStaging staging = Staging<TA>(n_tiles, blocks, options);
   const unsigned cluster = staging == StreamStaging::kClusterPair ? 2 : 1;
-  blocks -= blocks % cluster;  // whole clusters
+  // Whole clusters, rounded up: a block without tiles still stages its half of X for its peer
+  // (rounding down would give some block two tiles, the pairs' slow case).
+  blocks += blocks % cluster;
   QC_CUDA_RETURN_IF_ERROR(LaunchProgrammaticClusters(kernel, dim3(blocks), dim3(kThreads), smem, stream,
                                                      options.programmatic_launch, cluster, p, x, y, n_tiles, staging));
   QC_CUDA_RETURN_IF_LAUNCH_ERROR("NBitsStreamKernel");

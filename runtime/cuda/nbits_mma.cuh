@@ -112,7 +112,9 @@ __device__ __forceinline__ uint32_t PackHalves(float lo, float hi) {
 
 // The lo half of the hi + lo split of s (x * 2^e) once hi is s in fp16: s - hi, or 0 where hi is
 // infinite. ActivationExponent leaves a group with an infinite x at e = 0, so such an x gives Inf,
-// as the reference does, not Inf - Inf = NaN.
+// as the reference does, not Inf - Inf = NaN. (A finite |x| > 65504 in that same group also
+// becomes Inf there; the output is Inf or NaN either way, but where the reference has +-Inf it
+// can then have NaN.)
 __device__ __forceinline__ float SplitRemainder(float s, float hi) { return isinf(hi) ? 0.0f : s - hi; }
 
 // The hi + lo split of two scaled activations (a in the low half of each word).

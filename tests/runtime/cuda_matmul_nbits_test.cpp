@@ -535,12 +535,18 @@ TEST(CudaMatMulNBits, Deterministic) {
   const std::vector<float> a = RunF32(*up1, L1, ws, StreamOptions(4));
   const std::vector<float> b = RunF32(*up1, L1, ws, StreamOptions(4));
   EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << "stream";
-  // Who converts a value (the block, its warp, a cluster pair) does not change it: the same bits.
+  // Who converts a value (the block, its warp, a cluster pair) does not change it: the same bits,
+  // fp32 and fp16 rows.
   const std::vector<float> c1 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, StreamStaging::kBlock));
+  const Layer H1 = RoundedToHalf(L1);
+  const std::vector<float> h1 = RunF16(*up1, H1, ws, StreamOptions(4, 0, true, StreamStaging::kBlock));
   for (StreamStaging staging : {StreamStaging::kWarp, StreamStaging::kClusterPair}) {
     const std::vector<float> c2 = RunF32(*up1, L1, ws, StreamOptions(4, 0, true, staging));
     EXPECT_EQ(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)), 0)
         << "stream, staging " << static_cast<int>(staging);
+    const std::vector<float> h2 = RunF16(*up1, H1, ws, StreamOptions(4, 0, true, staging));
+    EXPECT_EQ(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(float)), 0)
+        << "stream fp16, staging " << static_cast<int>(staging);
   }
 }
 
@@ -586,8 +592,9 @@ TEST(CudaMatMulNBits, GemvChainedCallsReadFinishedInputs) {
     acts.push_back(DeviceArray<float>::FromHost(std::vector<float>(ap, ap + m * L.k)));
     for (int s = 0; s < kSteps; ++s) acts.push_back(DeviceArray<float>::Poisoned(m * L.n));
     for (int s = 0; s < kSteps; ++s) {  // queued back to back, no synchronisation in between
-      // Odd steps: kStream (one row; the default, here cluster pairs of blocks with one tile each;
-      // or 9 blocks staging by warp or in pairs) or kMma (its prologue and main kernel).
+      // Odd steps: kStream (one row; the default, which is cluster pairs where the GPU has at
+      // least 128 SMs, or 9 blocks staging by warp or in pairs) or kMma (its prologue and main
+      // kernel).
       NBitsOptions options{NBitsKernel::kGemv, 2};
       if (s % 2)
         options = m == 1 ? (s % 4 == 1 ? StreamOptions()
@@ -644,7 +651,7 @@ TEST(CudaMatMulNBits, StreamAwkwardShapes) {
         ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, StreamStaging::kClusterPair)), want, prod, kF32Tol, 0,
                     "stream, cluster pairs");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(7, 2, false, StreamStaging::kClusterPair), 1), want, prod,
-                    kF32Tol, 0, "stream, 7 blocks in cluster pairs (6 run), depth 2, X not aligned, no PDL");
+                    kF32Tol, 0, "stream, 7 blocks asked in cluster pairs, depth 2, X not aligned, no PDL");
         ExpectClose(RunF32(*up, L, ws, StreamOptions(3, 8, true, StreamStaging::kWarp), 1), want, prod, kF32Tol, 0,
                     "stream, 3 blocks, depth 8, warp staging, X not aligned");
         const Layer H = RoundedToHalf(L);
@@ -695,7 +702,9 @@ TEST(CudaMatMulNBitsPrecision, StreamStepsOfExtremeMagnitude) {
     L.inputs[0] = base.inputs[0].Clone();
     float* ap = L.inputs[0].mutable_data<float>();
     for (int64_t i = 0; i < L.k; ++i) ap[i] = (i / 128) % 2 == 0 ? ap[i] * magnitude : 0.0f;
-    ExpectClose(RunF32(*up, L, ws, StreamOptions()), Reference(L), AbsProducts(L, ap), kF32Tol, 0, "stream");
+    for (StreamStaging staging : {StreamStaging::kBlock, StreamStaging::kWarp, StreamStaging::kClusterPair})
+      ExpectClose(RunF32(*up, L, ws, StreamOptions(0, 0, true, staging)), Reference(L), AbsProducts(L, ap), kF32Tol, 0,
+                  "stream, staging " + std::to_string(static_cast<int>(staging)));
   }
 }
 
@@ -717,21 +726,26 @@ TEST(CudaMatMulNBitsPrecision, InfiniteInputGivesInfinityOnEveryKernel) {
       ASSERT_TRUE(up.ok());
       NBitsWorkspace ws;
       const std::vector<float> want = Reference(L);
-      NBitsOptions options = StreamOptions();
-      options.kernel = kernel;
-      const std::vector<float> got = RunF32(*up, L, ws, options);
-      ASSERT_EQ(got.size(), want.size());
-      int infinite = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        EXPECT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "y " << i << ": got " << got[i] << " want " << want[i];
-        if (std::isinf(want[i])) {
-          ++infinite;
-          EXPECT_EQ(got[i], want[i]) << "y " << i;
-        } else if (!std::isnan(want[i])) {
-          EXPECT_TRUE(std::isfinite(got[i])) << "y " << i << ": got " << got[i];
+      // kStream in each staging mode (staging means nothing to the others).
+      for (StreamStaging staging : {StreamStaging::kBlock, StreamStaging::kWarp, StreamStaging::kClusterPair}) {
+        if (kernel != NBitsKernel::kStream && staging != StreamStaging::kBlock) continue;
+        SCOPED_TRACE("staging " + std::to_string(static_cast<int>(staging)));
+        NBitsOptions options = StreamOptions(0, 0, true, staging);
+        options.kernel = kernel;
+        const std::vector<float> got = RunF32(*up, L, ws, options);
+        ASSERT_EQ(got.size(), want.size());
+        int infinite = 0;
+        for (size_t i = 0; i < got.size(); ++i) {
+          EXPECT_EQ(std::isnan(got[i]), std::isnan(want[i])) << "y " << i << ": got " << got[i] << " want " << want[i];
+          if (std::isinf(want[i])) {
+            ++infinite;
+            EXPECT_EQ(got[i], want[i]) << "y " << i;
+          } else if (!std::isnan(want[i])) {
+            EXPECT_TRUE(std::isfinite(got[i])) << "y " << i << ": got " << got[i];
+          }
         }
+        EXPECT_GT(infinite, 0);
       }
-      EXPECT_GT(infinite, 0);
     }
 }
 

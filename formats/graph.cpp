@@ -60,4 +60,23 @@ int64_t Model::DefaultOpset() const {
   return 0;
 }
 
+void CollectReadValues(const Node& node, std::set<std::string>* read) {
+  for (const std::string& in : node.inputs)
+    if (!in.empty()) read->insert(in);
+  for (const auto& [key, attr] : node.attributes) {
+    std::vector<const Graph*> subgraphs;
+    if (attr.g) subgraphs.push_back(attr.g.get());
+    for (const auto& g : attr.graphs)
+      if (g) subgraphs.push_back(g.get());
+    for (const Graph* g : subgraphs) {
+      CollectReadValues(*g, read);
+      for (const ValueInfo& out : g->outputs) read->insert(out.name);
+    }
+  }
+}
+
+void CollectReadValues(const Graph& graph, std::set<std::string>* read) {
+  for (const Node& node : graph.nodes) CollectReadValues(node, read);
+}
+
 }  // namespace qc

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -104,6 +105,13 @@ struct OpsetImport {
   std::string domain;
   int64_t version = 0;
 };
+
+/// Inserts into `read` every value name `node` reads: its non-empty inputs and, through its
+/// subgraph attributes (If/Loop/Scan bodies), whatever their nodes read and their outputs name
+/// (a subgraph may read, or pass on as an output, a value of the enclosing graph).
+void CollectReadValues(const Node& node, std::set<std::string>* read);
+/// The same for every node of `graph` (the graph's own outputs are not included).
+void CollectReadValues(const Graph& graph, std::set<std::string>* read);
 
 /// A model-local function (ONNX FunctionProto); kept so round trips stay lossless.
 struct Function {

@@ -37,26 +37,8 @@ struct GraphIndex {
       for (const auto& o : node.outputs)
         if (!o.empty()) producer[o] = static_cast<int>(i), names.insert(o);
       std::set<std::string> read;
-      for (const auto& in : node.inputs)
-        if (!in.empty()) read.insert(in);
-      for (const auto& [key, attr] : node.attributes) {
-        if (attr.g) CollectSubgraphReads(*attr.g, &read);
-        for (const auto& sub : attr.graphs)
-          if (sub) CollectSubgraphReads(*sub, &read);
-      }
+      CollectReadValues(node, &read);
       for (const auto& v : read) readers[v].push_back(static_cast<int>(i));
-    }
-  }
-
-  static void CollectSubgraphReads(const Graph& g, std::set<std::string>* read) {
-    for (const Node& node : g.nodes) {
-      for (const auto& in : node.inputs)
-        if (!in.empty()) read->insert(in);
-      for (const auto& [key, attr] : node.attributes) {
-        if (attr.g) CollectSubgraphReads(*attr.g, read);
-        for (const auto& sub : attr.graphs)
-          if (sub) CollectSubgraphReads(*sub, read);
-      }
     }
   }
 

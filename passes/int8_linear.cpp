@@ -15,19 +15,6 @@
 namespace qc {
 namespace {
 
-// Every value name a node of `graph` or of its subgraphs reads (subgraphs may read outer values).
-void CollectReadValues(const Graph& graph, std::set<std::string>* read) {
-  for (const Node& node : graph.nodes) {
-    for (const std::string& in : node.inputs)
-      if (!in.empty()) read->insert(in);
-    for (const auto& [key, attr] : node.attributes) {
-      if (attr.g) CollectReadValues(*attr.g, read);
-      for (const auto& sub : attr.graphs)
-        if (sub) CollectReadValues(*sub, read);
-    }
-  }
-}
-
 // ONNX Round's rounding (half to even) under the default floating-point environment.
 inline float RoundHalfEven(float v) { return std::nearbyint(v); }
 

@@ -82,16 +82,10 @@ std::set<std::string> NamesIn(const Graph& graph) {
   return names;
 }
 
-// Values read anywhere in `graph`, its subgraphs included (outer-scope reads count).
+// Values read anywhere in `graph`, its subgraphs included (outer-scope reads count), and its
+// outputs.
 void CollectReads(const Graph& graph, std::set<std::string>* reads) {
-  for (const Node& n : graph.nodes) {
-    reads->insert(n.inputs.begin(), n.inputs.end());
-    for (const auto& [key, attr] : n.attributes) {
-      if (attr.g) CollectReads(*attr.g, reads);
-      for (const auto& g : attr.graphs)
-        if (g) CollectReads(*g, reads);
-    }
-  }
+  CollectReadValues(graph, reads);
   for (const ValueInfo& v : graph.outputs) reads->insert(v.name);
 }
 

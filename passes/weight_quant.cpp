@@ -27,19 +27,6 @@ void WriteBits(uint8_t* stream, int64_t i, int bits, int32_t code) {
   stream[bit / 8] |= static_cast<uint8_t>(code << (bit % 8));
 }
 
-// Every value name a node of `graph` or of its subgraphs reads (subgraphs may read outer values).
-void CollectReadValues(const Graph& graph, std::set<std::string>* read) {
-  for (const Node& node : graph.nodes) {
-    for (const std::string& in : node.inputs)
-      if (!in.empty()) read->insert(in);
-    for (const auto& [key, attr] : node.attributes) {
-      if (attr.g) CollectReadValues(*attr.g, read);
-      for (const auto& sub : attr.graphs)
-        if (sub) CollectReadValues(*sub, read);
-    }
-  }
-}
-
 }  // namespace
 
 WeightQuantSpec SpecFromOptions(const QuantOptions& options, bool sym) {

@@ -41,22 +41,6 @@ PassRun RunOutlierSplit(Model& model, const QuantOptions& o, Calibrator* calibra
   return run;
 }
 
-std::vector<Tensor> Windows(int64_t vocab, int count, int64_t seqlen, int64_t salt) {
-  std::vector<Tensor> windows;
-  for (int w = 0; w < count; ++w) {
-    std::vector<int64_t> ids;
-    for (int64_t i = 0; i < seqlen; ++i) ids.push_back((i * 29 + w * 11 + salt) % vocab);
-    windows.push_back(Tensor::FromVector<int64_t>(ids, {1, seqlen}));
-  }
-  return windows;
-}
-
-NamedTensors Feeds(int64_t vocab) {
-  std::vector<int64_t> ids;
-  for (int64_t i = 0; i < 9; ++i) ids.push_back((i * 37 + 5) % vocab);
-  return {{"input_ids", Tensor::FromVector<int64_t>(ids, {1, 9})}};
-}
-
 InputStats CountStats(const std::vector<int64_t>& counts, const std::vector<float>& abs_max, int64_t rows) {
   InputStats s;
   s.k = static_cast<int64_t>(counts.size());
@@ -91,20 +75,7 @@ TEST(OutlierSplit, IsRegisteredAndNeedsCalibration) {
   EXPECT_STREQ(pass.Name(), "outlier-split");
 }
 
-struct ArchCase {
-  SyntheticArch arch;
-  ExportStyle style;
-};
-
-std::vector<ArchCase> ArchCases() {
-  std::vector<ArchCase> cases;
-  for (SyntheticArch arch : AllSyntheticArchs())
-    for (ExportStyle style : {ExportStyle::kDynamo, ExportStyle::kTorchScript, ExportStyle::kOrtFused})
-      cases.push_back({arch, style});
-  return cases;
-}
-
-class OutlierSplitArchTest : public ::testing::TestWithParam<ArchCase> {};
+class OutlierSplitArchTest : public ::testing::TestWithParam<ArchStyleCase> {};
 
 TEST_P(OutlierSplitArchTest, ArtifactRunsAndStaysClose) {
   SyntheticConfig config;
@@ -117,7 +88,7 @@ TEST_P(OutlierSplitArchTest, ArtifactRunsAndStaysClose) {
   StatusOr<Model> original = BuildSyntheticDecoder(config);
   ASSERT_TRUE(original.ok()) << original.status().message();
   const size_t linear = FindLinearLayers(original->graph).size();
-  Calibrator calibrator(Windows(config.vocab, 2, 12, 4));
+  Calibrator calibrator(TokenWindows(config.vocab, 2, 12, 4));
   Model model = *original;
   QuantOptions o;
   o.threshold = 0.4;  // the random-weight models' activations are O(1): some channels exceed 0.4
@@ -143,16 +114,15 @@ TEST_P(OutlierSplitArchTest, ArtifactRunsAndStaysClose) {
   const std::vector<LinearLayer> left = FindLinearLayers(model.graph);
   EXPECT_EQ(left.size(), split);
   for (const LinearLayer& l : left) EXPECT_NE(l.weight.find("_outlier_rows"), std::string::npos) << l.weight;
-  const std::vector<Tensor> got = RunModel(model, Feeds(config.vocab)), want = RunModel(*original, Feeds(config.vocab));
+  const NamedTensors feeds = TokenFeeds(config.vocab);
+  const std::vector<Tensor> got = RunModel(model, feeds), want = RunModel(*original, feeds);
   ASSERT_FALSE(got.empty());
   const double diff = MaxRelDiff(got[0], want[0]);
   EXPECT_LT(diff, 0.05);
   EXPECT_GT(diff, 1e-6);
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, OutlierSplitArchTest, ::testing::ValuesIn(ArchCases()), [](const auto& info) {
-  return std::string(SyntheticArchName(info.param.arch)) + "_" + ExportStyleName(info.param.style);
-});
+INSTANTIATE_TEST_SUITE_P(Architectures, OutlierSplitArchTest, ::testing::ValuesIn(ArchStyleCases()), ArchStyleCaseName);
 
 TEST(OutlierSplit, HighThresholdIsPlainW8A8AndExcludeIsRespected) {
   SyntheticConfig config;
@@ -161,7 +131,7 @@ TEST(OutlierSplit, HighThresholdIsPlainW8A8AndExcludeIsRespected) {
   StatusOr<Model> original = BuildSyntheticDecoder(config);
   ASSERT_TRUE(original.ok());
   const std::vector<LinearLayer> layers = FindLinearLayers(original->graph);
-  Calibrator calibrator(Windows(config.vocab, 2, 10, 5));
+  Calibrator calibrator(TokenWindows(config.vocab, 2, 10, 5));
   Model model = *original;
   QuantOptions o;
   o.threshold = 1e6;
@@ -177,7 +147,7 @@ TEST(OutlierSplit, HighThresholdIsPlainW8A8AndExcludeIsRespected) {
   const std::vector<LinearLayer> left = FindLinearLayers(model.graph);
   ASSERT_EQ(left.size(), 1u);
   EXPECT_EQ(left[0].node_name, layers[0].node_name);
-  const std::vector<Tensor> got = RunModel(model, Feeds(config.vocab));
+  const std::vector<Tensor> got = RunModel(model, TokenFeeds(config.vocab));
   ASSERT_FALSE(got.empty());
 }
 
@@ -187,7 +157,7 @@ TEST(OutlierSplit, Negative_NoCalibratorAndBadThreshold) {
   PassRun run = RunOutlierSplit(*model, QuantOptions{}, nullptr);
   EXPECT_EQ(run.status.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(run.status.message().find("--calib"), std::string::npos) << run.status.message();
-  Calibrator calibrator(Windows(97, 1, 8, 0));
+  Calibrator calibrator(TokenWindows(97, 1, 8, 0));
   QuantOptions o;
   o.threshold = 0;
   EXPECT_EQ(RunOutlierSplit(*model, o, &calibrator).status.code(), StatusCode::kInvalidArgument);

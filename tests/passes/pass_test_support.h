@@ -1,5 +1,6 @@
 // Test helpers shared by the pass tests: op counts of a model, running a model on the CPU
-// executor, the relative difference of two outputs, and what one pass run returned.
+// executor, the relative difference of two outputs, what one pass run returned, and token windows
+// and cases for the synthetic decoders.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,6 +15,7 @@
 #include "formats/graph.h"
 #include "formats/report.h"
 #include "formats/status.h"
+#include "formats/synthetic_models.h"
 #include "formats/tensor.h"
 #include "runtime/executor.h"
 
@@ -54,5 +56,44 @@ struct PassRun {
   Status status;
   std::vector<LayerReport> layers;
 };
+
+/// `count` windows of `seqlen` token ids below `vocab`, a fixed pattern shifted by `salt`
+/// (calibration data for the synthetic decoders).
+inline std::vector<Tensor> TokenWindows(int64_t vocab, int count, int64_t seqlen, int64_t salt) {
+  std::vector<Tensor> windows;
+  for (int w = 0; w < count; ++w) {
+    std::vector<int64_t> ids;
+    for (int64_t i = 0; i < seqlen; ++i) ids.push_back((i * 29 + w * 11 + salt) % vocab);
+    windows.push_back(Tensor::FromVector<int64_t>(ids, {1, seqlen}));
+  }
+  return windows;
+}
+
+/// One 9-token input_ids feed below `vocab`.
+inline NamedTensors TokenFeeds(int64_t vocab) {
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < 9; ++i) ids.push_back((i * 37 + 5) % vocab);
+  return {{"input_ids", Tensor::FromVector<int64_t>(ids, {1, 9})}};
+}
+
+/// One synthetic architecture in one exporter's style.
+struct ArchStyleCase {
+  SyntheticArch arch;
+  ExportStyle style;
+};
+
+/// A parameterised test's name for one case: "llama_dynamo".
+inline std::string ArchStyleCaseName(const ::testing::TestParamInfo<ArchStyleCase>& info) {
+  return std::string(SyntheticArchName(info.param.arch)) + "_" + ExportStyleName(info.param.style);
+}
+
+/// Every synthetic architecture in every export style.
+inline std::vector<ArchStyleCase> ArchStyleCases() {
+  std::vector<ArchStyleCase> cases;
+  for (SyntheticArch arch : AllSyntheticArchs())
+    for (ExportStyle style : {ExportStyle::kDynamo, ExportStyle::kTorchScript, ExportStyle::kOrtFused})
+      cases.push_back({arch, style});
+  return cases;
+}
 
 }  // namespace qc

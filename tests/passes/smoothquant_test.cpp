@@ -42,22 +42,6 @@ PassRun RunSmoothQuant(Model& model, const QuantOptions& o, Calibrator* calibrat
   return run;
 }
 
-std::vector<Tensor> Windows(int64_t vocab, int count, int64_t seqlen, int64_t salt) {
-  std::vector<Tensor> windows;
-  for (int w = 0; w < count; ++w) {
-    std::vector<int64_t> ids;
-    for (int64_t i = 0; i < seqlen; ++i) ids.push_back((i * 29 + w * 11 + salt) % vocab);
-    windows.push_back(Tensor::FromVector<int64_t>(ids, {1, seqlen}));
-  }
-  return windows;
-}
-
-NamedTensors Feeds(int64_t vocab) {
-  std::vector<int64_t> ids;
-  for (int64_t i = 0; i < 9; ++i) ids.push_back((i * 37 + 5) % vocab);
-  return {{"input_ids", Tensor::FromVector<int64_t>(ids, {1, 9})}};
-}
-
 TEST(SmoothingFactors, Equation4WithClamps) {
   // K = 3; two layers of the group. Channel 0: a = 4, w = max(2, 0.5) = 2; channel 1: a = 0,
   // raised to 0.1 x the median 4; channel 2: w = 0 (clamped to 1e-5).
@@ -87,20 +71,7 @@ TEST(SmoothQuant, IsRegisteredNeedsCalibrationAndDefers) {
   EXPECT_STREQ(pass.Name(), "smoothquant");
 }
 
-struct ArchCase {
-  SyntheticArch arch;
-  ExportStyle style;
-};
-
-std::vector<ArchCase> ArchCases() {
-  std::vector<ArchCase> cases;
-  for (SyntheticArch arch : AllSyntheticArchs())
-    for (ExportStyle style : {ExportStyle::kDynamo, ExportStyle::kTorchScript, ExportStyle::kOrtFused})
-      cases.push_back({arch, style});
-  return cases;
-}
-
-SyntheticConfig ArchConfig(const ArchCase& c) {
+SyntheticConfig ArchConfig(const ArchStyleCase& c) {
   SyntheticConfig config;
   config.arch = c.arch;
   config.export_style = c.style;
@@ -111,7 +82,7 @@ SyntheticConfig ArchConfig(const ArchCase& c) {
   return config;
 }
 
-class SmoothQuantArchTest : public ::testing::TestWithParam<ArchCase> {};
+class SmoothQuantArchTest : public ::testing::TestWithParam<ArchStyleCase> {};
 
 // The invariant: smoothing alone (what `--pass smoothquant,gptq` leaves for the next pass) does
 // not change the function.
@@ -119,7 +90,7 @@ TEST_P(SmoothQuantArchTest, SmoothingAlonePreservesTheFunction) {
   const SyntheticConfig config = ArchConfig(GetParam());
   StatusOr<Model> original = BuildSyntheticDecoder(config);
   ASSERT_TRUE(original.ok()) << original.status().message();
-  Calibrator calibrator(Windows(config.vocab, 2, 12, 1));
+  Calibrator calibrator(TokenWindows(config.vocab, 2, 12, 1));
   for (double alpha : {0.5, 0.85}) {
     Model model = *original;
     QuantOptions o;
@@ -132,7 +103,8 @@ TEST_P(SmoothQuantArchTest, SmoothingAlonePreservesTheFunction) {
       EXPECT_EQ(r.bits, 0);
     }
     EXPECT_EQ(OpCounts(model)["MatMulInteger"], 0);
-    const std::vector<Tensor> got = RunModel(model, Feeds(config.vocab)), want = RunModel(*original, Feeds(config.vocab));
+    const NamedTensors feeds = TokenFeeds(config.vocab);
+    const std::vector<Tensor> got = RunModel(model, feeds), want = RunModel(*original, feeds);
     ASSERT_FALSE(got.empty());
     EXPECT_LE(MaxRelDiff(got[0], want[0]), 2e-5) << "alpha " << alpha;
     // And it did change the weights (the comparison above is not vacuous).
@@ -150,7 +122,7 @@ TEST_P(SmoothQuantArchTest, W8A8ArtifactRunsAndStaysClose) {
   StatusOr<Model> original = BuildSyntheticDecoder(config);
   ASSERT_TRUE(original.ok());
   const size_t linear = FindLinearLayers(original->graph).size();
-  Calibrator calibrator(Windows(config.vocab, 2, 12, 2));
+  Calibrator calibrator(TokenWindows(config.vocab, 2, 12, 2));
   Model model = *original;
   PassRun run = RunSmoothQuant(model, QuantOptions{}, &calibrator);
   ASSERT_TRUE(run.status.ok()) << run.status.message();
@@ -169,16 +141,15 @@ TEST_P(SmoothQuantArchTest, W8A8ArtifactRunsAndStaysClose) {
   }
   EXPECT_EQ(OpCounts(model)["MatMulInteger"], static_cast<int>(linear));
   EXPECT_TRUE(FindLinearLayers(model.graph).empty());
-  const std::vector<Tensor> got = RunModel(model, Feeds(config.vocab)), want = RunModel(*original, Feeds(config.vocab));
+  const NamedTensors feeds = TokenFeeds(config.vocab);
+  const std::vector<Tensor> got = RunModel(model, feeds), want = RunModel(*original, feeds);
   ASSERT_FALSE(got.empty());
   const double diff = MaxRelDiff(got[0], want[0]);
   EXPECT_LT(diff, 0.05);
   EXPECT_GT(diff, 1e-6) << "8-bit rounding moved nothing?";
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, SmoothQuantArchTest, ::testing::ValuesIn(ArchCases()), [](const auto& info) {
-  return std::string(SyntheticArchName(info.param.arch)) + "_" + ExportStyleName(info.param.style);
-});
+INSTANTIATE_TEST_SUITE_P(Architectures, SmoothQuantArchTest, ::testing::ValuesIn(ArchStyleCases()), ArchStyleCaseName);
 
 TEST(SmoothQuant, ExcludedLayersStayFloat) {
   SyntheticConfig config;
@@ -186,7 +157,7 @@ TEST(SmoothQuant, ExcludedLayersStayFloat) {
   config.init_std = 0.1f;
   StatusOr<Model> original = BuildSyntheticDecoder(config);
   ASSERT_TRUE(original.ok());
-  Calibrator calibrator(Windows(config.vocab, 2, 10, 3));
+  Calibrator calibrator(TokenWindows(config.vocab, 2, 10, 3));
   const std::vector<LinearLayer> layers = FindLinearLayers(original->graph);
   const std::string head = layers.back().node_name;
   Model model = *original;
@@ -215,7 +186,7 @@ TEST(SmoothQuant, Negative_NoCalibrator) {
 TEST(SmoothQuant, Negative_BadAlphaAndExclude) {
   StatusOr<Model> model = BuildSyntheticDecoder(SyntheticConfig{});
   ASSERT_TRUE(model.ok());
-  Calibrator calibrator(Windows(97, 1, 8, 0));
+  Calibrator calibrator(TokenWindows(97, 1, 8, 0));
   QuantOptions o;
   o.alpha = 1.5;
   EXPECT_EQ(RunSmoothQuant(*model, o, &calibrator).status.code(), StatusCode::kInvalidArgument);

@@ -2,6 +2,7 @@
 
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <utility>
 
 namespace qc::cuda {
@@ -22,6 +23,21 @@ cudaError_t AllowLargeSharedMemory(const void* kernel, const DeviceInfo& info, b
   if (e != cudaSuccess) (void)cudaGetLastError();
   done.emplace(key, e);
   return e;
+}
+
+int BlocksPerSm(const void* kernel, int threads, size_t dynamic_smem, const DeviceInfo& info) {
+  static std::mutex mu;
+  static std::map<std::tuple<const void*, int, int, size_t>, int> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_tuple(kernel, info.device, threads, dynamic_smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int blocks = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, threads, dynamic_smem) != cudaSuccess) {
+    (void)cudaGetLastError();
+    blocks = 0;
+  }
+  cache.emplace(key, blocks);
+  return blocks;
 }
 
 }  // namespace qc::cuda

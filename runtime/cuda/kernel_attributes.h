@@ -1,6 +1,6 @@
-// Launch attributes of the kernels that use more than the default 48 KB of dynamic shared memory
-// (the MatMulNBits GEMV kernels). cudaFuncSetAttribute acts on the current device only, so they
-// are set once per (kernel, device), not once per process.
+// Launch attributes of the MatMulNBits kernels: the large dynamic shared memory of the GEMV kernels
+// and the blocks that fit per SM. Both depend on the device (cudaFuncSetAttribute acts on the
+// current one), so they are set or queried once per (kernel, device), not once per process.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -15,5 +15,11 @@ namespace qc::cuda {
 /// failure is cleared from the runtime's error state (it is returned, not left to surface at the
 /// next launch check).
 cudaError_t AllowLargeSharedMemory(const void* kernel, const DeviceInfo& info, bool prefer_shared);
+
+/// Blocks of `kernel` (`threads` per block, `dynamic_smem` bytes of dynamic shared memory) that
+/// fit on one SM of `info`'s device. Queried once per (kernel, device, threads, shared memory): the
+/// query costs microseconds, a decode step makes ~150 calls. 0 when the query fails (cleared from
+/// the runtime's error state; the launch itself reports what is wrong).
+int BlocksPerSm(const void* kernel, int threads, size_t dynamic_smem, const DeviceInfo& info);
 
 }  // namespace qc::cuda

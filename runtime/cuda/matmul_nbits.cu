@@ -801,14 +801,10 @@ Status LaunchGeneric(const NBitsParams& p, const TA* x, TA* y, int64_t m, cudaSt
   return Status::Ok();
 }
 
-// Blocks resident per SM of one kernel instantiation (4 when the query fails).
+// Blocks resident per SM of one kernel instantiation on `info`'s device (4 when the query fails).
 template <typename Kernel>
-int MmaBlocksPerSm(Kernel kernel) {
-  int nb = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, kernel, kThreads, 0) != cudaSuccess) {
-    (void)cudaGetLastError();
-    nb = 0;
-  }
+int MmaBlocksPerSm(Kernel kernel, const DeviceInfo& info) {
+  const int nb = BlocksPerSm(reinterpret_cast<const void*>(kernel), kThreads, 0, info);
   return nb > 0 ? nb : 4;
 }
 
@@ -825,7 +821,7 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
   if (splits <= 0) {
     // Split K across blocks only when the tiles cannot fill the GPU with warps of >= 2 iterations.
     QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
-    static const int blocks_per_sm = MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>);
+    const int blocks_per_sm = MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, false>, info);
     const int64_t target = static_cast<int64_t>(info.sm_count) * blocks_per_sm;
     const int64_t base = static_cast<int64_t>(col_tiles) * row_tiles;
     splits = static_cast<int>(std::clamp<int64_t>(target / base, 1,
@@ -853,8 +849,7 @@ Status LaunchMmaShape(const NBitsParams& p, const TA* x, TA* y, int64_t m, NBits
     // 1-15% at 256 and 512 tiles (4096 or 8192 columns; most with fp16 activations and W8) and
     // lose up to 10% at 688 (11008 columns, 2.6 waves), where the shallow slots do better.
     QC_ASSIGN_OR_RETURN(DeviceInfo info, CurrentDeviceInfo());
-    static const int deep_blocks_per_sm =
-        MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>);
+    const int deep_blocks_per_sm = MmaBlocksPerSm(NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, false, true>, info);
     const int64_t blocks = static_cast<int64_t>(col_tiles) * splits * row_tiles;
     if (blocks <= 2 * static_cast<int64_t>(info.sm_count) * deep_blocks_per_sm)
       kernel = p.zp != nullptr ? NBitsMmaKernel<kBits, kLoadBytes, TA, kRowGroups, true, true>

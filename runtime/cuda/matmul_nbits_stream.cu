@@ -28,10 +28,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <map>
-#include <mutex>
 #include <string>
-#include <tuple>
 #include <type_traits>
 
 #include "runtime/cuda/async_copy.cuh"
@@ -357,23 +354,6 @@ StreamStaging Staging(int n_tiles, int blocks, const NBitsOptions& options) {
   return s == StreamStaging::kClusterPair && blocks < 2 ? StreamStaging::kBlock : s;
 }
 
-// Blocks of `kernel` that fit on an SM with `smem` bytes of dynamic shared memory, once per
-// (kernel, device, smem): the occupancy query costs microseconds, a decode step makes ~150 calls.
-int BlocksPerSm(const void* kernel, size_t smem, const DeviceInfo& info) {
-  static std::mutex mu;
-  static std::map<std::tuple<const void*, int, size_t>, int> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_tuple(kernel, info.device, smem);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  int blocks = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem) != cudaSuccess) {
-    (void)cudaGetLastError();
-    blocks = 1;  // the launch itself reports what is wrong
-  }
-  cache.emplace(key, blocks);
-  return blocks;
-}
-
 template <typename TA, bool kHasZp, int kDepth>
 Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, const NBitsOptions& options,
               const DeviceInfo& info) {
@@ -382,7 +362,8 @@ Status Launch(const NBitsParams& p, const TA* x, TA* y, cudaStream_t stream, con
   const int n_tiles = (p.n + kCols - 1) / kCols;
   const size_t smem = static_cast<size_t>(StreamSmem<TA>::bytes(steps));
   QC_CUDA_RETURN_IF_ERROR(AllowLargeSharedMemory(reinterpret_cast<const void*>(kernel), info, /*prefer_shared=*/false));
-  const int fit_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kernel), smem, info);
+  // A failed query gives 0: LaunchBlocks then takes one block per SM.
+  const int fit_per_sm = BlocksPerSm(reinterpret_cast<const void*>(kernel), kThreads, smem, info);
   int blocks = LaunchBlocks(n_tiles, steps, fit_per_sm, options, info);
   const StreamStaging staging = Staging<TA>(n_tiles, blocks, options);
   const unsigned cluster = staging == StreamStaging::kClusterPair ? 2 : 1;
